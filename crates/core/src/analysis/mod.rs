@@ -1,0 +1,11 @@
+//! Streaming, bounded-memory statistics per model version.
+//!
+//! The gateway records every finished request into a [`VersionStats`]
+//! (lock-free, no allocation); the analysis and the controller read
+//! [`WindowSnapshot`]s over the windows they ask for.
+
+pub mod histogram;
+pub mod window;
+
+pub use histogram::{AtomicHistogram, HistogramSnapshot};
+pub use window::{Outcome, VersionStats, WindowSnapshot};

@@ -1,0 +1,188 @@
+//! `/metrics` in the Prometheus text exposition format (0.0.4).
+//!
+//! Counters come from each version's lifetime totals (retired buckets plus
+//! the live ring), so they only go up. Labels are model, version and
+//! endpoint: bounded by configuration, never by request.
+
+use crate::gateway::Gateway;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Upper bounds of the exported latency histogram, in seconds.
+const LATENCY_BOUNDS_S: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub async fn render(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text(&gateway),
+    )
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', r#"\""#)
+        .replace('\n', r"\n")
+}
+
+fn text(gateway: &Gateway) -> String {
+    let mut out = String::with_capacity(8192);
+    let states = gateway.version_states();
+
+    let _ = writeln!(out, "# HELP backstop_requests_total Requests answered, by how they ended.");
+    let _ = writeln!(out, "# TYPE backstop_requests_total counter");
+    let mut lifetimes = Vec::with_capacity(states.len());
+    for state in &states {
+        let (counts, latency) = state.stats.lifetime();
+        let (m, v) = (label(&state.model), label(&state.version));
+        let others = counts.server_errors
+            + counts.client_errors
+            + counts.timeouts
+            + counts.connect_errors
+            + counts.cancelled;
+        for (outcome, value) in [
+            ("success", counts.requests.saturating_sub(others)),
+            ("server_error", counts.server_errors),
+            ("client_error", counts.client_errors),
+            ("timeout", counts.timeouts),
+            ("connect_error", counts.connect_errors),
+            ("cancelled", counts.cancelled),
+        ] {
+            let _ = writeln!(
+                out,
+                "backstop_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"{outcome}\"}} {value}"
+            );
+        }
+        lifetimes.push((m, v, counts, latency));
+    }
+
+    let _ = writeln!(out, "# HELP backstop_request_duration_seconds Time to the end of the upstream's answer.");
+    let _ = writeln!(out, "# TYPE backstop_request_duration_seconds histogram");
+    for (m, v, _, latency) in &lifetimes {
+        for bound in LATENCY_BOUNDS_S {
+            let count = latency.count_at_most((bound * 1e6) as u64);
+            let _ = writeln!(
+                out,
+                "backstop_request_duration_seconds_bucket{{model=\"{m}\",version=\"{v}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let total = latency.count();
+        let _ = writeln!(
+            out,
+            "backstop_request_duration_seconds_bucket{{model=\"{m}\",version=\"{v}\",le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(
+            out,
+            "backstop_request_duration_seconds_sum{{model=\"{m}\",version=\"{v}\"}} {}",
+            latency.sum_estimate() as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "backstop_request_duration_seconds_count{{model=\"{m}\",version=\"{v}\"}} {total}"
+        );
+    }
+
+    let _ = writeln!(out, "# HELP backstop_response_bytes_total Response body bytes passed to clients.");
+    let _ = writeln!(out, "# TYPE backstop_response_bytes_total counter");
+    for (m, v, counts, _) in &lifetimes {
+        let _ = writeln!(
+            out,
+            "backstop_response_bytes_total{{model=\"{m}\",version=\"{v}\"}} {}",
+            counts.response_bytes
+        );
+    }
+
+    for (name, help, read) in [
+        (
+            "backstop_shadow_requests_total",
+            "Requests copied to this version as shadow traffic.",
+            (|s: &crate::gateway::VersionState| s.shadow_sent.load(Ordering::Relaxed))
+                as fn(&crate::gateway::VersionState) -> u64,
+        ),
+        (
+            "backstop_shadow_dropped_total",
+            "Shadow copies dropped (too many in flight, or body too large to copy).",
+            |s| s.shadow_dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "backstop_rerouted_unhealthy_total",
+            "Requests sent elsewhere because this version had no healthy endpoint.",
+            |s| s.rerouted_unhealthy.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for state in &states {
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{}\",version=\"{}\"}} {}",
+                label(&state.model),
+                label(&state.version),
+                read(state)
+            );
+        }
+    }
+
+    let tables = gateway.tables();
+    let mut models: Vec<_> = tables.values().collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    let now_ms = gateway.now_ms();
+
+    let _ = writeln!(out, "# HELP backstop_routing_table_generation Generation of the model's current routing table.");
+    let _ = writeln!(out, "# TYPE backstop_routing_table_generation gauge");
+    for table in &models {
+        let _ = writeln!(
+            out,
+            "backstop_routing_table_generation{{model=\"{}\"}} {}",
+            label(&table.model),
+            table.generation
+        );
+    }
+    let _ = writeln!(out, "# HELP backstop_routing_table_swaps_total Routing tables installed since start.");
+    let _ = writeln!(out, "# TYPE backstop_routing_table_swaps_total counter");
+    let _ = writeln!(out, "backstop_routing_table_swaps_total {}", gateway.swaps.load(Ordering::Relaxed));
+
+    let _ = writeln!(out, "# HELP backstop_version_weight Routing weight of each version in the current table.");
+    let _ = writeln!(out, "# TYPE backstop_version_weight gauge");
+    for table in &models {
+        for version in &table.versions {
+            let _ = writeln!(
+                out,
+                "backstop_version_weight{{model=\"{}\",version=\"{}\"}} {}",
+                label(&table.model),
+                label(&version.name),
+                version.weight
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP backstop_upstream_healthy Whether an endpoint may take traffic (active check passed, not ejected).");
+    let _ = writeln!(out, "# TYPE backstop_upstream_healthy gauge");
+    for table in &models {
+        for version in &table.versions {
+            for endpoint in &version.endpoints {
+                let _ = writeln!(
+                    out,
+                    "backstop_upstream_healthy{{model=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}",
+                    label(&table.model),
+                    label(&version.name),
+                    label(&endpoint.url),
+                    u8::from(endpoint.is_healthy(now_ms))
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP backstop_events_total Health and routing events recorded since start.");
+    let _ = writeln!(out, "# TYPE backstop_events_total counter");
+    let _ = writeln!(out, "backstop_events_total {}", gateway.events.total());
+    out
+}

@@ -1,0 +1,1402 @@
+//! `backstop bench`: what the gateway costs on the hot path, measured
+//! against a direct call and against nginx, on loopback.
+//!
+//! Three setups, each driven by [`crate::loadgen`] inside this process:
+//!
+//! - `direct`: client → toy upstream;
+//! - `nginx`: client → nginx (one worker, upstream keep-alive) → toy upstream;
+//! - `backstop`: client → `backstop serve` → toy upstream.
+//!
+//! The toy upstream, nginx and the gateway are separate child processes, so
+//! the CPU time of each proxy can be read from `/proc/<pid>/stat` on its own.
+//! The method:
+//!
+//! 1. Closed loop, each setup: the maximum rate (`max_rps`) and the proxy's
+//!    CPU time per request over that run.
+//! 2. Open loop (coordinated-omission corrected) at 25% and 75% of nginx's
+//!    maximum (of backstop's without nginx), the same rates for every setup.
+//!
+//! Both steps repeat over `rounds` rounds, rotating the order of the setups
+//! each round so that no setup always runs first (or last, on a warmer or
+//! more throttled machine); the report gives the median over rounds.
+//! 3. Backstop only: the routing table is replaced every 100 ms under the
+//!    75% load, and the time from each swap to the first request routed by
+//!    the new table is collected from the admin API.
+//!
+//! Every child process is owned by a guard that stops it on drop, so they
+//! die with the bench on success, on error and on Ctrl-C.
+
+use crate::loadgen::{self, LoadReport, LoadSpec, Mode};
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+/// Options of `backstop bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchOptions {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub duration_s: u64,
+    /// Rounds; the order of the setups rotates each round and the report
+    /// gives the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Keep-alive connections the load generator holds open.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// nginx binary (default: `nginx` in PATH, then /usr/sbin/nginx). Without
+    /// one the nginx setup is skipped and its figures are null.
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
+    /// One round of 2 s measurements: a smoke test, not a result.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Longest measurement accepted, so a typo cannot run for a day.
+const DURATION_S_MAX: u64 = 600;
+const ROUNDS_MAX: usize = 20;
+/// Open-loop rates, in percent of the reference maximum.
+const LOAD_PCTS: [u32; 2] = [25, 75];
+/// Time between routing-table swaps in the swap test.
+const SWAP_INTERVAL: Duration = Duration::from_millis(100);
+/// Time a child process gets to print its listen address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time a setup gets to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// One admin or probe call, connect to last byte.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lines of a child's stdout read while looking for its listen address.
+const STARTUP_LINES_MAX: usize = 100;
+/// Entries of /proc looked at when listing a process's children.
+const PROC_ENTRIES_MAX: usize = 100_000;
+
+const MODEL_PATH: &str = "/v2/models/bench/infer";
+const ROUTES_PATH: &str = "/api/v1/models/bench/routes";
+const INFER_BODY: &str =
+    r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
+
+/// Everything `backstop bench` measured. Field names are stable: scripts
+/// and BENCHMARKS.md read them.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub setups: Setups,
+    pub ratios: Ratios,
+    pub swap: SwapReport,
+    pub machine: Machine,
+    /// The command line that produced this report.
+    pub command: String,
+    pub settings: Settings,
+    /// What was skipped or assumed, in sentences.
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Setups {
+    pub direct: SetupReport,
+    pub nginx: SetupReport,
+    pub backstop: SetupReport,
+}
+
+/// One setup's figures; null where the setup did not run or has no proxy.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SetupReport {
+    /// Median over rounds of the closed-loop rate (2xx answers per second).
+    pub max_rps: Option<f64>,
+    /// Median over rounds, at the 25% rate.
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub p999_us: Option<u64>,
+    /// Proxy CPU time (user + system, all its processes) per request over
+    /// the closed-loop runs; null for `direct`, which has no proxy.
+    pub cpu_us_per_req: Option<f64>,
+    /// Failed requests over every run of this setup.
+    pub errors: Option<u64>,
+    pub rates: Vec<RateReport>,
+    /// Closed-loop rate of each round, in the order run.
+    pub max_rps_rounds: Vec<f64>,
+}
+
+/// Open-loop latency at one fixed rate: medians over rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct RateReport {
+    pub load_pct: u32,
+    pub rate_rps: u64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub p999_us: Option<u64>,
+    pub errors: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratios {
+    pub backstop_over_nginx: Ratio,
+    pub backstop_over_direct: Ratio,
+}
+
+/// backstop's figure divided by the other setup's; null where either is unknown.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub max_rps: Option<f64>,
+    pub p99_us_at_25pct: Option<f64>,
+    pub cpu_us_per_req: Option<f64>,
+}
+
+/// Routing-table swaps under load.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SwapReport {
+    /// Swaps acknowledged by the admin API.
+    pub swaps: u64,
+    /// Swaps whose first request was seen (the others had no request before
+    /// the next swap, or their generation could not be read back).
+    pub measured: u64,
+    /// Swap → first request routed by the new table. Includes the gap until
+    /// the next request arrives (1 / rate on average).
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// Failed load requests during the swap run.
+    pub errors: u64,
+    /// Failed admin calls (PUT or GET).
+    pub admin_errors: u64,
+    pub rate_rps: u64,
+    pub load_p99_us: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub duration_s: u64,
+    pub rounds: usize,
+    pub connections: usize,
+    pub quick: bool,
+    pub nginx_version: Option<String>,
+    /// Clock ticks per second used to convert /proc CPU times.
+    pub clk_tck: u64,
+}
+
+/// Runs the whole benchmark. Progress goes to stderr; the report is returned.
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    // Ctrl-C drops the benchmark future, and with it the guards that stop
+    // the child processes.
+    tokio::select! {
+        result = bench(options) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    }
+}
+
+/// The settings a run actually uses, after `--quick` and checks.
+struct Plan {
+    duration: Duration,
+    rounds: usize,
+    connections: usize,
+    warmup: Duration,
+}
+
+async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let plan = if options.quick {
+        Plan {
+            duration: Duration::from_secs(2),
+            rounds: 1,
+            connections: options.connections,
+            warmup: Duration::from_millis(300),
+        }
+    } else {
+        Plan {
+            duration: Duration::from_secs(options.duration_s),
+            rounds: options.rounds,
+            connections: options.connections,
+            warmup: Duration::from_secs(1),
+        }
+    };
+    anyhow::ensure!(
+        (1..=DURATION_S_MAX).contains(&plan.duration.as_secs()),
+        "--duration-s must be 1..={DURATION_S_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=ROUNDS_MAX).contains(&plan.rounds),
+        "--rounds must be 1..={ROUNDS_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=loadgen::CONNECTIONS_MAX).contains(&plan.connections),
+        "--connections must be 1..={}",
+        loadgen::CONNECTIONS_MAX
+    );
+
+    let mut notes = Vec::new();
+    let (clk_tck, assumed) = clock_ticks_per_s();
+    if assumed {
+        notes.push(format!(
+            "`getconf CLK_TCK` failed; CPU times assume {clk_tck} ticks per second."
+        ));
+    }
+    let exe = std::env::current_exe().context("finding the backstop binary")?;
+    // Declared first so it is dropped last, after the processes using it.
+    let dir = TempDir::create()?;
+
+    let toy = start_toy(&exe, &dir).await?;
+    let backstop = start_backstop(&exe, &dir, toy.addr).await?;
+    let nginx_binary = options.nginx.clone().or_else(find_nginx);
+    let mut nginx_version = None;
+    let nginx = match nginx_binary {
+        Some(binary) => {
+            anyhow::ensure!(
+                binary.is_file(),
+                "nginx binary {} not found",
+                binary.display()
+            );
+            nginx_version = nginx_version_of(&binary);
+            Some(start_nginx(&binary, &dir, toy.addr).await?)
+        }
+        None => {
+            notes.push(
+                "nginx not found (PATH, /usr/sbin/nginx, --nginx): the nginx setup was skipped."
+                    .to_string(),
+            );
+            None
+        }
+    };
+
+    let mut targets = vec![Target {
+        name: "direct",
+        addr: toy.addr,
+        pid: None,
+    }];
+    if let Some(nginx) = &nginx {
+        targets.push(Target {
+            name: "nginx",
+            addr: nginx.addr,
+            pid: nginx.process.pid(),
+        });
+    }
+    targets.push(Target {
+        name: "backstop",
+        addr: backstop.data,
+        pid: backstop.process.pid(),
+    });
+    for target in &targets {
+        wait_ready(target.addr)
+            .await
+            .with_context(|| format!("{} never answered", target.name))?;
+        // Fill connection pools and caches before anything is measured.
+        loadgen::run(spec(
+            target.addr,
+            plan.connections,
+            plan.warmup,
+            Mode::ClosedLoop,
+        ))
+        .await?;
+    }
+
+    let mut runs: Vec<SetupRuns> = targets.iter().map(|_| SetupRuns::default()).collect();
+
+    // Step 1: closed-loop maximum and CPU per request.
+    for round in 0..plan.rounds {
+        for index in rotated(targets.len(), round) {
+            let target = &targets[index];
+            let cpu_before = target.pid.map(cpu_ticks_of_tree);
+            let started = Instant::now();
+            let report = loadgen::run(spec(
+                target.addr,
+                plan.connections,
+                plan.duration,
+                Mode::ClosedLoop,
+            ))
+            .await?;
+            let cpu = cpu_before
+                .zip(target.pid.map(cpu_ticks_of_tree))
+                .map(|(before, after)| {
+                    let cpu_us = after.saturating_sub(before) as f64 * 1e6 / clk_tck as f64;
+                    cpu_us / report.sent.max(1) as f64
+                });
+            eprintln!(
+                "bench: round {}/{} closed loop {:>8}: {:>9.0} rps, {} errors, cpu {} µs/req ({:.1} s)",
+                round + 1,
+                plan.rounds,
+                target.name,
+                report.achieved_rps,
+                report.errors,
+                cpu.map_or("-".to_string(), |c| format!("{c:.1}")),
+                started.elapsed().as_secs_f64(),
+            );
+            let setup = &mut runs[index];
+            setup.max_rps.push(report.achieved_rps);
+            setup.cpu_us_per_req.extend(cpu);
+            setup.errors += report.errors;
+        }
+    }
+
+    // Step 2: open loop at fixed rates, the same for every setup.
+    let reference = targets
+        .iter()
+        .position(|t| t.name == "nginx")
+        .or_else(|| targets.iter().position(|t| t.name == "backstop"))
+        .context("no reference setup")?;
+    let reference_rps = median_f64(&runs[reference].max_rps).unwrap_or(0.0);
+    anyhow::ensure!(
+        reference_rps >= 4.0,
+        "{} reached only {reference_rps:.1} rps; nothing to measure",
+        targets[reference].name
+    );
+    let rates: Vec<u64> = LOAD_PCTS
+        .iter()
+        .map(|pct| ((reference_rps * f64::from(*pct) / 100.0).round() as u64).max(1))
+        .collect();
+    for round in 0..plan.rounds {
+        for index in rotated(targets.len(), round) {
+            let target = &targets[index];
+            for (slot, rate) in rates.iter().enumerate() {
+                let mode = Mode::OpenLoop { rate_per_s: *rate };
+                let report =
+                    loadgen::run(spec(target.addr, plan.connections, plan.duration, mode)).await?;
+                eprintln!(
+                    "bench: round {}/{} open loop {:>8} at {:>3}% ({} rps): p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+                    round + 1,
+                    plan.rounds,
+                    target.name,
+                    LOAD_PCTS[slot],
+                    rate,
+                    report.p50_us,
+                    report.p99_us,
+                    report.p999_us,
+                    report.errors,
+                );
+                runs[index].rates[slot].push(report);
+            }
+        }
+    }
+
+    // Step 3: routing-table swaps under the 75% load.
+    let swap = swap_under_load(&backstop, toy.addr, rates[1], &plan).await?;
+    eprintln!(
+        "bench: swaps {}: p50 {} µs, p99 {} µs, max {} µs, {} load errors",
+        swap.swaps,
+        fmt_opt_f64(swap.p50_us, 1),
+        fmt_opt_f64(swap.p99_us, 1),
+        fmt_opt_f64(swap.max_us, 1),
+        swap.errors
+    );
+
+    let mut direct = None;
+    let mut nginx_report = None;
+    let mut backstop_report = None;
+    for (target, setup_runs) in targets.iter().zip(&runs) {
+        let report = setup_runs.summarize(&rates);
+        match target.name {
+            "direct" => direct = Some(report),
+            "nginx" => nginx_report = Some(report),
+            _ => backstop_report = Some(report),
+        }
+    }
+    let direct = direct.context("direct setup missing")?;
+    let backstop_report = backstop_report.context("backstop setup missing")?;
+    // Skipped nginx: same shape, null figures.
+    let nginx_report = nginx_report.unwrap_or_else(|| SetupReport {
+        rates: LOAD_PCTS
+            .iter()
+            .zip(&rates)
+            .map(|(pct, rate)| RateReport {
+                load_pct: *pct,
+                rate_rps: *rate,
+                p50_us: None,
+                p99_us: None,
+                p999_us: None,
+                errors: None,
+            })
+            .collect(),
+        ..SetupReport::default()
+    });
+    let ratios = Ratios {
+        backstop_over_nginx: Ratio::of(&backstop_report, &nginx_report),
+        backstop_over_direct: Ratio::of(&backstop_report, &direct),
+    };
+
+    // Stop the proxies before the upstream, so neither logs a lost upstream.
+    drop(nginx);
+    drop(backstop);
+    drop(toy);
+    drop(dir);
+
+    Ok(BenchReport {
+        setups: Setups {
+            direct,
+            nginx: nginx_report,
+            backstop: backstop_report,
+        },
+        ratios,
+        swap,
+        machine: machine(),
+        command: command_line(),
+        settings: Settings {
+            duration_s: plan.duration.as_secs(),
+            rounds: plan.rounds,
+            connections: plan.connections,
+            quick: options.quick,
+            nginx_version,
+            clk_tck,
+        },
+        notes,
+    })
+}
+
+/// One setup as the load generator sees it.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The proxy process (its children count too); None for `direct`.
+    pid: Option<u32>,
+}
+
+/// Raw results of one setup over all rounds.
+#[derive(Default)]
+struct SetupRuns {
+    max_rps: Vec<f64>,
+    cpu_us_per_req: Vec<f64>,
+    /// Closed-loop errors.
+    errors: u64,
+    /// Open-loop reports per rate in [`LOAD_PCTS`], one per round.
+    rates: [Vec<LoadReport>; LOAD_PCTS.len()],
+}
+
+impl SetupRuns {
+    fn summarize(&self, rates: &[u64]) -> SetupReport {
+        let rate_reports: Vec<RateReport> = LOAD_PCTS
+            .iter()
+            .zip(rates)
+            .zip(&self.rates)
+            .map(|((pct, rate), reports)| RateReport {
+                load_pct: *pct,
+                rate_rps: *rate,
+                p50_us: median_u64(reports.iter().map(|r| r.p50_us)),
+                p99_us: median_u64(reports.iter().map(|r| r.p99_us)),
+                p999_us: median_u64(reports.iter().map(|r| r.p999_us)),
+                errors: Some(reports.iter().map(|r| r.errors).sum()),
+            })
+            .collect();
+        let open_errors: u64 = rate_reports.iter().filter_map(|r| r.errors).sum();
+        SetupReport {
+            max_rps: median_f64(&self.max_rps),
+            p50_us: rate_reports[0].p50_us,
+            p99_us: rate_reports[0].p99_us,
+            p999_us: rate_reports[0].p999_us,
+            cpu_us_per_req: median_f64(&self.cpu_us_per_req),
+            errors: Some(self.errors + open_errors),
+            rates: rate_reports,
+            max_rps_rounds: self.max_rps.clone(),
+        }
+    }
+}
+
+impl Ratio {
+    fn of(backstop: &SetupReport, other: &SetupReport) -> Ratio {
+        fn divide(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+            match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            }
+        }
+        let as_f64 = |v: Option<u64>| v.map(|v| v as f64);
+        Ratio {
+            max_rps: divide(backstop.max_rps, other.max_rps),
+            p99_us_at_25pct: divide(as_f64(backstop.p99_us), as_f64(other.p99_us)),
+            cpu_us_per_req: divide(backstop.cpu_us_per_req, other.cpu_us_per_req),
+        }
+    }
+}
+
+/// Setup indices in the order round `round` runs them: rotated by one per
+/// round, so each setup takes each position equally often.
+fn rotated(count: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |i| (i + round) % count)
+}
+
+fn spec(target: SocketAddr, connections: usize, duration: Duration, mode: Mode) -> LoadSpec {
+    LoadSpec {
+        target,
+        method: Method::POST,
+        path: MODEL_PATH.to_string(),
+        body: Bytes::from_static(INFER_BODY.as_bytes()),
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        sticky_header: None,
+        connections,
+        duration,
+        mode,
+    }
+}
+
+/// Median (the lower middle for an even count); None when empty.
+fn median_u64(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut values: Vec<u64> = values.collect();
+    values.sort_unstable();
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+fn median_f64(values: &[f64]) -> Option<f64> {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+/// Nearest-rank quantile of sorted values.
+fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+// ---------------------------------------------------------------------------
+// Routing-table swaps under load.
+
+/// Runs the 75% load against backstop and replaces the routing table every
+/// [`SWAP_INTERVAL`], flipping all weight between v1 and v2 (both on the same
+/// toy upstream, so the answers do not change, only the table does). Before
+/// each swap it reads back the previous one's `swap_to_first_request_ns`.
+async fn swap_under_load(
+    backstop: &BackstopProcess,
+    toy: SocketAddr,
+    rate_rps: u64,
+    plan: &Plan,
+) -> anyhow::Result<SwapReport> {
+    let load = tokio::spawn(loadgen::run(spec(
+        backstop.data,
+        plan.connections,
+        plan.duration,
+        Mode::OpenLoop {
+            rate_per_s: rate_rps,
+        },
+    )));
+    // Stop swapping a little before the load ends, so the last swap still
+    // meets a request.
+    let swaps_until = Instant::now() + plan.duration.saturating_sub(Duration::from_millis(300));
+    let swaps_max = plan.duration.as_millis() / SWAP_INTERVAL.as_millis() + 1;
+    let mut ticker = tokio::time::interval(SWAP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut report = SwapReport {
+        rate_rps,
+        ..SwapReport::default()
+    };
+    let mut samples_us = Vec::new();
+    let mut pending: Option<u64> = None;
+    for swap in 0..swaps_max {
+        ticker.tick().await;
+        if Instant::now() >= swaps_until {
+            break;
+        }
+        if let Some(generation) = pending.take() {
+            collect_swap(backstop.admin, generation, &mut report, &mut samples_us).await;
+        }
+        // Even swaps send everything to v2, odd ones back to v1.
+        let to_v2 = swap % 2 == 0;
+        let body = routes_body(toy, if to_v2 { 0 } else { 100 });
+        match admin_call(backstop.admin, Method::PUT, ROUTES_PATH, Some(body)).await {
+            Ok(value) => match value.get("generation").and_then(serde_json::Value::as_u64) {
+                Some(generation) => {
+                    report.swaps += 1;
+                    pending = Some(generation);
+                }
+                None => report.admin_errors += 1,
+            },
+            Err(error) => {
+                if report.admin_errors == 0 {
+                    eprintln!("bench: swap failed: {error:#}");
+                }
+                report.admin_errors += 1;
+            }
+        }
+    }
+    if let Some(generation) = pending {
+        collect_swap(backstop.admin, generation, &mut report, &mut samples_us).await;
+    }
+    let load = load.await.context("swap load task failed")??;
+
+    samples_us.sort_by(f64::total_cmp);
+    report.measured = samples_us.len() as u64;
+    report.p50_us = quantile_sorted(&samples_us, 0.5);
+    report.p99_us = quantile_sorted(&samples_us, 0.99);
+    report.max_us = samples_us.last().copied();
+    report.errors = load.errors;
+    report.load_p99_us = load.p99_us;
+    Ok(report)
+}
+
+/// Reads back swap `generation`'s time to first request, if it had one.
+async fn collect_swap(
+    admin: SocketAddr,
+    generation: u64,
+    report: &mut SwapReport,
+    samples_us: &mut Vec<f64>,
+) {
+    match admin_call(admin, Method::GET, ROUTES_PATH, None).await {
+        Ok(value) => {
+            let same =
+                value.get("generation").and_then(serde_json::Value::as_u64) == Some(generation);
+            let ns = value
+                .get("swap_to_first_request_ns")
+                .and_then(serde_json::Value::as_u64);
+            if let (true, Some(ns)) = (same, ns) {
+                samples_us.push(ns as f64 / 1000.0);
+            }
+        }
+        Err(_) => report.admin_errors += 1,
+    }
+}
+
+/// The bench model's routing table with `v1_weight` on v1, the rest on v2.
+fn routes_body(toy: SocketAddr, v1_weight: u32) -> String {
+    let endpoint = format!("http://{toy}");
+    serde_json::json!({
+        "versions": [
+            { "name": "v1", "weight": v1_weight, "endpoints": [endpoint] },
+            { "name": "v2", "weight": 100 - v1_weight, "endpoints": [endpoint] },
+        ]
+    })
+    .to_string()
+}
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP client for probes and the admin API (one connection per call:
+// these calls are rare and must not share state with the load).
+
+/// Sends one request and returns the status and the whole body.
+async fn http_call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let call = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let result = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        }
+        .await;
+        driver.abort();
+        result
+    };
+    timeout(CALL_TIMEOUT, call)
+        .await
+        .with_context(|| format!("{addr}{path}: no answer within {CALL_TIMEOUT:?}"))?
+}
+
+/// An admin API call that must succeed with a JSON body.
+async fn admin_call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, bytes) = http_call(addr, method.clone(), path, body).await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{method} {path}: {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: answer is not JSON"))
+}
+
+/// Waits until `addr` answers an inference request with a 2xx.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no attempt");
+    // Bounded by the deadline; one attempt per 50 ms at most.
+    while Instant::now() < deadline {
+        match http_call(addr, Method::POST, MODEL_PATH, Some(INFER_BODY.to_string())).await {
+            Ok((status, _)) if status.is_success() => return Ok(()),
+            Ok((status, body)) => last = format!("{status}: {}", String::from_utf8_lossy(&body)),
+            Err(error) => last = format!("{error:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("not ready after {READY_TIMEOUT:?}: {last}")
+}
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+/// A child process that is stopped when this guard drops: SIGTERM, up to
+/// 2 s to exit, then SIGKILL for it and any children it left behind.
+struct ChildProcess {
+    name: &'static str,
+    child: tokio::process::Child,
+}
+
+impl ChildProcess {
+    fn spawn(
+        name: &'static str,
+        command: &mut tokio::process::Command,
+        stderr_file: &Path,
+    ) -> anyhow::Result<ChildProcess> {
+        let stderr = std::fs::File::create(stderr_file)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            // Last resort if the guard's own stop is skipped.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(ChildProcess { name, child })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Reads stdout lines until `parse` accepts one, then drains the rest in
+    /// the background (a full pipe would block the child).
+    async fn read_until<T>(
+        &mut self,
+        stderr_file: &Path,
+        mut parse: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let stdout = self.child.stdout.take().context("stdout not piped")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let found = timeout(STARTUP_TIMEOUT, async {
+            for _ in 0..STARTUP_LINES_MAX {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if let Some(value) = parse(&line) {
+                            return Some(value);
+                        }
+                    }
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        match found {
+            Some(value) => {
+                let mut rest = lines.into_inner();
+                // Ends at EOF, i.e. when the child exits.
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+                });
+                Ok(value)
+            }
+            None => {
+                let log = std::fs::read_to_string(stderr_file).unwrap_or_default();
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                anyhow::bail!("{} did not start: {}", self.name, tail.trim())
+            }
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else {
+            return; // Already exited and reaped.
+        };
+        // nginx's master stops its workers on SIGTERM; a SIGKILLed master
+        // would leave them running. So note its children first, then TERM.
+        let children: Vec<(u32, String)> = children_of(pid)
+            .into_iter()
+            .filter_map(|child| Some((child, proc_stat(child)?.comm)))
+            .collect();
+        signal(pid, "TERM");
+        let mut exited = false;
+        // Bounded: 200 × 10 ms.
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            let _ = self.child.start_kill();
+            let _ = self.child.try_wait();
+        }
+        for (child, comm) in children {
+            // Only a child that outlived its parent, and only if the pid
+            // still names the same program (not a recycled pid).
+            if proc_stat(child).is_some_and(|s| s.comm == comm) {
+                signal(child, "KILL");
+            }
+        }
+    }
+}
+
+/// Sends a signal by pid with the `kill` utility (libc is not a dependency).
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+struct ToyProcess {
+    addr: SocketAddr,
+    _process: ChildProcess,
+}
+
+async fn start_toy(exe: &Path, dir: &TempDir) -> anyhow::Result<ToyProcess> {
+    let log = dir.path.join("toy.stderr");
+    let mut command = tokio::process::Command::new(exe);
+    command.args(["toy-upstream", "--listen", "127.0.0.1:0", "--version", "v1"]);
+    let mut process = ChildProcess::spawn("toy upstream", &mut command, &log)?;
+    let addr = process
+        .read_until(&log, |line| {
+            line.strip_prefix("toy upstream listening: http://")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .await?;
+    Ok(ToyProcess {
+        addr,
+        _process: process,
+    })
+}
+
+struct BackstopProcess {
+    data: SocketAddr,
+    admin: SocketAddr,
+    process: ChildProcess,
+}
+
+async fn start_backstop(
+    exe: &Path,
+    dir: &TempDir,
+    toy: SocketAddr,
+) -> anyhow::Result<BackstopProcess> {
+    let config = dir.path.join("backstop.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             models:\n  \
+               bench:\n    \
+                 versions:\n      \
+                   - {{ name: v1, weight: 100, endpoints: [\"http://{toy}\"] }}\n      \
+                   - {{ name: v2, weight: 0, endpoints: [\"http://{toy}\"] }}\n"
+        ),
+    )?;
+    let log = dir.path.join("backstop.stderr");
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        // Per-request logs would be measured as proxy cost (nginx runs with
+        // access_log off for the same reason).
+        .env("RUST_LOG", "warn");
+    let mut process = ChildProcess::spawn("backstop serve", &mut command, &log)?;
+    let (mut data, mut admin) = (None, None);
+    process
+        .read_until(&log, |line| {
+            let rest = line.strip_prefix("backstop listening: ")?;
+            if let Some(addr) = rest.strip_prefix("data=http://") {
+                data = addr.trim().parse().ok();
+            } else if let Some(addr) = rest.strip_prefix("admin=http://") {
+                admin = addr.trim().parse().ok();
+            }
+            data.zip(admin)
+        })
+        .await
+        .map(|(data, admin)| BackstopProcess {
+            data,
+            admin,
+            process,
+        })
+}
+
+struct NginxProcess {
+    addr: SocketAddr,
+    process: ChildProcess,
+}
+
+/// `nginx` in PATH, then /usr/sbin/nginx (Debian's place, often not in a
+/// user's PATH).
+fn find_nginx() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nginx"))
+        .chain([PathBuf::from("/usr/sbin/nginx")])
+        .find(|candidate| candidate.is_file())
+}
+
+/// `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
+fn nginx_version_of(binary: &Path) -> Option<String> {
+    let output = std::process::Command::new(binary).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&output.stderr);
+    let version = text.trim().strip_prefix("nginx version: ")?;
+    Some(version.to_string())
+}
+
+async fn start_nginx(
+    binary: &Path,
+    dir: &TempDir,
+    toy: SocketAddr,
+) -> anyhow::Result<NginxProcess> {
+    let prefix = dir.path.join("nginx");
+    std::fs::create_dir_all(&prefix)?;
+    // A port nobody uses right now; nginx binds it a moment later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let p = prefix.display();
+    // One worker, like one gateway process; upstream keep-alive so nginx is
+    // not charged for a TCP handshake per request; high keep-alive request
+    // limits so neither side closes connections mid-run (nginx's default
+    // is 1000 requests per connection).
+    let conf = format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream toy {{
+        server {toy};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://toy;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let log = prefix.join("stderr.log");
+    let mut command = tokio::process::Command::new(binary);
+    command.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
+    let mut process = ChildProcess::spawn("nginx", &mut command, &log)?;
+    // nginx prints nothing when it is up: poll the port (bounded by time).
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            let errors = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+                + &std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow::bail!("nginx exited ({status}): {}", errors.trim());
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nginx did not listen on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(NginxProcess { addr, process })
+}
+
+/// A private temporary directory, removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn create() -> anyhow::Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("backstop-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc: CPU time and process trees.
+
+/// The fields of /proc/<pid>/stat the bench needs.
+struct ProcStat {
+    comm: String,
+    ppid: u32,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm is in parentheses and may itself contain spaces or ')'.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5): ppid is field 4, utime 14,
+    // stime 15.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(ProcStat {
+        comm,
+        ppid,
+        cpu_ticks: utime + stime,
+    })
+}
+
+/// Processes whose parent is `pid` (nginx's workers, for its master).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .take(PROC_ENTRIES_MAX)
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| proc_stat(*child).is_some_and(|s| s.ppid == pid))
+        .collect()
+}
+
+/// CPU ticks of `pid` and its children (nginx: master and workers). Live
+/// processes only, which is right here: workers live for the whole run.
+fn cpu_ticks_of_tree(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(children_of(pid))
+        .filter_map(proc_stat)
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+/// Clock ticks per second of /proc CPU times, and whether it was assumed.
+/// From `getconf CLK_TCK` since libc (sysconf) is not a dependency.
+fn clock_ticks_per_s() -> (u64, bool) {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|ticks| *ticks > 0)
+        .map_or((100, true), |ticks| (ticks, false))
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown".to_string(), |(_, model)| model.trim().to_string());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".to_string(), |k| k.trim().to_string()),
+        cpu_model,
+    }
+}
+
+/// The command line, with the binary shown as `backstop`.
+fn command_line() -> String {
+    std::iter::once("backstop".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Markdown.
+
+fn fmt_opt_u64(value: Option<u64>) -> String {
+    value.map_or("–".to_string(), |v| v.to_string())
+}
+
+fn fmt_opt_f64(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("–".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+fn fmt_ratio(value: Option<f64>) -> String {
+    value.map_or("–".to_string(), |v| format!("{v:.2}×"))
+}
+
+impl BenchReport {
+    /// The report as Markdown, ready for BENCHMARKS.md.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let s = &self.settings;
+        let m = &self.machine;
+        let _ = writeln!(out, "## Hot path: direct vs nginx vs backstop\n");
+        let _ = writeln!(
+            out,
+            "`{}` on {} cores ({}), Linux {}; {} round(s) × {} s per measurement, {} connections{}.\n",
+            self.command,
+            m.cores,
+            m.cpu_model,
+            m.kernel,
+            s.rounds,
+            s.duration_s,
+            s.connections,
+            if s.quick { " (**--quick: a smoke test, not a result**)" } else { "" },
+        );
+        let rates = &self.setups.backstop.rates;
+        let _ = write!(out, "| setup | max rps | CPU µs/req |");
+        for rate in rates {
+            let _ = write!(
+                out,
+                " p50 / p99 / p99.9 µs at {}% ({} rps) |",
+                rate.load_pct, rate.rate_rps
+            );
+        }
+        let _ = writeln!(out, " errors |");
+        let _ = write!(out, "|---|---:|---:|");
+        for _ in rates {
+            let _ = write!(out, "---:|");
+        }
+        let _ = writeln!(out, "---:|");
+        for (name, setup) in [
+            ("direct", &self.setups.direct),
+            ("nginx", &self.setups.nginx),
+            ("backstop", &self.setups.backstop),
+        ] {
+            let _ = write!(
+                out,
+                "| {name} | {} | {} |",
+                fmt_opt_f64(setup.max_rps, 0),
+                fmt_opt_f64(setup.cpu_us_per_req, 1)
+            );
+            for rate in &setup.rates {
+                let _ = write!(
+                    out,
+                    " {} / {} / {} |",
+                    fmt_opt_u64(rate.p50_us),
+                    fmt_opt_u64(rate.p99_us),
+                    fmt_opt_u64(rate.p999_us)
+                );
+            }
+            let _ = writeln!(out, " {} |", fmt_opt_u64(setup.errors));
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "| backstop ÷ | max rps | p99 at 25% | CPU µs/req |");
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for (name, ratio) in [
+            ("nginx", &self.ratios.backstop_over_nginx),
+            ("direct", &self.ratios.backstop_over_direct),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} |",
+                fmt_ratio(ratio.max_rps),
+                fmt_ratio(ratio.p99_us_at_25pct),
+                fmt_ratio(ratio.cpu_us_per_req)
+            );
+        }
+        let w = &self.swap;
+        let _ = writeln!(
+            out,
+            "\nRouting-table swap under load (backstop, {} rps open loop, a swap every {} ms): \
+             {} swaps, {} measured; swap → first request on the new table: \
+             p50 {} µs, p99 {} µs, max {} µs. This includes the gap until the next request \
+             arrives (on average 1/rate = {:.0} µs). Load errors during swaps: {}; admin errors: {}.",
+            w.rate_rps,
+            SWAP_INTERVAL.as_millis(),
+            w.swaps,
+            w.measured,
+            fmt_opt_f64(w.p50_us, 1),
+            fmt_opt_f64(w.p99_us, 1),
+            fmt_opt_f64(w.max_us, 1),
+            1e6 / w.rate_rps.max(1) as f64,
+            w.errors,
+            w.admin_errors,
+        );
+        let _ =
+            writeln!(
+            out,
+            "\nMethod: everything on loopback on one machine: the load generator (in the bench \
+             process), the proxy and the toy upstream share the cores, so ratios mean more than \
+             absolute numbers. max rps: closed loop, median over rounds. Latencies: open loop at \
+             fixed shares of {}'s maximum, corrected for coordinated omission, median over rounds \
+             of each round's quantile. Setup order rotates each round. CPU: utime + stime of the \
+             proxy processes (nginx: master + 1 worker) from /proc over the closed-loop run, \
+             divided by requests ({} ticks/s). nginx: {}.",
+            if self.setups.nginx.max_rps.is_some() { "nginx" } else { "backstop" },
+            s.clk_tck,
+            s.nginx_version.as_deref().unwrap_or("not run"),
+        );
+        for note in &self.notes {
+            let _ = writeln!(out, "\nNote: {note}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pure helpers: medians, rotation, /proc parsing and rendering.
+
+    use super::*;
+
+    #[test]
+    fn medians_pick_the_middle() {
+        assert_eq!(median_u64([5, 1, 3].into_iter()), Some(3));
+        assert_eq!(median_u64([4, 1].into_iter()), Some(1));
+        assert_eq!(median_u64(std::iter::empty()), None);
+        assert_eq!(median_f64(&[2.0, 9.0, 1.0]), Some(2.0));
+    }
+
+    #[test]
+    fn rotation_puts_each_setup_first_once() {
+        let firsts: Vec<usize> = (0..3).map(|r| rotated(3, r).next().unwrap()).collect();
+        assert_eq!(firsts, vec![0, 1, 2]);
+        let mut order: Vec<usize> = rotated(3, 2).collect();
+        assert_eq!(order, vec![2, 0, 1]);
+        order.sort_unstable();
+        assert_eq!(order, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let stat = proc_stat(std::process::id()).expect("/proc/self/stat");
+        assert!(stat.ppid > 0);
+        assert!(!stat.comm.is_empty());
+        let (ticks, _) = clock_ticks_per_s();
+        assert!(ticks > 0);
+    }
+
+    #[test]
+    fn routes_body_is_a_model_spec() {
+        let body = routes_body("127.0.0.1:9".parse().unwrap(), 0);
+        let spec: crate::config::ModelSpec = serde_json::from_str(&body).unwrap();
+        assert_eq!(spec.versions[0].weight, 0);
+        assert_eq!(spec.versions[1].weight, 100);
+        assert_eq!(spec.versions[1].endpoints, vec!["http://127.0.0.1:9"]);
+    }
+
+    #[test]
+    fn report_has_the_stable_fields_and_renders() {
+        let runs = SetupRuns {
+            max_rps: vec![1000.0, 1200.0, 1100.0],
+            cpu_us_per_req: vec![50.0],
+            errors: 0,
+            rates: [
+                vec![LoadReport {
+                    p50_us: 100,
+                    p99_us: 400,
+                    p999_us: 900,
+                    ..LoadReport::default()
+                }],
+                vec![],
+            ],
+        };
+        let setup = runs.summarize(&[275, 825]);
+        assert_eq!(setup.max_rps, Some(1100.0));
+        assert_eq!(setup.p99_us, Some(400));
+        let direct = SetupReport {
+            cpu_us_per_req: None,
+            ..setup.clone()
+        };
+        let report = BenchReport {
+            ratios: Ratios {
+                backstop_over_nginx: Ratio::of(&setup, &SetupReport::default()),
+                backstop_over_direct: Ratio::of(&setup, &direct),
+            },
+            setups: Setups {
+                direct,
+                nginx: SetupReport::default(),
+                backstop: setup,
+            },
+            swap: SwapReport::default(),
+            machine: machine(),
+            command: "backstop bench --quick".to_string(),
+            settings: Settings {
+                duration_s: 2,
+                rounds: 1,
+                connections: 64,
+                quick: true,
+                nginx_version: None,
+                clk_tck: 100,
+            },
+            notes: vec!["nginx not found".to_string()],
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        for setup in ["direct", "nginx", "backstop"] {
+            for field in [
+                "max_rps",
+                "p50_us",
+                "p99_us",
+                "p999_us",
+                "cpu_us_per_req",
+                "errors",
+                "rates",
+            ] {
+                assert!(
+                    json["setups"][setup].get(field).is_some(),
+                    "{setup}.{field}"
+                );
+            }
+        }
+        assert_eq!(
+            json["setups"]["direct"]["cpu_us_per_req"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["ratios"]["backstop_over_direct"]["max_rps"], 1.0);
+        assert_eq!(
+            json["ratios"]["backstop_over_nginx"]["max_rps"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["setups"]["backstop"]["rates"][0]["load_pct"], 25);
+        for field in ["swaps", "p50_us", "p99_us", "max_us", "errors"] {
+            assert!(json["swap"].get(field).is_some(), "swap.{field}");
+        }
+        assert!(json["machine"]["cores"].as_u64().is_some());
+        let markdown = report.to_markdown();
+        assert!(
+            markdown.contains("| backstop | 1100 | 50.0 | 100 / 400 / 900 |"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("includes the gap until the next request"));
+    }
+}

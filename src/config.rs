@@ -1,0 +1,797 @@
+//! `backstop.yaml`: parsed once into checked types.
+//!
+//! Parsing goes YAML → [`Config`] with serde (unknown fields refused), then
+//! [`Config::check`] validates what serde cannot (weights, references between
+//! versions, URLs). Every error names the file, line, column (when the YAML
+//! parser knows it) and the field path, e.g.
+//! `backstop.yaml:14:19: models.fraud-scorer.versions[1].weight: ...`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Whole gateway configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data-plane listen address; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// TLS on the data-plane listener.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub pin: PinConfig,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSpec>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            tls: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// PEM certificate chain and private key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Trust for `https://` upstreams: the built-in web PKI roots plus any
+/// extra CA certificates (PEM) named here.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Width of one statistics bucket.
+    #[serde(default = "default_bucket_ms")]
+    pub bucket_ms: u64,
+    /// Buckets kept per version: the longest window the controller can ask for.
+    #[serde(default = "default_buckets")]
+    pub buckets: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            bucket_ms: default_bucket_ms(),
+            buckets: default_buckets(),
+        }
+    }
+}
+
+fn default_bucket_ms() -> u64 {
+    1000
+}
+fn default_buckets() -> usize {
+    300
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted; larger gets 413 `body_too_large`.
+    #[serde(default = "default_request_body_max")]
+    pub request_body_max_bytes: u64,
+    /// Largest request body copied to a shadow version; larger requests are
+    /// not mirrored (and counted as shadow drops).
+    #[serde(default = "default_shadow_body_max")]
+    pub shadow_body_max_bytes: u64,
+    /// Shadow requests in flight at once; beyond that copies are dropped.
+    #[serde(default = "default_shadow_inflight_max")]
+    pub shadow_inflight_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_body_max_bytes: default_request_body_max(),
+            shadow_body_max_bytes: default_shadow_body_max(),
+            shadow_inflight_max: default_shadow_inflight_max(),
+        }
+    }
+}
+
+fn default_request_body_max() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_shadow_body_max() -> u64 {
+    1024 * 1024
+}
+fn default_shadow_inflight_max() -> usize {
+    256
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Active check period per endpoint.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failed requests that eject an endpoint (passive check).
+    #[serde(default = "default_eject_failures")]
+    pub eject_after_failures: u32,
+    /// First ejection lasts this long; each further one doubles it.
+    #[serde(default = "default_eject_base_ms")]
+    pub eject_base_ms: u64,
+    #[serde(default = "default_eject_max_ms")]
+    pub eject_max_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_health_interval_ms(),
+            timeout_ms: default_health_timeout_ms(),
+            eject_after_failures: default_eject_failures(),
+            eject_base_ms: default_eject_base_ms(),
+            eject_max_ms: default_eject_max_ms(),
+        }
+    }
+}
+
+fn default_health_interval_ms() -> u64 {
+    1000
+}
+fn default_health_timeout_ms() -> u64 {
+    500
+}
+fn default_eject_failures() -> u32 {
+    5
+}
+fn default_eject_base_ms() -> u64 {
+    2000
+}
+fn default_eject_max_ms() -> u64 {
+    60_000
+}
+
+/// Who may pin a request to a version with the pin header.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    #[serde(default = "default_pin_header")]
+    pub header: String,
+    /// Client networks allowed to pin; empty means nobody.
+    #[serde(default)]
+    pub allow_from: Vec<ipnet::IpNet>,
+}
+
+impl Default for PinConfig {
+    fn default() -> Self {
+        Self {
+            header: default_pin_header(),
+            allow_from: Vec::new(),
+        }
+    }
+}
+
+fn default_pin_header() -> String {
+    "x-backstop-pin".to_string()
+}
+
+/// One model's routing table as users write it (config file and admin API).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// How the gateway talks to this model's upstreams.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Versions in routing order, each with its weight and endpoints.
+    pub versions: Vec<VersionSpec>,
+    /// Where the sticky key comes from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickySpec>,
+    /// Rules checked in order before weights; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<CohortSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Active health-check path on each endpoint (HTTP upstreams).
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+}
+
+fn default_health_path() -> String {
+    "/v2/health/ready".to_string()
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with pooled keep-alive (OIP REST or plain JSON).
+    #[default]
+    Http,
+    /// gRPC (OIP `inference.GRPCInferenceService`) over HTTP/2.
+    Grpc,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    pub name: String,
+    /// Relative weight; a share is weight / sum of weights.
+    pub weight: u32,
+    /// `http://host:port[/prefix]` or `https://...`.
+    pub endpoints: Vec<String>,
+}
+
+/// Where the sticky key comes from: exactly one of `header` or `cookie`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StickySpec {
+    /// The key is this request header's value (e.g. `x-user-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The key is this cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+impl StickySpec {
+    pub fn header(name: &str) -> Self {
+        Self {
+            header: Some(name.to_string()),
+            cookie: None,
+        }
+    }
+
+    pub fn cookie(name: &str) -> Self {
+        Self {
+            header: None,
+            cookie: Some(name.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CohortSpec {
+    /// Match when this header carries one of `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Match when the sticky key hashes into `[from, to)` of 0..10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<[u32; 2]>,
+    /// The version matching requests go to.
+    pub version: String,
+}
+
+/// Buckets a sticky key hashes into for `key_range` cohorts.
+pub const KEY_BUCKETS: u32 = 10_000;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    pub version: String,
+    /// Share of requests copied, 0..=100 (fractions allowed).
+    pub percent: f64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Time allowed until the upstream's response headers.
+    #[serde(default = "default_request_ms")]
+    pub request_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            request_ms: default_request_ms(),
+        }
+    }
+}
+
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_request_ms() -> u64 {
+    10_000
+}
+
+/// A field that failed validation: its path and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn under(mut self, prefix: &str) -> Self {
+        self.path = if self.path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.path.is_empty() && self.path != "." {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and checks config text; `file` only names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let location = e.inner().location();
+            ConfigError {
+                file: file.to_path_buf(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                message: strip_location(&e.inner().to_string(), &e.path().to_string()),
+                path: e.path().to_string(),
+            }
+        })?;
+        config.check().map_err(|e| {
+            let (line, column) = locate(text, &e.path).unzip();
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                path: e.path,
+                message: e.message,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.stats.bucket_ms == 0 {
+            return Err(FieldError::new("stats.bucket_ms", "must be at least 1"));
+        }
+        if !(3..=100_000).contains(&self.stats.buckets) {
+            return Err(FieldError::new("stats.buckets", "must be between 3 and 100000"));
+        }
+        if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
+            return Err(FieldError::new("health", "interval_ms and timeout_ms must be at least 1"));
+        }
+        if self.health.eject_after_failures == 0 {
+            return Err(FieldError::new("health.eject_after_failures", "must be at least 1"));
+        }
+        if http::HeaderName::from_bytes(self.pin.header.as_bytes()).is_err() {
+            return Err(FieldError::new("pin.header", "not a valid header name"));
+        }
+        for (name, model) in &self.models {
+            check_model_name(name).map_err(|m| FieldError::new(format!("models.{name}"), m))?;
+            model.check().map_err(|e| e.under(&format!("models.{name}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Model names appear in URL paths and metric labels.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err("model names are 1-128 characters of [A-Za-z0-9._-]".to_string())
+    }
+}
+
+impl ModelSpec {
+    /// Checks one routing table: names unique, weights sensible, every
+    /// reference to a version resolvable, URLs usable.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.versions.is_empty() {
+            return Err(FieldError::new("versions", "at least one version is required"));
+        }
+        let mut names = BTreeSet::new();
+        let mut total_weight: u64 = 0;
+        for (i, version) in self.versions.iter().enumerate() {
+            let at = |field: &str| format!("versions[{i}].{field}");
+            check_model_name(&version.name).map_err(|_| {
+                FieldError::new(at("name"), "version names are 1-128 characters of [A-Za-z0-9._-]")
+            })?;
+            if !names.insert(version.name.as_str()) {
+                return Err(FieldError::new(
+                    at("name"),
+                    format!("version {:?} appears twice", version.name),
+                ));
+            }
+            if version.weight > 1_000_000 {
+                return Err(FieldError::new(at("weight"), "must be at most 1000000"));
+            }
+            total_weight += u64::from(version.weight);
+            if version.endpoints.is_empty() {
+                return Err(FieldError::new(at("endpoints"), "at least one endpoint is required"));
+            }
+            for (j, endpoint) in version.endpoints.iter().enumerate() {
+                parse_endpoint(endpoint)
+                    .map_err(|m| FieldError::new(format!("versions[{i}].endpoints[{j}]"), m))?;
+            }
+        }
+        if total_weight == 0 {
+            return Err(FieldError::new(
+                "versions",
+                "the weights add up to 0: at least one version must take traffic",
+            ));
+        }
+        let known = |field: String, version: &str| {
+            if names.contains(version) {
+                Ok(())
+            } else {
+                Err(FieldError::new(
+                    field,
+                    format!("unknown version {version:?} (known: {})", join(&names)),
+                ))
+            }
+        };
+        if let Some(sticky) = &self.sticky {
+            match (&sticky.header, &sticky.cookie) {
+                (Some(name), None) | (None, Some(name)) => {
+                    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(FieldError::new("sticky", "not a valid header or cookie name"));
+                    }
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        "sticky",
+                        "set exactly one of `header` or `cookie`",
+                    ))
+                }
+            }
+        }
+        for (i, cohort) in self.cohorts.iter().enumerate() {
+            let at = |field: &str| format!("cohorts[{i}].{field}");
+            known(at("version"), &cohort.version)?;
+            match (&cohort.header, &cohort.key_range) {
+                (Some(header), None) => {
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                        return Err(FieldError::new(at("header"), "not a valid header name"));
+                    }
+                    if cohort.values.is_empty() {
+                        return Err(FieldError::new(at("values"), "a header cohort needs values"));
+                    }
+                }
+                (None, Some([from, to])) => {
+                    if from >= to || *to > KEY_BUCKETS {
+                        return Err(FieldError::new(
+                            at("key_range"),
+                            format!("expected [from, to) with from < to <= {KEY_BUCKETS}"),
+                        ));
+                    }
+                    if self.sticky.is_none() {
+                        return Err(FieldError::new(
+                            at("key_range"),
+                            "a key_range cohort needs a sticky key (set `sticky`)",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        format!("cohorts[{i}]"),
+                        "a cohort has exactly one of `header` (with `values`) or `key_range`",
+                    ))
+                }
+            }
+        }
+        if let Some(shadow) = &self.shadow {
+            known("shadow.version".into(), &shadow.version)?;
+            if !(0.0..=100.0).contains(&shadow.percent) {
+                return Err(FieldError::new("shadow.percent", "must be between 0 and 100"));
+            }
+        }
+        if self.timeouts.connect_ms == 0 || self.timeouts.request_ms == 0 {
+            return Err(FieldError::new("timeouts", "timeouts must be at least 1 ms"));
+        }
+        if !self.health_path.starts_with('/') {
+            return Err(FieldError::new("health_path", "must start with '/'"));
+        }
+        Ok(())
+    }
+}
+
+fn join(names: &BTreeSet<&str>) -> String {
+    names.iter().copied().collect::<Vec<_>>().join(", ")
+}
+
+/// Parses an endpoint URL: `http` or `https`, a host and port, an optional
+/// path prefix, no query.
+pub fn parse_endpoint(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{text:?}: expected an http:// or https:// URL")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{text:?}: missing host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{text:?}: an endpoint has no query string"));
+    }
+    Ok(uri)
+}
+
+/// The YAML parser puts the path in front of messages and "at line L
+/// column C" behind; we print both ourselves, once.
+fn strip_location(message: &str, path: &str) -> String {
+    let message = message
+        .strip_prefix(path)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message);
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Finds the line and column of a dotted field path (`a.b[2].c`) in YAML
+/// text written in block style: good enough to point at the field a
+/// semantic check rejected. Returns `None` when it cannot tell.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            segments.push(Segment::Key(key));
+        }
+        while let Some(end) = rest.find(']') {
+            segments.push(Segment::Index(rest[1..end].parse().ok()?));
+            rest = &rest[end + 1..];
+        }
+    }
+    if segments.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut from, mut parent_indent, mut in_item) = (0usize, -1isize, false);
+    let mut found = None;
+    for segment in segments {
+        let mut hit = None;
+        let mut seen_items = 0usize;
+        for (n, line) in lines.iter().enumerate().skip(from) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = (line.len() - trimmed.len()) as isize;
+            let item_first_line = in_item && n == from;
+            // A list may sit at its key's indent (`key:\n- a`).
+            let sibling_item = matches!(segment, Segment::Index(_))
+                && indent == parent_indent
+                && trimmed.starts_with('-');
+            if indent <= parent_indent && !item_first_line && !sibling_item {
+                break;
+            }
+            match segment {
+                Segment::Key(key) => {
+                    let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+                    let body_indent = indent + (trimmed.len() - body.len()) as isize;
+                    let quoted = format!("\"{key}\":");
+                    if body.starts_with(&format!("{key}:")) || body.starts_with(&quoted) {
+                        hit = Some((n, body_indent));
+                        break;
+                    }
+                }
+                Segment::Index(index) => {
+                    if trimmed.starts_with("- ") || trimmed == "-" {
+                        if seen_items == index {
+                            hit = Some((n, indent));
+                            break;
+                        }
+                        seen_items += 1;
+                    }
+                }
+            }
+        }
+        // Not spelled out in block style (e.g. a flow mapping): point at the
+        // closest enclosing field found so far.
+        let Some((n, indent)) = hit else { break };
+        found = Some((n + 1, indent as usize + 1));
+        in_item = matches!(segment, Segment::Index(_));
+        // A list item's first key sits on the dash's own line.
+        from = if in_item { n } else { n + 1 };
+        parent_indent = indent;
+    }
+    found
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+models:
+  fraud-scorer:
+    sticky: { header: x-user-id }
+    versions:
+      - name: v1
+        weight: 90
+        endpoints: ["http://127.0.0.1:9001"]
+      - name: v2
+        weight: 10
+        endpoints: ["http://127.0.0.1:9002"]
+    cohorts:
+      - { header: x-tenant, values: [beta], version: v2 }
+    shadow: { version: v2, percent: 5 }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("backstop.yaml"), text)
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let config = parse(GOOD).unwrap();
+        let model = &config.models["fraud-scorer"];
+        assert_eq!(model.versions.len(), 2);
+        assert_eq!(model.sticky, Some(StickySpec::header("x-user-id")));
+        assert_eq!(model.timeouts.request_ms, 10_000);
+    }
+
+    #[test]
+    fn type_errors_name_file_line_column_and_field() {
+        let text = GOOD.replace("weight: 10\n", "weight: ten\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("backstop.yaml:13:17: models.fraud-scorer.versions[1].weight: invalid type"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = GOOD.replace("weight: 90", "wieght: 90");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field `wieght`"), "{error}");
+        assert!(error.contains("models.fraud-scorer.versions[0]"), "{error}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_field() {
+        let text = GOOD.replace("version: v2 }\n    shadow", "version: v9 }\n    shadow");
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.path, "models.fraud-scorer.cohorts[0].version");
+        assert!(error.message.contains("unknown version \"v9\""), "{}", error.message);
+        assert_eq!(error.line, Some(16), "{error}");
+
+        let text = GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0");
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.path, "models.fraud-scorer.versions");
+        assert_eq!(error.line, Some(8));
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused() {
+        let text = GOOD.replace("http://127.0.0.1:9002", "ftp://x");
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.path, "models.fraud-scorer.versions[1].endpoints[0]");
+        assert!(error.message.contains("http:// or https://"));
+    }
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        assert!(config.models.is_empty());
+    }
+
+    #[test]
+    fn locate_finds_nested_fields() {
+        let text = "a:\n  b:\n    - x: 1\n      y: 2\n    - x: 3\n";
+        assert_eq!(locate(text, "a.b[1].x"), Some((5, 7)));
+        assert_eq!(locate(text, "a.b[0].y"), Some((4, 7)));
+        assert_eq!(locate(text, "a.c"), Some((1, 1)), "falls back to the parent");
+        assert_eq!(locate(text, "z"), None);
+    }
+}

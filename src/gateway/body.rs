@@ -1,0 +1,250 @@
+//! Body types of the proxy.
+//!
+//! Bodies stream through; nothing is buffered unless a feature needs the
+//! bytes (a shadow copy, or the model name inside a gRPC message), and then
+//! only what it needs. [`RecordingBody`] records the request's statistics
+//! when the upstream's answer has been fully passed on, so latency covers
+//! the whole answer and gRPC status can be read from the trailers.
+
+use super::grpc;
+use super::upstream::Endpoint;
+use super::VersionState;
+use backstop_core::analysis::Outcome;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http::HeaderMap;
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the gateway sends upstream: bytes already read (if any), then the
+/// rest of the client's body, size-limited.
+pub struct UpstreamBody {
+    prefix: Option<Bytes>,
+    rest: Option<Limited<Incoming>>,
+}
+
+impl UpstreamBody {
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            prefix: (!bytes.is_empty()).then_some(bytes),
+            rest: None,
+        }
+    }
+
+    pub fn streaming(prefix: Option<Bytes>, rest: Limited<Incoming>) -> Self {
+        Self {
+            prefix: prefix.filter(|p| !p.is_empty()),
+            rest: Some(rest),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(prefix),
+            Some(rest) => {
+                let hint = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + prefix);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + prefix);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// What the gateway answers the client with.
+pub enum GatewayBody {
+    /// An upstream's answer, recorded when it ends.
+    Upstream(RecordingBody),
+    /// An answer the gateway wrote itself (errors, health), with trailers
+    /// for gRPC.
+    Local {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+}
+
+impl GatewayBody {
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        GatewayBody::Local {
+            data: (!bytes.is_empty()).then_some(bytes),
+            trailers: None,
+        }
+    }
+
+    pub fn with_trailers(bytes: Bytes, trailers: HeaderMap) -> Self {
+        GatewayBody::Local {
+            data: Some(bytes),
+            trailers: Some(trailers),
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            GatewayBody::Local { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Upstream(body) => body.inner.is_end_stream(),
+            GatewayBody::Local { data, trailers } => data.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Upstream(body) => body.inner.size_hint(),
+            GatewayBody::Local { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// Records one request's outcome into its version's statistics and its
+/// endpoint's passive health, exactly once.
+pub struct Recorder {
+    pub state: Arc<VersionState>,
+    pub endpoint: Arc<Endpoint>,
+    pub start: Instant,
+    pub now_ms: u64,
+    pub bytes: u64,
+    /// Outcome so far: from the status line, or from gRPC trailers.
+    pub outcome: Outcome,
+    pub grpc: bool,
+}
+
+impl Recorder {
+    pub fn finish(self, outcome: Outcome) {
+        let latency_us = self.start.elapsed().as_micros() as u64;
+        self.state.stats.record(outcome, latency_us, self.bytes);
+        match outcome {
+            Outcome::Success => self.endpoint.record_success(),
+            Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError => {
+                if let Some(backoff) = self.endpoint.record_failure(self.now_ms) {
+                    tracing::warn!(
+                        endpoint = %self.endpoint.url,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "Endpoint ejected after consecutive failures."
+                    );
+                    self.state.note_ejection(&self.endpoint, backoff);
+                }
+            }
+            Outcome::ClientError | Outcome::Cancelled => {}
+        }
+    }
+}
+
+/// An upstream response body that records statistics when it ends (or, if
+/// the client goes away first, records a cancellation when dropped).
+pub struct RecordingBody {
+    inner: Incoming,
+    recorder: Option<Recorder>,
+}
+
+impl RecordingBody {
+    pub fn new(inner: Incoming, recorder: Recorder) -> Self {
+        let mut body = Self {
+            inner,
+            recorder: Some(recorder),
+        };
+        // Empty bodies (HEAD, 204, gRPC trailers-only) never poll to the end.
+        if body.inner.is_end_stream() {
+            body.finish(None);
+        }
+        body
+    }
+
+    fn finish(&mut self, outcome: Option<Outcome>) {
+        if let Some(recorder) = self.recorder.take() {
+            let outcome = outcome.unwrap_or(recorder.outcome);
+            recorder.finish(outcome);
+        }
+    }
+}
+
+impl Body for RecordingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.as_mut().get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(recorder) = this.recorder.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        recorder.bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        if recorder.grpc {
+                            recorder.outcome = grpc::outcome_of(trailers);
+                        }
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Some(Outcome::ServerError)),
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl Drop for RecordingBody {
+    fn drop(&mut self) {
+        self.finish(Some(Outcome::Cancelled));
+    }
+}

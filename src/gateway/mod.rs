@@ -1,0 +1,395 @@
+//! The gateway: the data plane in front of the model servers.
+//!
+//! [`Gateway`] holds every model's routing table behind one `ArcSwap`, the
+//! per-version statistics, the upstream endpoints and their health. The
+//! proxy ([`proxy`]) reads it; the admin API replaces tables through
+//! [`Gateway::replace_model`], the single path every routing change takes
+//! (startup config included).
+
+pub mod body;
+pub mod error;
+pub mod grpc;
+mod health;
+pub mod listener;
+pub mod proxy;
+pub mod routing;
+pub mod upstream;
+
+use crate::config::{Config, FieldError, ModelSpec, Protocol};
+use arc_swap::ArcSwap;
+use backstop_core::analysis::VersionStats;
+use routing::{ModelTable, VersionRoute};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use upstream::{Endpoint, HealthSettings, UpstreamClients};
+
+/// All routing tables, by model. Replaced whole on every change.
+pub type Tables = HashMap<String, Arc<ModelTable>>;
+
+/// Everything the gateway keeps about one (model, version), across swaps.
+pub struct VersionState {
+    pub model: String,
+    pub version: String,
+    pub stats: VersionStats,
+    pub shadow_sent: AtomicU64,
+    pub shadow_dropped: AtomicU64,
+    /// Requests that a health fallback moved away from this version.
+    pub rerouted_unhealthy: AtomicU64,
+    events: Arc<Events>,
+}
+
+impl VersionState {
+    pub fn new(
+        model: &str,
+        version: &str,
+        bucket_ms: u64,
+        buckets: usize,
+        events: Arc<Events>,
+    ) -> Self {
+        Self {
+            model: model.to_string(),
+            version: version.to_string(),
+            stats: VersionStats::new(bucket_ms, buckets, unix_ms() / bucket_ms),
+            shadow_sent: AtomicU64::new(0),
+            shadow_dropped: AtomicU64::new(0),
+            rerouted_unhealthy: AtomicU64::new(0),
+            events,
+        }
+    }
+
+    pub fn note_ejection(&self, endpoint: &Endpoint, backoff: Duration) {
+        self.events.push(Event {
+            kind: "endpoint_ejected",
+            model: Some(self.model.clone()),
+            version: Some(self.version.clone()),
+            endpoint: Some(endpoint.url.clone()),
+            detail: format!("consecutive failures; back-off {} ms", backoff.as_millis()),
+            ..Event::default()
+        });
+    }
+}
+
+/// Something operators should know happened: health changes and swaps.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Event {
+    pub at_unix_ms: u64,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub detail: String,
+}
+
+/// The most recent events, bounded.
+pub struct Events {
+    ring: Mutex<VecDeque<Event>>,
+    total: AtomicU64,
+}
+
+const EVENTS_MAX: usize = 1000;
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Events {
+    pub fn new() -> Self {
+        Self {
+            ring: Mutex::new(VecDeque::with_capacity(EVENTS_MAX)),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn push(&self, mut event: Event) {
+        event.at_unix_ms = unix_ms();
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == EVENTS_MAX {
+            ring.pop_front();
+        }
+        ring.push_back(event);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn recent(&self) -> Vec<Event> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().cloned().collect()
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A routing change that was refused; nothing changed.
+#[derive(Debug)]
+pub enum ReplaceError {
+    Invalid(FieldError),
+    /// The caller expected another generation (someone else changed it).
+    GenerationMismatch { expected: u64, actual: u64 },
+}
+
+pub struct Gateway {
+    pub config: Config,
+    tables: ArcSwap<Tables>,
+    /// Serialises writers so each swap builds on the latest tables.
+    write_lock: Mutex<()>,
+    states: Mutex<HashMap<(String, String), Arc<VersionState>>>,
+    endpoints: Mutex<HashMap<(String, Protocol, String), Arc<Endpoint>>>,
+    clients: UpstreamClients,
+    pub shadow_permits: Arc<tokio::sync::Semaphore>,
+    pub events: Arc<Events>,
+    pub pin_header: http::HeaderName,
+    pub swaps: AtomicU64,
+    started: Instant,
+}
+
+impl Gateway {
+    /// Builds the gateway and installs the config's routing tables.
+    pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
+        let clients = UpstreamClients::new(config.upstream_tls.ca_file.as_deref())?;
+        let pin_header = http::HeaderName::from_bytes(config.pin.header.as_bytes())
+            .map_err(|e| format!("pin.header: {e}"))?;
+        let gateway = Arc::new(Gateway {
+            shadow_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.shadow_inflight_max,
+            )),
+            tables: ArcSwap::from_pointee(Tables::new()),
+            write_lock: Mutex::new(()),
+            states: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
+            clients,
+            events: Arc::new(Events::new()),
+            pin_header,
+            swaps: AtomicU64::new(0),
+            started: Instant::now(),
+            config,
+        });
+        for (model, spec) in gateway.config.models.clone() {
+            gateway
+                .replace_model(&model, spec, None)
+                .map_err(|e| format!("models.{model}: {e:?}"))?;
+        }
+        Ok(gateway)
+    }
+
+    /// Milliseconds on the gateway's monotonic clock.
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The current tables. A request loads them once.
+    pub fn tables(&self) -> arc_swap::Guard<Arc<Tables>> {
+        self.tables.load()
+    }
+
+    pub fn table(&self, model: &str) -> Option<Arc<ModelTable>> {
+        self.tables.load().get(model).cloned()
+    }
+
+    /// Replaces (or adds) one model's routing table in a single pointer
+    /// swap. With `if_generation`, refuses unless the current table has that
+    /// generation. Requests in flight finish on the table they started with.
+    pub fn replace_model(
+        &self,
+        model: &str,
+        spec: ModelSpec,
+        if_generation: Option<u64>,
+    ) -> Result<u64, ReplaceError> {
+        crate::config::check_model_name(model)
+            .map_err(|m| ReplaceError::Invalid(FieldError { path: "model".into(), message: m }))?;
+        spec.check().map_err(ReplaceError::Invalid)?;
+        let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.tables.load_full();
+        let actual = current.get(model).map_or(0, |t| t.generation);
+        if let Some(expected) = if_generation {
+            if expected != actual {
+                return Err(ReplaceError::GenerationMismatch { expected, actual });
+            }
+        }
+        let generation = actual + 1;
+        let table = Arc::new(self.compile(model, generation, spec));
+        let mut next: Tables = (*current).clone();
+        next.insert(model.to_string(), table);
+        self.tables.store(Arc::new(next));
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(model, generation, "Routing table replaced.");
+        Ok(generation)
+    }
+
+    /// Resolves a checked spec into a table: endpoints and statistics are
+    /// looked up (or created) once here, never on the request path.
+    fn compile(&self, model: &str, generation: u64, spec: ModelSpec) -> ModelTable {
+        let settings = HealthSettings::from(&self.config.health);
+        let versions = spec
+            .versions
+            .iter()
+            .map(|v| {
+                let endpoints = v
+                    .endpoints
+                    .iter()
+                    .map(|url| self.endpoint(url, spec.protocol, &spec.health_path, &settings))
+                    .collect();
+                VersionRoute::new(v.name.clone(), v.weight, endpoints, self.state(model, &v.name))
+            })
+            .collect();
+        let client = self.clients.get(
+            spec.protocol,
+            Duration::from_millis(spec.timeouts.connect_ms),
+        );
+        ModelTable::new(model.to_string(), generation, spec, versions, client)
+    }
+
+    fn endpoint(
+        &self,
+        url: &str,
+        protocol: Protocol,
+        health_path: &str,
+        settings: &HealthSettings,
+    ) -> Arc<Endpoint> {
+        let uri = crate::config::parse_endpoint(url).expect("spec was checked");
+        let key = (uri.to_string(), protocol, health_path.to_string());
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Endpoint::new(
+                    uri,
+                    protocol,
+                    health_path.to_string(),
+                    settings.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    fn state(&self, model: &str, version: &str) -> Arc<VersionState> {
+        let stats = &self.config.stats;
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .entry((model.to_string(), version.to_string()))
+            .or_insert_with(|| {
+                Arc::new(VersionState::new(
+                    model,
+                    version,
+                    stats.bucket_ms,
+                    stats.buckets,
+                    self.events.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// Every version's state, sorted by model and version.
+    pub fn version_states(&self) -> Vec<Arc<VersionState>> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = states.values().cloned().collect();
+        all.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
+        all
+    }
+
+    /// Moves every version's statistics to the current bucket.
+    fn tick_stats(&self) {
+        let epoch = unix_ms() / self.config.stats.bucket_ms;
+        for state in self.version_states() {
+            state.stats.advance_to(epoch);
+        }
+    }
+
+    /// Whether every model has at least one healthy version.
+    pub fn is_ready(&self) -> bool {
+        let now_ms = self.now_ms();
+        self.tables()
+            .values()
+            .all(|t| t.versions.iter().any(|v| v.is_healthy(now_ms)))
+    }
+}
+
+/// Runs the gateway until SIGINT/SIGTERM: data plane, admin API, health
+/// checks and the statistics ticker.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_tls = listener::server_tls(config.tls.as_ref())?;
+    let admin_tls = listener::server_tls(config.admin.tls.as_ref())?;
+    let gateway = Gateway::new(config).map_err(anyhow::Error::msg)?;
+
+    let data = tokio::net::TcpListener::bind(gateway.config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the data plane to {}: {e}", gateway.config.listen))?;
+    let admin = tokio::net::TcpListener::bind(gateway.config.admin.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("binding the admin API to {}: {e}", gateway.config.admin.listen)
+        })?;
+    let data_addr = data.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let scheme = |tls: &Option<_>| if tls.is_some() { "https" } else { "http" };
+    // Tests and scripts read these two lines to find the ports.
+    println!("backstop listening: data={}://{data_addr}", scheme(&data_tls));
+    println!("backstop listening: admin={}://{admin_addr}", scheme(&admin_tls));
+    tracing::info!(%data_addr, %admin_addr, models = gateway.tables().len(), "Backstop gateway started.");
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(%admin_addr, "The admin API is not on loopback and has no authentication yet.");
+    }
+
+    let background = spawn_background(&gateway);
+    let shutdown = listener::Shutdown::new();
+    let data_task = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            listener::serve_data(data, data_tls, gateway, shutdown).await;
+        })
+    };
+    let admin_task = {
+        let router = crate::admin::router(gateway.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            listener::serve_admin(admin, admin_tls, router, shutdown).await;
+        })
+    };
+    listener::wait_for_signal().await;
+    tracing::info!("Shutting down: no new connections; waiting for requests in flight.");
+    shutdown.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = data_task.await;
+        let _ = admin_task.await;
+    })
+    .await;
+    for task in background {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// The statistics ticker and the active health checker.
+pub fn spawn_background(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
+    let ticker = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let bucket = Duration::from_millis(gateway.config.stats.bucket_ms);
+            // Tick a few times per bucket so a new bucket starts promptly.
+            let mut interval = tokio::time::interval((bucket / 4).max(Duration::from_millis(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                gateway.tick_stats();
+            }
+        })
+    };
+    let health = tokio::spawn(health::run(gateway.clone()));
+    vec![ticker, health]
+}

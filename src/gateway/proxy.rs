@@ -1,0 +1,544 @@
+//! The request path: route, forward, record.
+//!
+//! 1. Find the model: OIP REST (`/v2/models/{model}/...`), plain JSON
+//!    passthrough (`/models/{model}/...`), or OIP gRPC (model name in the
+//!    first message). Health and server-metadata calls are answered here.
+//! 2. Load the routing table once, choose a version (pin, cohort, weight,
+//!    health) and an endpoint.
+//! 3. Maybe copy the request to the shadow version (never waited for).
+//! 4. Forward with the route's timeout; stream the answer back, tagged with
+//!    `x-backstop-version`, and record the outcome when it ends.
+
+use super::body::{GatewayBody, Recorder, RecordingBody, UpstreamBody};
+use super::error::{error_chain, GatewayError};
+use super::grpc::{self, Scan};
+use super::routing::{ModelTable, Reason};
+use super::upstream::Endpoint;
+use super::Gateway;
+use crate::config::Protocol;
+use backstop_core::analysis::Outcome;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const VERSION_HEADER: &str = "x-backstop-version";
+
+/// Handles one client request. Never fails: errors become answers.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<GatewayBody> {
+    let grpc = grpc::is_grpc(request.headers());
+    match proxy(&gateway, request, remote, grpc).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.source == super::error::Source::Internal {
+                tracing::error!(code = error.code, error = %error.message, "Gateway failure.");
+            }
+            error.into_response(grpc)
+        }
+    }
+}
+
+/// Where a request is headed.
+enum Target<'a> {
+    /// OIP REST: forward the path unchanged.
+    Oip(&'a str),
+    /// Plain passthrough: forward the path after `/models/{model}`.
+    Passthrough(&'a str, usize),
+    Grpc,
+    Local(Local),
+}
+
+enum Local {
+    Live,
+    Ready,
+    ServerMetadata,
+}
+
+fn classify(path: &str, grpc: bool) -> Option<Target<'_>> {
+    if grpc {
+        return path.starts_with(grpc::SERVICE_PREFIX).then_some(Target::Grpc);
+    }
+    match path {
+        "/v2/health/live" => return Some(Target::Local(Local::Live)),
+        "/v2/health/ready" => return Some(Target::Local(Local::Ready)),
+        "/v2" | "/v2/" => return Some(Target::Local(Local::ServerMetadata)),
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v2/models/") {
+        let model = rest.split('/').next().filter(|m| !m.is_empty())?;
+        return Some(Target::Oip(model));
+    }
+    if let Some(rest) = path.strip_prefix("/models/") {
+        let model = rest.split('/').next().filter(|m| !m.is_empty())?;
+        let strip = "/models/".len() + model.len();
+        return Some(Target::Passthrough(model, strip));
+    }
+    None
+}
+
+async fn proxy(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+    grpc: bool,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let start = Instant::now();
+    let limit = gateway.config.limits.request_body_max_bytes;
+    let (mut parts, body) = request.into_parts();
+    let target = classify(parts.uri.path(), grpc)
+        .ok_or_else(|| GatewayError::route_not_found(parts.uri.path()))?;
+    if declared_length(&parts.headers).is_some_and(|len| len > limit) {
+        return Err(GatewayError::body_too_large(limit));
+    }
+    let mut body = Limited::new(body, limit as usize);
+
+    // Find the model, and the path to forward.
+    let mut prefix = None;
+    let (model, forward_path): (String, Option<String>) = match target {
+        Target::Local(local) => return Ok(answer_locally(gateway, local)),
+        Target::Oip(model) => (model.to_string(), None),
+        Target::Passthrough(model, strip) => {
+            let rest = &parts.uri.path()[strip..];
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let forward = match parts.uri.query() {
+                Some(query) => format!("{rest}?{query}"),
+                None => rest.to_string(),
+            };
+            (model.to_string(), Some(forward))
+        }
+        Target::Grpc => {
+            let method = parts.uri.path()[grpc::SERVICE_PREFIX.len()..].to_string();
+            if let Some(message) = grpc::local_answer(&method) {
+                return Ok(grpc_message_response(&message));
+            }
+            match parts
+                .headers
+                .get(grpc::MODEL_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(model) => (model.to_string(), None),
+                None => {
+                    let (model, read) = read_grpc_model(&mut body, limit).await?;
+                    prefix = Some(read);
+                    (model, None)
+                }
+            }
+        }
+    };
+
+    let table = gateway
+        .table(&model)
+        .ok_or_else(|| GatewayError::model_not_found(&model))?;
+    table.mark_used();
+    let now_ms = gateway.now_ms();
+
+    // Choose the version.
+    let (version_index, reason) = match parts.headers.get(&gateway.pin_header) {
+        Some(pin) => {
+            if !pin_allowed(gateway, remote) {
+                return Err(GatewayError::pin_not_allowed());
+            }
+            let pin = pin.to_str().unwrap_or_default();
+            let index = table
+                .version_index(pin)
+                .ok_or_else(|| GatewayError::unknown_version(&model, pin))?;
+            (index, Reason::Pin)
+        }
+        None => {
+            let choice = table.choose(&parts.headers, now_ms);
+            (choice.version, choice.reason)
+        }
+    };
+    let version = &table.versions[version_index];
+    if reason == Reason::HealthFallback {
+        version.state.rerouted_unhealthy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // Prepare the upstream request.
+    strip_hop_by_hop(&mut parts.headers, grpc);
+    parts.headers.remove(&gateway.pin_header);
+    append_forwarded_for(&mut parts.headers, remote);
+    let path_and_query = match &forward_path {
+        Some(path) => path.as_str(),
+        None => parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str()),
+    }
+    .to_string();
+
+    let upstream_body = match table.shadow_for(version_index) {
+        Some(shadow) => match shadow_body(gateway, &parts, prefix.take(), body).await? {
+            ShadowBody::Copied(bytes) => {
+                spawn_shadow(gateway, &table, shadow, &parts, &path_and_query, bytes.clone());
+                UpstreamBody::full(bytes)
+            }
+            ShadowBody::TooLarge(prefix, body) => {
+                table.versions[shadow]
+                    .state
+                    .shadow_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                UpstreamBody::streaming(prefix, body)
+            }
+        },
+        None => UpstreamBody::streaming(prefix, body),
+    };
+
+    let endpoint = version.pick_endpoint(now_ms).clone();
+    let upstream_request =
+        upstream_request(&parts, &endpoint, &path_and_query, table.protocol, upstream_body)?;
+    let result = tokio::time::timeout(
+        table.request_timeout,
+        table.client.request(upstream_request),
+    )
+    .await;
+
+    let recorder = Recorder {
+        state: version.state.clone(),
+        endpoint,
+        start,
+        now_ms,
+        bytes: 0,
+        outcome: Outcome::Success,
+        grpc,
+    };
+    let response = match result {
+        Err(_elapsed) => {
+            recorder.finish(Outcome::Timeout);
+            return Err(GatewayError::upstream_timeout(
+                &model,
+                &version.name,
+                table.request_timeout.as_millis() as u64,
+            ));
+        }
+        Ok(Err(error)) => {
+            if is_body_limit(&error) {
+                recorder.finish(Outcome::ClientError);
+                return Err(GatewayError::body_too_large(limit));
+            }
+            if error.is_connect() {
+                let url = recorder.endpoint.url.clone();
+                recorder.finish(Outcome::ConnectError);
+                return Err(GatewayError::upstream_connect(&model, &version.name, &url));
+            }
+            tracing::debug!(model, version = %version.name, error = %error_chain(&error), "Upstream request failed.");
+            recorder.finish(Outcome::ServerError);
+            return Err(GatewayError::upstream_error(&model, &version.name, &error));
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    let (mut head, body) = response.into_parts();
+    let outcome = if grpc {
+        // Trailers-only answers carry the status in the headers; otherwise
+        // it comes in the trailers, and its absence is a server error.
+        grpc::status_of(&head.headers).map_or(Outcome::ServerError, grpc::outcome_of_code)
+    } else {
+        outcome_of_status(head.status)
+    };
+    strip_hop_by_hop(&mut head.headers, grpc);
+    head.headers
+        .insert(VERSION_HEADER, version.header_value.clone());
+    let body = RecordingBody::new(body, Recorder { outcome, ..recorder });
+    Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
+}
+
+pub fn outcome_of_status(status: StatusCode) -> Outcome {
+    if status.is_server_error() {
+        Outcome::ServerError
+    } else if status.is_client_error() {
+        Outcome::ClientError
+    } else {
+        Outcome::Success
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn pin_allowed(gateway: &Gateway, remote: SocketAddr) -> bool {
+    let ip = remote.ip().to_canonical();
+    gateway
+        .config
+        .pin
+        .allow_from
+        .iter()
+        .any(|net| net.contains(&ip))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection only.
+fn strip_hop_by_hop(headers: &mut HeaderMap, grpc: bool) {
+    // Names listed in `Connection` are hop-by-hop too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HOST,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // gRPC needs `te: trailers` end to end; nothing else uses TE.
+    if !grpc {
+        headers.remove(header::TE);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_canonical().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+fn upstream_request(
+    parts: &Parts,
+    endpoint: &Endpoint,
+    path_and_query: &str,
+    protocol: Protocol,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, GatewayError> {
+    let uri = endpoint
+        .target(path_and_query)
+        .map_err(|e| GatewayError::bad_request(format!("cannot forward this path: {e}")))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    *request.version_mut() = match protocol {
+        Protocol::Http => Version::HTTP_11,
+        Protocol::Grpc => Version::HTTP_2,
+    };
+    Ok(request)
+}
+
+fn is_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if inner.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// Reads just enough of a gRPC body to find the model name.
+async fn read_grpc_model(
+    body: &mut Limited<Incoming>,
+    limit: u64,
+) -> Result<(String, Bytes), GatewayError> {
+    let mut read = BytesMut::new();
+    loop {
+        match grpc::scan_model_name(&read) {
+            Scan::Found(model) => return Ok((model, read.freeze())),
+            Scan::Absent => {
+                return Err(GatewayError::bad_request(
+                    "the first gRPC message names no model (field 1)",
+                ))
+            }
+            Scan::Invalid(why) => return Err(GatewayError::bad_request(why)),
+            Scan::NeedMore => {}
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+            }
+            Some(Err(error)) => {
+                return Err(if error.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::body_too_large(limit)
+                } else {
+                    GatewayError::bad_request(format!("reading the request: {error}"))
+                })
+            }
+            None => {
+                return Err(GatewayError::bad_request(
+                    "the request ended before the model name",
+                ))
+            }
+        }
+    }
+}
+
+enum ShadowBody {
+    Copied(Bytes),
+    TooLarge(Option<Bytes>, Limited<Incoming>),
+}
+
+/// Buffers the body for a shadow copy when it is small enough to copy.
+async fn shadow_body(
+    gateway: &Gateway,
+    parts: &Parts,
+    prefix: Option<Bytes>,
+    body: Limited<Incoming>,
+) -> Result<ShadowBody, GatewayError> {
+    let max = gateway.config.limits.shadow_body_max_bytes;
+    let known_small = body.is_end_stream()
+        || declared_length(&parts.headers).is_some_and(|len| len <= max);
+    if !known_small {
+        return Ok(ShadowBody::TooLarge(prefix, body));
+    }
+    let rest = body.collect().await.map_err(|error| {
+        if error.is::<http_body_util::LengthLimitError>() {
+            GatewayError::body_too_large(gateway.config.limits.request_body_max_bytes)
+        } else {
+            GatewayError::bad_request(format!("reading the request: {error}"))
+        }
+    })?;
+    let bytes = match prefix {
+        Some(prefix) => {
+            let mut all = BytesMut::from(prefix.as_ref());
+            all.extend_from_slice(&rest.to_bytes());
+            all.freeze()
+        }
+        None => rest.to_bytes(),
+    };
+    Ok(ShadowBody::Copied(bytes))
+}
+
+/// Sends a copy to the shadow version in the background. Its answer is
+/// recorded and thrown away; when too many copies are in flight the copy
+/// is dropped and counted, so shadows never slow the client down.
+fn spawn_shadow(
+    gateway: &Arc<Gateway>,
+    table: &Arc<ModelTable>,
+    shadow: usize,
+    parts: &Parts,
+    path_and_query: &str,
+    body: Bytes,
+) {
+    let version = &table.versions[shadow];
+    let Ok(permit) = gateway.shadow_permits.clone().try_acquire_owned() else {
+        version.state.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    version.state.shadow_sent.fetch_add(1, Ordering::Relaxed);
+    let now_ms = gateway.now_ms();
+    let endpoint = version.pick_endpoint(now_ms).clone();
+    let request = upstream_request(
+        parts,
+        &endpoint,
+        path_and_query,
+        table.protocol,
+        UpstreamBody::full(body),
+    );
+    let Ok(request) = request else {
+        return;
+    };
+    let grpc = grpc::is_grpc(&parts.headers);
+    let table = table.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let version = &table.versions[shadow];
+        let recorder = Recorder {
+            state: version.state.clone(),
+            endpoint,
+            start: Instant::now(),
+            now_ms,
+            bytes: 0,
+            outcome: Outcome::Success,
+            grpc,
+        };
+        let result =
+            tokio::time::timeout(table.request_timeout, table.client.request(request)).await;
+        let outcome_and_response = match result {
+            Err(_) => Err(Outcome::Timeout),
+            Ok(Err(error)) if error.is_connect() => Err(Outcome::ConnectError),
+            Ok(Err(_)) => Err(Outcome::ServerError),
+            Ok(Ok(response)) => Ok(response),
+        };
+        let response = match outcome_and_response {
+            Err(outcome) => return recorder.finish(outcome),
+            Ok(response) => response,
+        };
+        let outcome = if grpc {
+            grpc::status_of(response.headers()).map_or(Outcome::ServerError, grpc::outcome_of_code)
+        } else {
+            outcome_of_status(response.status())
+        };
+        // Read the answer to the end (bounded by the request timeout) so
+        // latency and size are complete; later issues compare its content.
+        let mut body = RecordingBody::new(response.into_body(), Recorder { outcome, ..recorder });
+        let _ = tokio::time::timeout(table.request_timeout, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
+}
+
+fn answer_locally(gateway: &Gateway, local: Local) -> Response<GatewayBody> {
+    let (status, body) = match local {
+        Local::Live => (StatusCode::OK, r#"{"live":true}"#.to_string()),
+        Local::Ready => {
+            if gateway.is_ready() {
+                (StatusCode::OK, r#"{"ready":true}"#.to_string())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#.to_string())
+            }
+        }
+        Local::ServerMetadata => (
+            StatusCode::OK,
+            serde_json::json!({
+                "name": "backstop",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": [],
+            })
+            .to_string(),
+        ),
+    };
+    let mut response = Response::new(GatewayBody::local(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A unary gRPC answer the gateway writes itself: one message, then OK.
+fn grpc_message_response(message: &[u8]) -> Response<GatewayBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(grpc::code::OK));
+    let body = GatewayBody::with_trailers(Bytes::from(grpc::frame(message)), trailers);
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}

@@ -1,0 +1,15 @@
+//! Backstop: a gateway in front of model servers that moves traffic between
+//! model versions, records what the analysis needs, and (in later issues)
+//! rolls back by itself.
+//!
+//! Data flows one way: [`gateway`] → analysis (`backstop_core::analysis`) →
+//! controller → actions. [`admin`] is the JSON API that reads the gateway
+//! and replaces routing tables. `main.rs` is only the command line.
+
+pub mod admin;
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod loadgen;
+pub mod toy;

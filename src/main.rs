@@ -1,0 +1,138 @@
+//! The `backstop` command line. Everything it runs lives in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "backstop", version, about = "Safe model rollouts: split, compare, roll back")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: data plane and admin API.
+    Serve {
+        #[arg(long, default_value = "backstop.yaml")]
+        config: PathBuf,
+    },
+    /// Check a config file without starting anything.
+    Check {
+        #[arg(long, default_value = "backstop.yaml")]
+        config: PathBuf,
+    },
+    /// Run the whole story on loopback with built-in toy model servers.
+    Demo {
+        /// How long to send traffic.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Requests per second, open loop.
+        #[arg(long, default_value_t = 400)]
+        rate: u64,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Measure the gateway against a direct call and nginx on loopback.
+    Bench {
+        #[command(flatten)]
+        options: backstop::bench::BenchOptions,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// A toy model server (used by the benchmark as a separate process).
+    #[command(hide = true)]
+    ToyUpstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "v1")]
+        version: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("backstop: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = backstop::config::Config::load(&config)?;
+            runtime.block_on(backstop::gateway::serve(config))?;
+        }
+        Command::Check { config } => {
+            backstop::config::Config::load(&config)?;
+            println!("{}: ok", config.display());
+        }
+        Command::Demo {
+            duration_s,
+            rate,
+            output,
+        } => {
+            if output == Output::Text {
+                init_logging();
+            }
+            let options = backstop::demo::DemoOptions {
+                duration: std::time::Duration::from_secs(duration_s),
+                rate_per_s: rate,
+                json: output == Output::Json,
+            };
+            let report = runtime.block_on(backstop::demo::run(options))?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
+        Command::Bench { options, output } => {
+            let report = runtime.block_on(backstop::bench::run(options))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Text => println!("{}", report.to_markdown()),
+            }
+        }
+        Command::ToyUpstream { listen, version } => {
+            runtime.block_on(async {
+                let toy = backstop::toy::ToyServer::start(listen, &version).await?;
+                println!("toy upstream listening: http://{}", toy.addr);
+                tokio::signal::ctrl_c().await?;
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("BACKSTOP_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
