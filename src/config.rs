@@ -442,20 +442,31 @@ impl Config {
             return Err(FieldError::new("stats.bucket_ms", "must be at least 1"));
         }
         if !(3..=100_000).contains(&self.stats.buckets) {
-            return Err(FieldError::new("stats.buckets", "must be between 3 and 100000"));
+            return Err(FieldError::new(
+                "stats.buckets",
+                "must be between 3 and 100000",
+            ));
         }
         if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
-            return Err(FieldError::new("health", "interval_ms and timeout_ms must be at least 1"));
+            return Err(FieldError::new(
+                "health",
+                "interval_ms and timeout_ms must be at least 1",
+            ));
         }
         if self.health.eject_after_failures == 0 {
-            return Err(FieldError::new("health.eject_after_failures", "must be at least 1"));
+            return Err(FieldError::new(
+                "health.eject_after_failures",
+                "must be at least 1",
+            ));
         }
         if http::HeaderName::from_bytes(self.pin.header.as_bytes()).is_err() {
             return Err(FieldError::new("pin.header", "not a valid header name"));
         }
         for (name, model) in &self.models {
             check_model_name(name).map_err(|m| FieldError::new(format!("models.{name}"), m))?;
-            model.check().map_err(|e| e.under(&format!("models.{name}")))?;
+            model
+                .check()
+                .map_err(|e| e.under(&format!("models.{name}")))?;
         }
         Ok(())
     }
@@ -480,14 +491,20 @@ impl ModelSpec {
     /// reference to a version resolvable, URLs usable.
     pub fn check(&self) -> Result<(), FieldError> {
         if self.versions.is_empty() {
-            return Err(FieldError::new("versions", "at least one version is required"));
+            return Err(FieldError::new(
+                "versions",
+                "at least one version is required",
+            ));
         }
         let mut names = BTreeSet::new();
         let mut total_weight: u64 = 0;
         for (i, version) in self.versions.iter().enumerate() {
             let at = |field: &str| format!("versions[{i}].{field}");
             check_model_name(&version.name).map_err(|_| {
-                FieldError::new(at("name"), "version names are 1-128 characters of [A-Za-z0-9._-]")
+                FieldError::new(
+                    at("name"),
+                    "version names are 1-128 characters of [A-Za-z0-9._-]",
+                )
             })?;
             if !names.insert(version.name.as_str()) {
                 return Err(FieldError::new(
@@ -500,7 +517,10 @@ impl ModelSpec {
             }
             total_weight += u64::from(version.weight);
             if version.endpoints.is_empty() {
-                return Err(FieldError::new(at("endpoints"), "at least one endpoint is required"));
+                return Err(FieldError::new(
+                    at("endpoints"),
+                    "at least one endpoint is required",
+                ));
             }
             for (j, endpoint) in version.endpoints.iter().enumerate() {
                 parse_endpoint(endpoint)
@@ -527,7 +547,10 @@ impl ModelSpec {
             match (&sticky.header, &sticky.cookie) {
                 (Some(name), None) | (None, Some(name)) => {
                     if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(FieldError::new("sticky", "not a valid header or cookie name"));
+                        return Err(FieldError::new(
+                            "sticky",
+                            "not a valid header or cookie name",
+                        ));
                     }
                 }
                 _ => {
@@ -547,7 +570,10 @@ impl ModelSpec {
                         return Err(FieldError::new(at("header"), "not a valid header name"));
                     }
                     if cohort.values.is_empty() {
-                        return Err(FieldError::new(at("values"), "a header cohort needs values"));
+                        return Err(FieldError::new(
+                            at("values"),
+                            "a header cohort needs values",
+                        ));
                     }
                 }
                 (None, Some([from, to])) => {
@@ -575,11 +601,17 @@ impl ModelSpec {
         if let Some(shadow) = &self.shadow {
             known("shadow.version".into(), &shadow.version)?;
             if !(0.0..=100.0).contains(&shadow.percent) {
-                return Err(FieldError::new("shadow.percent", "must be between 0 and 100"));
+                return Err(FieldError::new(
+                    "shadow.percent",
+                    "must be between 0 and 100",
+                ));
             }
         }
         if self.timeouts.connect_ms == 0 || self.timeouts.request_ms == 0 {
-            return Err(FieldError::new("timeouts", "timeouts must be at least 1 ms"));
+            return Err(FieldError::new(
+                "timeouts",
+                "timeouts must be at least 1 ms",
+            ));
         }
         if !self.health_path.starts_with('/') {
             return Err(FieldError::new("health_path", "must start with '/'"));
@@ -744,7 +776,9 @@ models:
         let text = GOOD.replace("weight: 10\n", "weight: ten\n");
         let error = parse(&text).unwrap_err().to_string();
         assert!(
-            error.starts_with("backstop.yaml:13:17: models.fraud-scorer.versions[1].weight: invalid type"),
+            error.starts_with(
+                "backstop.yaml:13:17: models.fraud-scorer.versions[1].weight: invalid type"
+            ),
             "{error}"
         );
     }
@@ -762,10 +796,16 @@ models:
         let text = GOOD.replace("version: v2 }\n    shadow", "version: v9 }\n    shadow");
         let error = parse(&text).unwrap_err();
         assert_eq!(error.path, "models.fraud-scorer.cohorts[0].version");
-        assert!(error.message.contains("unknown version \"v9\""), "{}", error.message);
+        assert!(
+            error.message.contains("unknown version \"v9\""),
+            "{}",
+            error.message
+        );
         assert_eq!(error.line, Some(16), "{error}");
 
-        let text = GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0");
+        let text = GOOD
+            .replace("weight: 90", "weight: 0")
+            .replace("weight: 10", "weight: 0");
         let error = parse(&text).unwrap_err();
         assert_eq!(error.path, "models.fraud-scorer.versions");
         assert_eq!(error.line, Some(8));
@@ -791,7 +831,11 @@ models:
         let text = "a:\n  b:\n    - x: 1\n      y: 2\n    - x: 3\n";
         assert_eq!(locate(text, "a.b[1].x"), Some((5, 7)));
         assert_eq!(locate(text, "a.b[0].y"), Some((4, 7)));
-        assert_eq!(locate(text, "a.c"), Some((1, 1)), "falls back to the parent");
+        assert_eq!(
+            locate(text, "a.c"),
+            Some((1, 1)),
+            "falls back to the parent"
+        );
         assert_eq!(locate(text, "z"), None);
     }
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "Safe model rollouts: split, compare, roll back")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Safe model rollouts: split, compare, roll back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -30,7 +30,7 @@ pub struct ToyBehaviour {
     pub unready: AtomicBool,
     /// Never answer (until this is cleared): a stuck server.
     pub hang: AtomicBool,
-    /// Requests seen, all paths.
+    /// Requests seen, health checks excluded.
     pub requests: AtomicU64,
 }
 
@@ -56,6 +56,9 @@ pub struct ToyServer {
     pub version: String,
     pub behaviour: Arc<ToyBehaviour>,
     task: tokio::task::JoinHandle<()>,
+    /// Closes every open connection when set: a dead server, not just a
+    /// closed listener.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl ToyServer {
@@ -70,21 +73,29 @@ impl ToyServer {
                 .unwrap_or(http::HeaderValue::from_static("invalid")),
             behaviour: behaviour.clone(),
         });
+        let (stopped, stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors and the like: don't spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
+                let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(shared.answer(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    }
                 });
             }
         });
@@ -93,6 +104,7 @@ impl ToyServer {
             version: version.to_string(),
             behaviour,
             task,
+            stopped,
         })
     }
 
@@ -100,15 +112,16 @@ impl ToyServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting; open connections end when their tasks notice.
+    /// Stops the server: the listener closes and open connections drop.
     pub fn stop(&self) {
         self.task.abort();
+        let _ = self.stopped.send(true);
     }
 }
 
 impl Drop for ToyServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -126,8 +139,10 @@ struct Shared {
 impl Shared {
     async fn answer(&self, req: Request<Incoming>) -> Response<ToyBody> {
         let behaviour = &self.behaviour;
-        behaviour.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
+        if !parts.uri.path().starts_with("/v2/health/") {
+            behaviour.requests.fetch_add(1, Ordering::Relaxed);
+        }
         // Read the whole request so the connection can be reused.
         let request_bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes().len(),
@@ -211,7 +226,8 @@ impl Shared {
     }
 
     fn json(&self, status: StatusCode, body: String) -> Response<ToyBody> {
-        let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
+        let mut response =
+            Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
         *response.status_mut() = status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -39,7 +39,10 @@ fn text(gateway: &Gateway) -> String {
     let mut out = String::with_capacity(8192);
     let states = gateway.version_states();
 
-    let _ = writeln!(out, "# HELP backstop_requests_total Requests answered, by how they ended.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_requests_total Requests answered, by how they ended."
+    );
     let _ = writeln!(out, "# TYPE backstop_requests_total counter");
     let mut lifetimes = Vec::with_capacity(states.len());
     for state in &states {
@@ -66,7 +69,10 @@ fn text(gateway: &Gateway) -> String {
         lifetimes.push((m, v, counts, latency));
     }
 
-    let _ = writeln!(out, "# HELP backstop_request_duration_seconds Time to the end of the upstream's answer.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_request_duration_seconds Time to the end of the upstream's answer."
+    );
     let _ = writeln!(out, "# TYPE backstop_request_duration_seconds histogram");
     for (m, v, _, latency) in &lifetimes {
         for bound in LATENCY_BOUNDS_S {
@@ -92,7 +98,10 @@ fn text(gateway: &Gateway) -> String {
         );
     }
 
-    let _ = writeln!(out, "# HELP backstop_response_bytes_total Response body bytes passed to clients.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_response_bytes_total Response body bytes passed to clients."
+    );
     let _ = writeln!(out, "# TYPE backstop_response_bytes_total counter");
     for (m, v, counts, _) in &lifetimes {
         let _ = writeln!(
@@ -138,7 +147,10 @@ fn text(gateway: &Gateway) -> String {
     models.sort_by(|a, b| a.model.cmp(&b.model));
     let now_ms = gateway.now_ms();
 
-    let _ = writeln!(out, "# HELP backstop_routing_table_generation Generation of the model's current routing table.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_routing_table_generation Generation of the model's current routing table."
+    );
     let _ = writeln!(out, "# TYPE backstop_routing_table_generation gauge");
     for table in &models {
         let _ = writeln!(
@@ -148,11 +160,21 @@ fn text(gateway: &Gateway) -> String {
             table.generation
         );
     }
-    let _ = writeln!(out, "# HELP backstop_routing_table_swaps_total Routing tables installed since start.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_routing_table_swaps_total Routing tables installed since start."
+    );
     let _ = writeln!(out, "# TYPE backstop_routing_table_swaps_total counter");
-    let _ = writeln!(out, "backstop_routing_table_swaps_total {}", gateway.swaps.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "backstop_routing_table_swaps_total {}",
+        gateway.swaps.load(Ordering::Relaxed)
+    );
 
-    let _ = writeln!(out, "# HELP backstop_version_weight Routing weight of each version in the current table.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_version_weight Routing weight of each version in the current table."
+    );
     let _ = writeln!(out, "# TYPE backstop_version_weight gauge");
     for table in &models {
         for version in &table.versions {
@@ -181,7 +203,10 @@ fn text(gateway: &Gateway) -> String {
             }
         }
     }
-    let _ = writeln!(out, "# HELP backstop_events_total Health and routing events recorded since start.");
+    let _ = writeln!(
+        out,
+        "# HELP backstop_events_total Health and routing events recorded since start."
+    );
     let _ = writeln!(out, "# TYPE backstop_events_total counter");
     let _ = writeln!(out, "backstop_events_total {}", gateway.events.total());
     out

@@ -25,7 +25,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/models", get(list_models))
-        .route("/api/v1/models/{model}/routes", get(get_routes).put(put_routes))
+        .route(
+            "/api/v1/models/{model}/routes",
+            get(get_routes).put(put_routes),
+        )
         .route("/api/v1/models/{model}/stats", get(get_stats))
         .route("/api/v1/events", get(get_events))
         .fallback(|| async {
@@ -85,7 +88,11 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
     }
 }
 
@@ -234,20 +241,19 @@ async fn get_stats(
     let mut versions = BTreeMap::new();
     for version in &table.versions {
         let stats = &version.state.stats;
-        let mut window = match (query.from_epoch, query.to_epoch, query.window_ms) {
-            (Some(from), Some(to), None) if from <= to => stats.range(from, to),
-            (None, None, window_ms) => {
-                let window_ms = window_ms.unwrap_or(10 * bucket_ms);
-                stats.window(window_ms.div_ceil(bucket_ms).max(1) as usize)
-            }
-            _ => {
-                return Err(ApiError::new(
+        let mut window =
+            match (query.from_epoch, query.to_epoch, query.window_ms) {
+                (Some(from), Some(to), None) if from <= to => stats.range(from, to),
+                (None, None, window_ms) => {
+                    let window_ms = window_ms.unwrap_or(10 * bucket_ms);
+                    stats.window(window_ms.div_ceil(bucket_ms).max(1) as usize)
+                }
+                _ => return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_query",
                     "use either window_ms, or from_epoch and to_epoch with from_epoch <= to_epoch",
-                ))
-            }
-        };
+                )),
+            };
         let latency = std::mem::take(&mut window.latency_us);
         let quantile = |q| latency.quantile(q);
         let counts = &window.counts;
@@ -258,13 +264,20 @@ async fn get_stats(
             p999_us: quantile(0.999),
             error_rate: (counts.requests > 0)
                 .then(|| counts.failures() as f64 / counts.requests as f64),
-            shadow_sent: version.state.shadow_sent.load(std::sync::atomic::Ordering::Relaxed),
+            shadow_sent: version
+                .state
+                .shadow_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
             shadow_dropped: version
                 .state
                 .shadow_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
             window: WindowSnapshot {
-                latency_us: if query.histogram { latency } else { Default::default() },
+                latency_us: if query.histogram {
+                    latency
+                } else {
+                    Default::default()
+                },
                 ..window
             },
         };
@@ -332,13 +345,19 @@ models:
     async fn replaces_a_table_and_bumps_the_generation() {
         let gateway = gateway();
         let body = r#"{"versions":[{"name":"v1","weight":50,"endpoints":["http://127.0.0.1:9"]},{"name":"v2","weight":50,"endpoints":["http://127.0.0.1:10"]}]}"#;
-        let (status, value) = call(&gateway, put("/api/v1/models/m/routes?if_generation=1", body)).await;
+        let (status, value) = call(
+            &gateway,
+            put("/api/v1/models/m/routes?if_generation=1", body),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{value}");
         assert_eq!(value["generation"], 2);
         assert_eq!(gateway.table("m").unwrap().versions.len(), 2);
         let (status, value) = call(
             &gateway,
-            Request::get("/api/v1/models/m/routes").body(Body::empty()).unwrap(),
+            Request::get("/api/v1/models/m/routes")
+                .body(Body::empty())
+                .unwrap(),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
@@ -349,7 +368,12 @@ models:
     async fn bad_input_gets_a_coded_error_and_changes_nothing() {
         let gateway = gateway();
         let cases = [
-            ("/api/v1/models/m/routes", "{not json", StatusCode::BAD_REQUEST, "invalid_json"),
+            (
+                "/api/v1/models/m/routes",
+                "{not json",
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+            ),
             (
                 "/api/v1/models/m/routes",
                 r#"{"versions":[{"name":"v1","weight":"x","endpoints":[]}]}"#,
@@ -434,12 +458,21 @@ models:
         let gateway = gateway();
         let (status, value) = call(
             &gateway,
-            Request::get("/api/v1/models/nope/routes").body(Body::empty()).unwrap(),
+            Request::get("/api/v1/models/nope/routes")
+                .body(Body::empty())
+                .unwrap(),
         )
         .await;
-        assert_eq!((status, value["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("model_not_found")));
-        let (status, value) = call(&gateway, Request::get("/nope").body(Body::empty()).unwrap()).await;
-        assert_eq!((status, value["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        assert_eq!(
+            (status, value["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("model_not_found"))
+        );
+        let (status, value) =
+            call(&gateway, Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (status, value["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
     }
 
     #[tokio::test]
@@ -459,11 +492,23 @@ models:
             .to_str()
             .unwrap()
             .starts_with("text/plain; version=0.0.4"));
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert!(text.contains(r#"backstop_requests_total{model="m",version="v1",outcome="success"} 1"#), "{text}");
-        assert!(text.contains(r#"backstop_request_duration_seconds_bucket{model="m",version="v1",le="0.0025"} 1"#), "{text}");
-        assert!(text.contains(r#"backstop_request_duration_seconds_count{model="m",version="v1"} 1"#));
+        assert!(
+            text.contains(r#"backstop_requests_total{model="m",version="v1",outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"backstop_request_duration_seconds_bucket{model="m",version="v1",le="0.0025"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"backstop_request_duration_seconds_count{model="m",version="v1"} 1"#)
+        );
         assert!(text.contains(r#"backstop_routing_table_generation{model="m"} 1"#));
         assert!(text.contains(r#"backstop_upstream_healthy{model="m",version="v1",endpoint="http://127.0.0.1:9"} 1"#), "{text}");
     }

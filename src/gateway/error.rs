@@ -115,7 +115,10 @@ impl GatewayError {
             StatusCode::BAD_GATEWAY,
             "upstream_error",
             Source::Upstream,
-            format!("model {model:?} version {version:?}: {}", error_chain(error)),
+            format!(
+                "model {model:?} version {version:?}: {}",
+                error_chain(error)
+            ),
         )
     }
 
@@ -171,7 +174,13 @@ pub fn grpc_trailers_only(code: u32, message: &str) -> Response<GatewayBody> {
     // grpc-message is percent-encoded; keep it to safe characters.
     let safe: String = message
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect::<String>()
         .replace('%', "%25");
     if let Ok(value) = HeaderValue::from_str(&safe) {

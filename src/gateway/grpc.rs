@@ -77,7 +77,9 @@ pub fn scan_model_name(buf: &[u8]) -> Scan {
         return Scan::NeedMore;
     }
     if buf[0] != 0 {
-        return Scan::Invalid("the first message is compressed; name the model in the x-backstop-model header");
+        return Scan::Invalid(
+            "the first message is compressed; name the model in the x-backstop-model header",
+        );
     }
     let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     let available = &buf[5..];
@@ -86,7 +88,11 @@ pub fn scan_model_name(buf: &[u8]) -> Scan {
     let mut at = 0;
     while at < message.len() {
         let Some((tag, used)) = read_varint(&message[at..]) else {
-            return if complete { Scan::Invalid("bad protobuf tag") } else { Scan::NeedMore };
+            return if complete {
+                Scan::Invalid("bad protobuf tag")
+            } else {
+                Scan::NeedMore
+            };
         };
         at += used;
         let (field, wire_type) = (tag >> 3, tag & 7);
@@ -99,7 +105,11 @@ pub fn scan_model_name(buf: &[u8]) -> Scan {
             1 => 8,
             2 => {
                 let Some((len, used)) = read_varint(&message[at..]) else {
-                    return if complete { Scan::Invalid("bad protobuf length") } else { Scan::NeedMore };
+                    return if complete {
+                        Scan::Invalid("bad protobuf length")
+                    } else {
+                        Scan::NeedMore
+                    };
                 };
                 at += used;
                 let Ok(len) = usize::try_from(len) else {
@@ -205,18 +215,34 @@ mod tests {
         let body = infer_request("fraud-scorer");
         let found_at = 5 + 7 + 2 + "fraud-scorer".len();
         for cut in 0..found_at {
-            assert_eq!(scan_model_name(&body[..cut]), Scan::NeedMore, "cut at {cut}");
+            assert_eq!(
+                scan_model_name(&body[..cut]),
+                Scan::NeedMore,
+                "cut at {cut}"
+            );
         }
-        assert_eq!(scan_model_name(&body[..found_at]), Scan::Found("fraud-scorer".into()));
+        assert_eq!(
+            scan_model_name(&body[..found_at]),
+            Scan::Found("fraud-scorer".into())
+        );
     }
 
     #[test]
     fn reports_absent_and_invalid_messages() {
-        assert_eq!(scan_model_name(&frame(&protobuf_string(2, "v"))), Scan::Absent);
+        assert_eq!(
+            scan_model_name(&frame(&protobuf_string(2, "v"))),
+            Scan::Absent
+        );
         assert_eq!(scan_model_name(&frame(&[])), Scan::Absent);
-        assert!(matches!(scan_model_name(&[1, 0, 0, 0, 0]), Scan::Invalid(_)));
+        assert!(matches!(
+            scan_model_name(&[1, 0, 0, 0, 0]),
+            Scan::Invalid(_)
+        ));
         assert!(matches!(scan_model_name(&frame(&[0x0b])), Scan::Invalid(_)));
-        assert!(matches!(scan_model_name(&frame(&[0x0a, 0x05, b'a'])), Scan::Invalid(_)));
+        assert!(matches!(
+            scan_model_name(&frame(&[0x0a, 0x05, b'a'])),
+            Scan::Invalid(_)
+        ));
     }
 
     #[test]

@@ -51,7 +51,11 @@ pub async fn run(gateway: Arc<Gateway>) {
                 endpoint.clear_ejection();
             }
             if endpoint.set_active_health(healthy) {
-                let kind = if healthy { "endpoint_healthy" } else { "endpoint_unhealthy" };
+                let kind = if healthy {
+                    "endpoint_healthy"
+                } else {
+                    "endpoint_unhealthy"
+                };
                 tracing::warn!(endpoint = %endpoint.url, healthy, "Endpoint health changed.");
                 gateway.events.push(Event {
                     kind,
@@ -83,7 +87,10 @@ fn report_version_health(
                 continue;
             }
             let (kind, detail) = if healthy {
-                ("version_available", "a healthy endpoint is back".to_string())
+                (
+                    "version_available",
+                    "a healthy endpoint is back".to_string(),
+                )
             } else if any_healthy {
                 (
                     "version_unavailable",

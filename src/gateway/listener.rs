@@ -130,7 +130,10 @@ async fn accept_loop<S, B>(
 {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
@@ -187,10 +190,8 @@ where
                 .await
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(stream),
-            );
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
             let stream = handshake.await.map_err(|_| "TLS handshake timed out")??;
             watcher
                 .watch(builder.serve_connection(TokioIo::new(stream), service))

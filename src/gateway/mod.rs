@@ -139,7 +139,10 @@ pub fn unix_ms() -> u64 {
 pub enum ReplaceError {
     Invalid(FieldError),
     /// The caller expected another generation (someone else changed it).
-    GenerationMismatch { expected: u64, actual: u64 },
+    GenerationMismatch {
+        expected: u64,
+        actual: u64,
+    },
 }
 
 pub struct Gateway {
@@ -210,8 +213,12 @@ impl Gateway {
         spec: ModelSpec,
         if_generation: Option<u64>,
     ) -> Result<u64, ReplaceError> {
-        crate::config::check_model_name(model)
-            .map_err(|m| ReplaceError::Invalid(FieldError { path: "model".into(), message: m }))?;
+        crate::config::check_model_name(model).map_err(|m| {
+            ReplaceError::Invalid(FieldError {
+                path: "model".into(),
+                message: m,
+            })
+        })?;
         spec.check().map_err(ReplaceError::Invalid)?;
         let _writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.tables.load_full();
@@ -244,7 +251,12 @@ impl Gateway {
                     .iter()
                     .map(|url| self.endpoint(url, spec.protocol, &spec.health_path, &settings))
                     .collect();
-                VersionRoute::new(v.name.clone(), v.weight, endpoints, self.state(model, &v.name))
+                VersionRoute::new(
+                    v.name.clone(),
+                    v.weight,
+                    endpoints,
+                    self.state(model, &v.name),
+                )
             })
             .collect();
         let client = self.clients.get(
@@ -332,14 +344,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(gateway.config.admin.listen)
         .await
         .map_err(|e| {
-            anyhow::anyhow!("binding the admin API to {}: {e}", gateway.config.admin.listen)
+            anyhow::anyhow!(
+                "binding the admin API to {}: {e}",
+                gateway.config.admin.listen
+            )
         })?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let scheme = |tls: &Option<_>| if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read these two lines to find the ports.
-    println!("backstop listening: data={}://{data_addr}", scheme(&data_tls));
-    println!("backstop listening: admin={}://{admin_addr}", scheme(&admin_tls));
+    println!(
+        "backstop listening: data={}://{data_addr}",
+        scheme(&data_tls)
+    );
+    println!(
+        "backstop listening: admin={}://{admin_addr}",
+        scheme(&admin_tls)
+    );
     tracing::info!(%data_addr, %admin_addr, models = gateway.tables().len(), "Backstop gateway started.");
     if !admin_addr.ip().is_loopback() {
         tracing::warn!(%admin_addr, "The admin API is not on loopback and has no authentication yet.");

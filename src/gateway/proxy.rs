@@ -67,7 +67,9 @@ enum Local {
 
 fn classify(path: &str, grpc: bool) -> Option<Target<'_>> {
     if grpc {
-        return path.starts_with(grpc::SERVICE_PREFIX).then_some(Target::Grpc);
+        return path
+            .starts_with(grpc::SERVICE_PREFIX)
+            .then_some(Target::Grpc);
     }
     match path {
         "/v2/health/live" => return Some(Target::Local(Local::Live)),
@@ -162,7 +164,10 @@ async fn proxy(
     };
     let version = &table.versions[version_index];
     if reason == Reason::HealthFallback {
-        version.state.rerouted_unhealthy.fetch_add(1, Ordering::Relaxed);
+        version
+            .state
+            .rerouted_unhealthy
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     // Prepare the upstream request.
@@ -171,17 +176,21 @@ async fn proxy(
     append_forwarded_for(&mut parts.headers, remote);
     let path_and_query = match &forward_path {
         Some(path) => path.as_str(),
-        None => parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str()),
+        None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     }
     .to_string();
 
     let upstream_body = match table.shadow_for(version_index) {
         Some(shadow) => match shadow_body(gateway, &parts, prefix.take(), body).await? {
             ShadowBody::Copied(bytes) => {
-                spawn_shadow(gateway, &table, shadow, &parts, &path_and_query, bytes.clone());
+                spawn_shadow(
+                    gateway,
+                    &table,
+                    shadow,
+                    &parts,
+                    &path_and_query,
+                    bytes.clone(),
+                );
                 UpstreamBody::full(bytes)
             }
             ShadowBody::TooLarge(prefix, body) => {
@@ -196,8 +205,13 @@ async fn proxy(
     };
 
     let endpoint = version.pick_endpoint(now_ms).clone();
-    let upstream_request =
-        upstream_request(&parts, &endpoint, &path_and_query, table.protocol, upstream_body)?;
+    let upstream_request = upstream_request(
+        &parts,
+        &endpoint,
+        &path_and_query,
+        table.protocol,
+        upstream_body,
+    )?;
     let result = tokio::time::timeout(
         table.request_timeout,
         table.client.request(upstream_request),
@@ -223,9 +237,20 @@ async fn proxy(
             ));
         }
         Ok(Err(error)) => {
-            if is_body_limit(&error) {
-                recorder.finish(Outcome::ClientError);
-                return Err(GatewayError::body_too_large(limit));
+            // The client's own body failed: its fault, not the version's.
+            match client_body_fault(&error) {
+                Some(BodyFault::TooLarge) => {
+                    recorder.finish(Outcome::ClientError);
+                    return Err(GatewayError::body_too_large(limit));
+                }
+                Some(BodyFault::Broken) => {
+                    recorder.finish(Outcome::ClientError);
+                    return Err(GatewayError::bad_request(format!(
+                        "reading the request body: {}",
+                        error_chain(&error)
+                    )));
+                }
+                None => {}
             }
             if error.is_connect() {
                 let url = recorder.endpoint.url.clone();
@@ -250,7 +275,13 @@ async fn proxy(
     strip_hop_by_hop(&mut head.headers, grpc);
     head.headers
         .insert(VERSION_HEADER, version.header_value.clone());
-    let body = RecordingBody::new(body, Recorder { outcome, ..recorder });
+    let body = RecordingBody::new(
+        body,
+        Recorder {
+            outcome,
+            ..recorder
+        },
+    );
     Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
 }
 
@@ -345,15 +376,29 @@ fn upstream_request(
     Ok(request)
 }
 
-fn is_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
+enum BodyFault {
+    TooLarge,
+    Broken,
+}
+
+/// Whether an upstream request failed because the *client's* body did
+/// (too large, or a broken stream), rather than the upstream.
+fn client_body_fault(error: &hyper_util::client::legacy::Error) -> Option<BodyFault> {
+    let mut fault = None;
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
         if inner.is::<http_body_util::LengthLimitError>() {
-            return true;
+            return Some(BodyFault::TooLarge);
+        }
+        // hyper calls an error of the body we handed it a "user" error.
+        if let Some(hyper_error) = inner.downcast_ref::<hyper::Error>() {
+            if fault.is_none() && hyper_error.is_user() {
+                fault = Some(BodyFault::Broken);
+            }
         }
         source = inner.source();
     }
-    false
+    fault
 }
 
 /// Reads just enough of a gRPC body to find the model name.
@@ -408,8 +453,8 @@ async fn shadow_body(
     body: Limited<Incoming>,
 ) -> Result<ShadowBody, GatewayError> {
     let max = gateway.config.limits.shadow_body_max_bytes;
-    let known_small = body.is_end_stream()
-        || declared_length(&parts.headers).is_some_and(|len| len <= max);
+    let known_small =
+        body.is_end_stream() || declared_length(&parts.headers).is_some_and(|len| len <= max);
     if !known_small {
         return Ok(ShadowBody::TooLarge(prefix, body));
     }
@@ -493,7 +538,13 @@ fn spawn_shadow(
         };
         // Read the answer to the end (bounded by the request timeout) so
         // latency and size are complete; later issues compare its content.
-        let mut body = RecordingBody::new(response.into_body(), Recorder { outcome, ..recorder });
+        let mut body = RecordingBody::new(
+            response.into_body(),
+            Recorder {
+                outcome,
+                ..recorder
+            },
+        );
         let _ = tokio::time::timeout(table.request_timeout, async {
             while let Some(Ok(_)) = body.frame().await {}
         })
@@ -508,7 +559,10 @@ fn answer_locally(gateway: &Gateway, local: Local) -> Response<GatewayBody> {
             if gateway.is_ready() {
                 (StatusCode::OK, r#"{"ready":true}"#.to_string())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#.to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"ready":false}"#.to_string(),
+                )
             }
         }
         Local::ServerMetadata => (

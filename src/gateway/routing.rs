@@ -10,8 +10,8 @@
 //! healthy endpoint is skipped while another version is healthy.
 
 use super::upstream::{Endpoint, UpstreamClient};
-use crate::config::{CohortSpec, ModelSpec, Protocol, StickySpec, KEY_BUCKETS};
 use super::VersionState;
+use crate::config::{CohortSpec, ModelSpec, Protocol, StickySpec, KEY_BUCKETS};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -149,12 +149,15 @@ impl ModelTable {
                 (None, None) => unreachable!("spec was checked: a cohort has a matcher"),
             })
             .collect();
-        let sticky = spec.sticky.as_ref().map(|s: &StickySpec| match (&s.header, &s.cookie) {
-            (Some(h), _) => {
-                Sticky::Header(HeaderName::from_bytes(h.as_bytes()).expect("checked header name"))
-            }
-            (None, c) => Sticky::Cookie(c.clone().expect("checked: header or cookie")),
-        });
+        let sticky = spec
+            .sticky
+            .as_ref()
+            .map(|s: &StickySpec| match (&s.header, &s.cookie) {
+                (Some(h), _) => Sticky::Header(
+                    HeaderName::from_bytes(h.as_bytes()).expect("checked header name"),
+                ),
+                (None, c) => Sticky::Cookie(c.clone().expect("checked: header or cookie")),
+            });
         let shadow = spec
             .shadow
             .as_ref()
@@ -493,6 +496,9 @@ mod tests {
         // Pinned values: changing the hash would move every sticky user.
         assert_eq!(stable_hash(b""), stable_hash(b""));
         assert_ne!(stable_hash(b"a"), stable_hash(b"b"));
-        assert_eq!(stable_hash(b"user-1") % 10_000, stable_hash(b"user-1") % 10_000);
+        assert_eq!(
+            stable_hash(b"user-1") % 10_000,
+            stable_hash(b"user-1") % 10_000
+        );
     }
 }

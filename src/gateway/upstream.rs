@@ -258,12 +258,20 @@ mod tests {
         for _ in 0..2 {
             e.record_failure(300);
         }
-        assert_eq!(e.record_failure(300), Some(Duration::from_millis(350)), "capped");
+        assert_eq!(
+            e.record_failure(300),
+            Some(Duration::from_millis(350)),
+            "capped"
+        );
         e.record_success();
         for _ in 0..2 {
             e.record_failure(1000);
         }
-        assert_eq!(e.record_failure(1000), Some(Duration::from_millis(100)), "reset");
+        assert_eq!(
+            e.record_failure(1000),
+            Some(Duration::from_millis(100)),
+            "reset"
+        );
     }
 
     #[test]

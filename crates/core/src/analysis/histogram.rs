@@ -204,7 +204,10 @@ mod tests {
         let mut next_low = 0;
         for index in 0..BUCKETS {
             let (low, width) = bucket_range(index);
-            assert_eq!(low, next_low, "bucket {index} starts where the previous ended");
+            assert_eq!(
+                low, next_low,
+                "bucket {index} starts where the previous ended"
+            );
             assert_eq!(bucket_index(low), index);
             assert_eq!(bucket_index(low + width - 1), index);
             next_low = low + width;
@@ -243,7 +246,10 @@ mod tests {
             let exact = values[rank - 1] as f64;
             let estimate = snapshot.quantile(q).unwrap() as f64;
             let error = (estimate - exact).abs() / exact;
-            assert!(error <= RELATIVE_ERROR_MAX, "q={q} exact={exact} estimate={estimate}");
+            assert!(
+                error <= RELATIVE_ERROR_MAX,
+                "q={q} exact={exact} estimate={estimate}"
+            );
         }
     }
 

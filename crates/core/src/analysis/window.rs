@@ -158,7 +158,10 @@ impl VersionStats {
     /// `buckets` slots of `bucket_ms` each, starting at `epoch`.
     pub fn new(bucket_ms: u64, buckets: usize, epoch: u64) -> Self {
         assert!(bucket_ms > 0, "bucket_ms must be positive");
-        assert!(buckets >= 3, "the ticker clears one slot ahead of the current one");
+        assert!(
+            buckets >= 3,
+            "the ticker clears one slot ahead of the current one"
+        );
         let slots: Box<[Slot]> = (0..buckets).map(|_| Slot::new()).collect();
         slots[(epoch % buckets as u64) as usize]
             .epoch

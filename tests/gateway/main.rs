@@ -1,0 +1,12 @@
+//! Binary-level tests: the real `backstop serve`, started on ephemeral
+//! loopback ports in front of in-process toy model servers, driven over
+//! real sockets. Every load loop is bounded in count and in time.
+
+mod errors;
+mod grpc;
+mod health;
+mod routing;
+mod shadow;
+mod swap;
+mod tls;
+mod util;
