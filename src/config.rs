@@ -820,6 +820,13 @@ models:
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../examples/backstop.yaml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.models["fraud-scorer"].cohorts.len(), 2);
+    }
+
+    #[test]
     fn empty_config_uses_defaults() {
         let config = parse("{}").unwrap();
         assert_eq!(config.listen.port(), 8080);

@@ -331,68 +331,95 @@ impl Gateway {
     }
 }
 
-/// Runs the gateway until SIGINT/SIGTERM: data plane, admin API, health
-/// checks and the statistics ticker.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// A started gateway: listeners bound, background tasks running.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub data_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    shutdown: listener::Shutdown,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (up to `grace`),
+    /// then stops the background tasks.
+    pub async fn stop(self, grace: Duration) {
+        self.shutdown.trigger();
+        let listeners = self.listeners;
+        let _ = tokio::time::timeout(grace, async move {
+            for task in listeners {
+                let _ = task.await;
+            }
+        })
+        .await;
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Binds both listeners and starts serving; returns at once.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data_tls = listener::server_tls(config.tls.as_ref())?;
     let admin_tls = listener::server_tls(config.admin.tls.as_ref())?;
     let gateway = Gateway::new(config).map_err(anyhow::Error::msg)?;
-
-    let data = tokio::net::TcpListener::bind(gateway.config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the data plane to {}: {e}", gateway.config.listen))?;
-    let admin = tokio::net::TcpListener::bind(gateway.config.admin.listen)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "binding the admin API to {}: {e}",
-                gateway.config.admin.listen
-            )
-        })?;
+    let bind = |addr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the {what} to {addr}: {e}"))
+    };
+    let data = bind(gateway.config.listen, "data plane").await?;
+    let admin = bind(gateway.config.admin.listen, "admin API").await?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let scheme = |tls: &Option<_>| if tls.is_some() { "https" } else { "http" };
+    let shutdown = listener::Shutdown::new();
+    let listeners = vec![
+        tokio::spawn(listener::serve_data(
+            data,
+            data_tls,
+            gateway.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(listener::serve_admin(
+            admin,
+            admin_tls,
+            crate::admin::router(gateway.clone()),
+            shutdown.clone(),
+        )),
+    ];
+    Ok(Running {
+        background: spawn_background(&gateway),
+        gateway,
+        data_addr,
+        admin_addr,
+        shutdown,
+        listeners,
+    })
+}
+
+/// Runs the gateway until SIGINT/SIGTERM: data plane, admin API, health
+/// checks and the statistics ticker.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let scheme = |tls: &Option<crate::config::TlsFiles>| if tls.is_some() { "https" } else { "http" };
+    let (data_scheme, admin_scheme) = (scheme(&config.tls), scheme(&config.admin.tls));
+    let running = start(config).await?;
+    let (data_addr, admin_addr) = (running.data_addr, running.admin_addr);
     // Tests and scripts read these two lines to find the ports.
-    println!(
-        "backstop listening: data={}://{data_addr}",
-        scheme(&data_tls)
+    println!("backstop listening: data={data_scheme}://{data_addr}");
+    println!("backstop listening: admin={admin_scheme}://{admin_addr}");
+    tracing::info!(
+        %data_addr,
+        %admin_addr,
+        models = running.gateway.tables().len(),
+        "Backstop gateway started."
     );
-    println!(
-        "backstop listening: admin={}://{admin_addr}",
-        scheme(&admin_tls)
-    );
-    tracing::info!(%data_addr, %admin_addr, models = gateway.tables().len(), "Backstop gateway started.");
     if !admin_addr.ip().is_loopback() {
         tracing::warn!(%admin_addr, "The admin API is not on loopback and has no authentication yet.");
     }
-
-    let background = spawn_background(&gateway);
-    let shutdown = listener::Shutdown::new();
-    let data_task = {
-        let gateway = gateway.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            listener::serve_data(data, data_tls, gateway, shutdown).await;
-        })
-    };
-    let admin_task = {
-        let router = crate::admin::router(gateway.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            listener::serve_admin(admin, admin_tls, router, shutdown).await;
-        })
-    };
     listener::wait_for_signal().await;
     tracing::info!("Shutting down: no new connections; waiting for requests in flight.");
-    shutdown.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = data_task.await;
-        let _ = admin_task.await;
-    })
-    .await;
-    for task in background {
-        task.abort();
-    }
+    running.stop(Duration::from_secs(10)).await;
     Ok(())
 }
 
