@@ -99,7 +99,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     config.stats.bucket_ms = BUCKET_MS;
     config.stats.buckets = 1200;
     config.models.insert(MODEL.into(), spec);
-    config.check().map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
     let running = crate::gateway::start(config).await?;
     let gateway = running.gateway.clone();
@@ -156,7 +158,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
             let stats = &version.state.stats;
             let to = stats.current_epoch().saturating_sub(1);
             let window = stats.range(to.saturating_sub(3), to);
-            let label = if version.name == "v1" { format!("{second}s") } else { String::new() };
+            let label = if version.name == "v1" {
+                format!("{second}s")
+            } else {
+                String::new()
+            };
             println!(
                 "{:>4}  {:<7} {:>7} {:>8} {:>8} {:>7.1}%",
                 label,
@@ -176,7 +182,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         .iter()
         .map(|v| {
             let stats = &v.state.stats;
-            (v.name.clone(), stats.range(first_epoch, stats.current_epoch()))
+            (
+                v.name.clone(),
+                stats.range(first_epoch, stats.current_epoch()),
+            )
         })
         .collect();
     let total: u64 = windows.iter().map(|(_, w)| w.counts.requests).sum();

@@ -401,7 +401,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Runs the gateway until SIGINT/SIGTERM: data plane, admin API, health
 /// checks and the statistics ticker.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let scheme = |tls: &Option<crate::config::TlsFiles>| if tls.is_some() { "https" } else { "http" };
+    let scheme =
+        |tls: &Option<crate::config::TlsFiles>| if tls.is_some() { "https" } else { "http" };
     let (data_scheme, admin_scheme) = (scheme(&config.tls), scheme(&config.admin.tls));
     let running = start(config).await?;
     let (data_addr, admin_addr) = (running.data_addr, running.admin_addr);
