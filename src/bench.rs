@@ -1197,6 +1197,8 @@ impl BenchReport {
             let _ = write!(out, "---:|");
         }
         let _ = writeln!(out, "---:|");
+        // Set when a fixed rate exceeds a setup's maximum (footnote below).
+        let mut saturated = false;
         for (name, setup) in [
             ("direct", &self.setups.direct),
             ("nginx", &self.setups.nginx),
@@ -1209,15 +1211,25 @@ impl BenchReport {
                 fmt_opt_f64(setup.cpu_us_per_req, 1)
             );
             for rate in &setup.rates {
+                let over = setup.max_rps.is_some_and(|max| rate.rate_rps as f64 > max);
+                saturated |= over;
                 let _ = write!(
                     out,
-                    " {} / {} / {} |",
+                    " {} / {} / {}{} |",
                     fmt_opt_u64(rate.p50_us),
                     fmt_opt_u64(rate.p99_us),
-                    fmt_opt_u64(rate.p999_us)
+                    fmt_opt_u64(rate.p999_us),
+                    if over { " †" } else { "" }
                 );
             }
             let _ = writeln!(out, " {} |", fmt_opt_u64(setup.errors));
+        }
+        if saturated {
+            let _ = writeln!(
+                out,
+                "\n† The rate is above this setup's closed-loop maximum: requests queue for a \
+                 free connection, and the coordinated-omission correction charges that wait."
+            );
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "| backstop ÷ | max rps | p99 at 25% | CPU µs/req |");
