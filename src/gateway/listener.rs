@@ -88,11 +88,12 @@ pub async fn serve_data(
 ) {
     accept_loop(listener, tls, shutdown, move |remote| {
         let gateway = gateway.clone();
+        let peer = super::proxy::Peer::new(remote);
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let gateway = gateway.clone();
+            let (gateway, peer) = (gateway.clone(), peer.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    super::proxy::handle(gateway, request, remote).await,
+                    super::proxy::handle(gateway, request, peer).await,
                 )
             }
         })

@@ -31,11 +31,31 @@ use std::time::Instant;
 
 pub const VERSION_HEADER: &str = "x-backstop-version";
 
+/// The client end of a connection, worked out once per connection rather
+/// than once per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP as an `x-forwarded-for` value.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_canonical().to_string();
+        Self {
+            addr,
+            forwarded_for: HeaderValue::from_str(&ip)
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
 /// Handles one client request. Never fails: errors become answers.
 pub async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
-    remote: SocketAddr,
+    remote: Peer,
 ) -> Response<GatewayBody> {
     let grpc = grpc::is_grpc(request.headers());
     match proxy(&gateway, request, remote, grpc).await {
@@ -92,7 +112,7 @@ fn classify(path: &str, grpc: bool) -> Option<Target<'_>> {
 async fn proxy(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
-    remote: SocketAddr,
+    remote: Peer,
     grpc: bool,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let start = Instant::now();
@@ -148,7 +168,7 @@ async fn proxy(
     // Choose the version.
     let (version_index, reason) = match parts.headers.get(&gateway.pin_header) {
         Some(pin) => {
-            if !pin_allowed(gateway, remote) {
+            if !pin_allowed(gateway, remote.addr) {
                 return Err(GatewayError::pin_not_allowed());
             }
             let pin = pin.to_str().unwrap_or_default();
@@ -173,7 +193,7 @@ async fn proxy(
     // Prepare the upstream request.
     strip_hop_by_hop(&mut parts.headers, grpc);
     parts.headers.remove(&gateway.pin_header);
-    append_forwarded_for(&mut parts.headers, remote);
+    append_forwarded_for(&mut parts.headers, &remote);
     let path_and_query = match &forward_path {
         Some(path) => path.as_str(),
         None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -344,14 +364,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, grpc: bool) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_canonical().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", value);
+fn append_forwarded_for(headers: &mut HeaderMap, remote: &Peer) {
+    const NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
+    match headers.get(&NAME).and_then(|v| v.to_str().ok()) {
+        Some(existing) => {
+            let ip = remote.forwarded_for.to_str().unwrap_or_default();
+            if let Ok(value) = HeaderValue::from_str(&format!("{existing}, {ip}")) {
+                headers.insert(NAME, value);
+            }
+        }
+        None => {
+            headers.insert(NAME, remote.forwarded_for.clone());
+        }
     }
 }
 
