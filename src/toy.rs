@@ -32,6 +32,8 @@ pub struct ToyBehaviour {
     pub hang: AtomicBool,
     /// Requests seen, health checks excluded.
     pub requests: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
 }
 
 impl ToyBehaviour {
@@ -82,6 +84,7 @@ impl ToyServer {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                shared.behaviour.connections.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
                 let mut stop = stop.clone();
                 tokio::spawn(async move {

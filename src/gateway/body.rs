@@ -83,6 +83,41 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream's answer body, from either client.
+pub enum UpstreamResponse {
+    Http1(super::h1::ResponseBody),
+    Http2(Incoming),
+}
+
+impl Body for UpstreamResponse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamResponse::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamResponse::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamResponse::Http1(body) => body.is_end_stream(),
+            UpstreamResponse::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamResponse::Http1(body) => body.size_hint(),
+            UpstreamResponse::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// What the gateway answers the client with.
 pub enum GatewayBody {
     /// An upstream's answer, recorded when it ends.
@@ -114,12 +149,12 @@ impl GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Local { data, trailers } => Poll::Ready(
@@ -185,12 +220,12 @@ impl Recorder {
 /// An upstream response body that records statistics when it ends (or, if
 /// the client goes away first, records a cancellation when dropped).
 pub struct RecordingBody {
-    inner: Incoming,
+    inner: UpstreamResponse,
     recorder: Option<Recorder>,
 }
 
 impl RecordingBody {
-    pub fn new(inner: Incoming, recorder: Recorder) -> Self {
+    pub fn new(inner: UpstreamResponse, recorder: Recorder) -> Self {
         let mut body = Self {
             inner,
             recorder: Some(recorder),
@@ -212,12 +247,12 @@ impl RecordingBody {
 
 impl Body for RecordingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.as_mut().get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -110,15 +110,12 @@ impl GatewayError {
         )
     }
 
-    pub fn upstream_error(model: &str, version: &str, error: &dyn std::error::Error) -> Self {
+    pub fn upstream_error(model: &str, version: &str, why: &str) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
             "upstream_error",
             Source::Upstream,
-            format!(
-                "model {model:?} version {version:?}: {}",
-                error_chain(error)
-            ),
+            format!("model {model:?} version {version:?}: {why}"),
         )
     }
 

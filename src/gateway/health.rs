@@ -114,7 +114,7 @@ fn report_version_health(
     }
 }
 
-async fn probe(client: &super::upstream::UpstreamClient, endpoint: &Endpoint) -> bool {
+async fn probe(client: &super::upstream::UpstreamClient, endpoint: &Arc<Endpoint>) -> bool {
     let request = match endpoint.protocol {
         Protocol::Http => endpoint.target(&endpoint.health_path).ok().and_then(|uri| {
             http::Request::get(uri)
@@ -136,7 +136,8 @@ async fn probe(client: &super::upstream::UpstreamClient, endpoint: &Endpoint) ->
     let Some(request) = request else {
         return false;
     };
-    let Ok(response) = client.request(request).await else {
+    let (head, body) = request.into_parts();
+    let Ok(response) = client.send(endpoint, head, body).await else {
         return false;
     };
     if !response.status().is_success() {

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod error;
 pub mod grpc;
+pub mod h1;
 mod health;
 pub mod listener;
 pub mod proxy;

@@ -10,8 +10,9 @@
 //!    `x-backstop-version`, and record the outcome when it ends.
 
 use super::body::{GatewayBody, Recorder, RecordingBody, UpstreamBody};
-use super::error::{error_chain, GatewayError};
+use super::error::GatewayError;
 use super::grpc::{self, Scan};
+use super::h1::SendError;
 use super::routing::{ModelTable, Reason};
 use super::upstream::Endpoint;
 use super::Gateway;
@@ -225,16 +226,10 @@ async fn proxy(
     };
 
     let endpoint = version.pick_endpoint(now_ms).clone();
-    let upstream_request = upstream_request(
-        parts,
-        &endpoint,
-        &path_and_query,
-        table.protocol,
-        upstream_body,
-    )?;
+    let head = upstream_head(parts, &endpoint, &path_and_query, table.protocol)?;
     let result = tokio::time::timeout(
         table.request_timeout,
-        table.client.request(upstream_request),
+        table.client.send(&endpoint, head, upstream_body),
     )
     .await;
 
@@ -256,30 +251,27 @@ async fn proxy(
                 table.request_timeout.as_millis() as u64,
             ));
         }
-        Ok(Err(error)) => {
-            // The client's own body failed: its fault, not the version's.
-            match client_body_fault(&error) {
-                Some(BodyFault::TooLarge) => {
-                    recorder.finish(Outcome::ClientError);
-                    return Err(GatewayError::body_too_large(limit));
-                }
-                Some(BodyFault::Broken) => {
-                    recorder.finish(Outcome::ClientError);
-                    return Err(GatewayError::bad_request(format!(
-                        "reading the request body: {}",
-                        error_chain(&error)
-                    )));
-                }
-                None => {}
-            }
-            if error.is_connect() {
-                let url = recorder.endpoint.url.clone();
-                recorder.finish(Outcome::ConnectError);
-                return Err(GatewayError::upstream_connect(&model, &version.name, &url));
-            }
-            tracing::debug!(model, version = %version.name, error = %error_chain(&error), "Upstream request failed.");
+        // The client's own body failing is its fault, not the version's.
+        Ok(Err(SendError::BodyTooLarge)) => {
+            recorder.finish(Outcome::ClientError);
+            return Err(GatewayError::body_too_large(limit));
+        }
+        Ok(Err(SendError::ClientBody(why))) => {
+            recorder.finish(Outcome::ClientError);
+            return Err(GatewayError::bad_request(format!(
+                "reading the request body: {why}"
+            )));
+        }
+        Ok(Err(SendError::Connect(why))) => {
+            let url = recorder.endpoint.url.clone();
+            tracing::debug!(model, version = %version.name, endpoint = %url, error = %why, "Upstream connect failed.");
+            recorder.finish(Outcome::ConnectError);
+            return Err(GatewayError::upstream_connect(&model, &version.name, &url));
+        }
+        Ok(Err(SendError::Upstream(why))) => {
+            tracing::debug!(model, version = %version.name, error = %why, "Upstream request failed.");
             recorder.finish(Outcome::ServerError);
-            return Err(GatewayError::upstream_error(&model, &version.name, &error));
+            return Err(GatewayError::upstream_error(&model, &version.name, &why));
         }
         Ok(Ok(response)) => response,
     };
@@ -379,15 +371,14 @@ fn append_forwarded_for(headers: &mut HeaderMap, remote: &Peer) {
     }
 }
 
-/// The request to send upstream, reusing the client's request head (no
-/// header copy on the hot path).
-fn upstream_request(
+/// The request head to send upstream, reusing the client's (no header copy
+/// on the hot path).
+fn upstream_head(
     mut parts: Parts,
     endpoint: &Endpoint,
     path_and_query: &str,
     protocol: Protocol,
-    body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, GatewayError> {
+) -> Result<Parts, GatewayError> {
     parts.uri = endpoint
         .target(path_and_query)
         .map_err(|e| GatewayError::bad_request(format!("cannot forward this path: {e}")))?;
@@ -395,7 +386,7 @@ fn upstream_request(
         Protocol::Http => Version::HTTP_11,
         Protocol::Grpc => Version::HTTP_2,
     };
-    Ok(Request::from_parts(parts, body))
+    Ok(parts)
 }
 
 /// A copy of the client's request head, for the shadow version.
@@ -404,31 +395,6 @@ fn copy_head(parts: &Parts) -> Parts {
     *copy.method_mut() = parts.method.clone();
     *copy.headers_mut() = parts.headers.clone();
     copy.into_parts().0
-}
-
-enum BodyFault {
-    TooLarge,
-    Broken,
-}
-
-/// Whether an upstream request failed because the *client's* body did
-/// (too large, or a broken stream), rather than the upstream.
-fn client_body_fault(error: &hyper_util::client::legacy::Error) -> Option<BodyFault> {
-    let mut fault = None;
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        if inner.is::<http_body_util::LengthLimitError>() {
-            return Some(BodyFault::TooLarge);
-        }
-        // hyper calls an error of the body we handed it a "user" error.
-        if let Some(hyper_error) = inner.downcast_ref::<hyper::Error>() {
-            if fault.is_none() && hyper_error.is_user() {
-                fault = Some(BodyFault::Broken);
-            }
-        }
-        source = inner.source();
-    }
-    fault
 }
 
 /// Reads just enough of a gRPC body to find the model name.
@@ -525,14 +491,8 @@ fn spawn_shadow(
     version.state.shadow_sent.fetch_add(1, Ordering::Relaxed);
     let now_ms = gateway.now_ms();
     let endpoint = version.pick_endpoint(now_ms).clone();
-    let request = upstream_request(
-        copy_head(parts),
-        &endpoint,
-        path_and_query,
-        table.protocol,
-        UpstreamBody::full(body),
-    );
-    let Ok(request) = request else {
+    let Ok(head) = upstream_head(copy_head(parts), &endpoint, path_and_query, table.protocol)
+    else {
         return;
     };
     let grpc = grpc::is_grpc(&parts.headers);
@@ -549,11 +509,13 @@ fn spawn_shadow(
             outcome: Outcome::Success,
             grpc,
         };
-        let result =
-            tokio::time::timeout(table.request_timeout, table.client.request(request)).await;
+        let send = table
+            .client
+            .send(&recorder.endpoint, head, UpstreamBody::full(body));
+        let result = tokio::time::timeout(table.request_timeout, send).await;
         let outcome_and_response = match result {
             Err(_) => Err(Outcome::Timeout),
-            Ok(Err(error)) if error.is_connect() => Err(Outcome::ConnectError),
+            Ok(Err(SendError::Connect(_))) => Err(Outcome::ConnectError),
             Ok(Err(_)) => Err(Outcome::ServerError),
             Ok(Ok(response)) => Ok(response),
         };

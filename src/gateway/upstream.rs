@@ -6,7 +6,8 @@
 //! doubles with each ejection in a row (capped), and resets on a success.
 //! Endpoints are shared by URL between tables, so a swap keeps their health.
 
-use super::body::UpstreamBody;
+use super::body::{UpstreamBody, UpstreamResponse};
+use super::h1;
 use crate::config::{HealthConfig, Protocol};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -58,6 +59,8 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Gateway-clock ms until which the endpoint is ejected.
     ejected_until_ms: AtomicU64,
+    /// Idle HTTP/1.1 keep-alive connections.
+    pub pool: h1::Pool,
 }
 
 impl Endpoint {
@@ -77,6 +80,7 @@ impl Endpoint {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            pool: h1::Pool::default(),
         }
     }
 
@@ -155,10 +159,66 @@ impl Endpoint {
     }
 }
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// hyper's pooled client, for gRPC (HTTP/2) upstreams.
+pub type H2Client = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// Pooled upstream clients, one per (protocol, connect timeout), shared by
-/// all tables so their connection pools survive swaps.
+/// How a table talks to its upstreams: HTTP/1.1 inline in the request's
+/// task, or gRPC over hyper's HTTP/2 client (whose connection multiplexes
+/// requests, so a task per connection is the right shape there).
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Http1(h1::Client),
+    Grpc(Box<H2Client>),
+}
+
+impl UpstreamClient {
+    /// Sends a request (its URI already absolute, on `endpoint`) and
+    /// returns the answer once its head has arrived.
+    pub async fn send(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        head: http::request::Parts,
+        body: UpstreamBody,
+    ) -> Result<http::Response<UpstreamResponse>, h1::SendError> {
+        match self {
+            UpstreamClient::Http1(client) => client
+                .send(endpoint, head, body)
+                .await
+                .map(|r| r.map(UpstreamResponse::Http1)),
+            UpstreamClient::Grpc(client) => client
+                .request(http::Request::from_parts(head, body))
+                .await
+                .map(|r| r.map(UpstreamResponse::Http2))
+                .map_err(|e| classify_hyper_error(&e)),
+        }
+    }
+}
+
+/// Whose fault a hyper client error was.
+fn classify_hyper_error(error: &hyper_util::client::legacy::Error) -> h1::SendError {
+    if error.is_connect() {
+        return h1::SendError::Connect(super::error::error_chain(error));
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if inner.is::<http_body_util::LengthLimitError>() {
+            return h1::SendError::BodyTooLarge;
+        }
+        // hyper calls an error of the body we handed it a "user" error.
+        if inner
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_user())
+        {
+            return h1::SendError::ClientBody(super::error::error_chain(error));
+        }
+        source = inner.source();
+    }
+    h1::SendError::Upstream(super::error::error_chain(error))
+}
+
+/// Upstream clients, one per (protocol, connect timeout), shared by all
+/// tables; connection pools live in the endpoints (HTTP/1.1) or in the
+/// shared gRPC clients, so they survive swaps.
 pub struct UpstreamClients {
     tls: rustls::ClientConfig,
     clients: Mutex<HashMap<(Protocol, Duration), UpstreamClient>>,
@@ -202,6 +262,14 @@ impl UpstreamClients {
     }
 
     fn build(&self, protocol: Protocol, connect_timeout: Duration) -> UpstreamClient {
+        if protocol == Protocol::Http {
+            let mut tls = self.tls.clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            return UpstreamClient::Http1(h1::Client {
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                connect_timeout,
+            });
+        }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -215,13 +283,10 @@ impl UpstreamClients {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90));
-        match protocol {
-            Protocol::Http => builder.build(https.enable_http1().wrap_connector(http)),
-            Protocol::Grpc => {
-                builder.http2_only(true);
-                builder.build(https.enable_http2().wrap_connector(http))
-            }
-        }
+        builder.http2_only(true);
+        UpstreamClient::Grpc(Box::new(
+            builder.build(https.enable_http2().wrap_connector(http)),
+        ))
     }
 }
 

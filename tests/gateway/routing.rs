@@ -138,3 +138,43 @@ async fn oip_passthrough_and_h2c_all_carry_the_version_header() {
         assert_eq!(answer.version(), Some("v1"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    let v1 = toy("v1").await;
+    let addr = v1.addr;
+    let config = format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+health: {{ interval_ms: 60000 }}
+models:
+  m:
+    versions:
+      - {{ name: v1, weight: 1, endpoints: ["{}"] }}
+"#,
+        v1.url()
+    );
+    let backstop = Backstop::start(&config);
+    let client = HttpClient::new();
+    let url = backstop.url("/v2/models/m/infer");
+    for _ in 0..100 {
+        assert_eq!(client.infer(&url, &[]).await.status, StatusCode::OK);
+    }
+    let connections = v1.behaviour.connections.load(Ordering::Relaxed);
+    assert!(
+        connections <= 3,
+        "100 sequential requests used {connections} connections"
+    );
+
+    // The server goes away and comes back: its old keep-alive connections
+    // are closed, and the gateway must not send requests into them.
+    drop(v1);
+    let v1 = restart_toy(addr, "v1").await;
+    for _ in 0..20 {
+        let answer = client.infer(&url, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    }
+    assert!(v1.behaviour.requests() >= 20);
+}

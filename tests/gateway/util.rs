@@ -220,3 +220,19 @@ pub async fn toy(version: &str) -> backstop::toy::ToyServer {
         .await
         .unwrap()
 }
+
+/// Starts a toy server on an address a stopped one used; the old listener
+/// closes asynchronously, so binding is retried for a few seconds.
+pub async fn restart_toy(addr: SocketAddr, version: &str) -> backstop::toy::ToyServer {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match backstop::toy::ToyServer::start(addr, version).await {
+            Ok(toy) => return toy,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("rebinding {addr}: {error}"),
+        }
+    }
+}
