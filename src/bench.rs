@@ -62,6 +62,11 @@ pub struct BenchOptions {
     /// One round of 2 s measurements: a smoke test, not a result.
     #[arg(long)]
     pub quick: bool,
+    /// Worker threads of the gateway under test. The default, 1, matches
+    /// nginx's single worker process, so the two are compared like for
+    /// like; 0 means one per core.
+    #[arg(long, default_value_t = 1)]
+    pub backstop_threads: usize,
 }
 
 /// Longest measurement accepted, so a typo cannot run for a day.
@@ -202,6 +207,8 @@ pub struct Settings {
     pub rounds: usize,
     pub connections: usize,
     pub quick: bool,
+    /// Worker threads of the gateway under test (0: one per core).
+    pub backstop_threads: usize,
     pub nginx_version: Option<String>,
     /// Clock ticks per second used to convert /proc CPU times.
     pub clk_tck: u64,
@@ -267,7 +274,7 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = TempDir::create()?;
 
     let toy = start_toy(&exe, &dir).await?;
-    let backstop = start_backstop(&exe, &dir, toy.addr).await?;
+    let backstop = start_backstop(&exe, &dir, toy.addr, options.backstop_threads).await?;
     let nginx_binary = options.nginx.clone().or_else(find_nginx);
     let mut nginx_version = None;
     let nginx = match nginx_binary {
@@ -474,6 +481,7 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             rounds: plan.rounds,
             connections: plan.connections,
             quick: options.quick,
+            backstop_threads: options.backstop_threads,
             nginx_version,
             clk_tck,
         },
@@ -675,7 +683,7 @@ const SWAP_VISIBILITY_SWAPS: u64 = 2000;
 /// does (load the tables, take the model's table, note it is used, choose a
 /// version) back to back while this thread installs tables through
 /// `Gateway::replace_model`, the path the admin API takes. Each table
-/// records the time from its construction (just before the pointer swap) to
+/// records the time from the moment of its pointer swap to
 /// its first use.
 fn swap_visibility(swaps: u64) -> anyhow::Result<SwapVisibility> {
     use crate::config::{Config, ModelSpec};
@@ -997,12 +1005,18 @@ async fn start_backstop(
     exe: &Path,
     dir: &TempDir,
     toy: SocketAddr,
+    threads: usize,
 ) -> anyhow::Result<BackstopProcess> {
     let config = dir.path.join("backstop.yaml");
+    let threads = if threads == 0 {
+        String::new()
+    } else {
+        format!("worker_threads: {threads}\n")
+    };
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\n\
+            "{threads}listen: 127.0.0.1:0\n\
              admin: {{ listen: 127.0.0.1:0 }}\n\
              models:\n  \
                bench:\n    \
@@ -1471,6 +1485,7 @@ mod tests {
                 rounds: 1,
                 connections: 64,
                 quick: true,
+                backstop_threads: 1,
                 nginx_version: None,
                 clk_tck: 100,
             },

@@ -19,6 +19,9 @@ pub struct Config {
     /// Data-plane listen address; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Worker threads of the gateway's runtime; absent: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// TLS on the data-plane listener.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -438,6 +441,15 @@ impl Config {
 
     /// Checks what serde cannot.
     pub fn check(&self) -> Result<(), FieldError> {
+        if self
+            .worker_threads
+            .is_some_and(|n| !(1..=1024).contains(&n))
+        {
+            return Err(FieldError::new(
+                "worker_threads",
+                "must be between 1 and 1024",
+            ));
+        }
         if self.stats.bucket_ms == 0 {
             return Err(FieldError::new("stats.bucket_ms", "must be at least 1"));
         }

@@ -80,17 +80,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve { config } = &cli.command {
+        init_logging();
+        let config = backstop::config::Config::load(config)?;
+        runtime(config.worker_threads)?.block_on(backstop::gateway::serve(config))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = runtime(None)?;
     match cli.command {
-        Command::Serve { config } => {
-            init_logging();
-            let config = backstop::config::Config::load(&config)?;
-            runtime.block_on(backstop::gateway::serve(config))?;
-        }
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::Check { config } => {
             backstop::config::Config::load(&config)?;
             println!("{}: ok", config.display());

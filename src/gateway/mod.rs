@@ -232,8 +232,10 @@ impl Gateway {
         let generation = actual + 1;
         let table = Arc::new(self.compile(model, generation, spec));
         let mut next: Tables = (*current).clone();
-        next.insert(model.to_string(), table);
-        self.tables.store(Arc::new(next));
+        next.insert(model.to_string(), table.clone());
+        let next = Arc::new(next);
+        table.mark_installed();
+        self.tables.store(next);
         self.swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(model, generation, "Routing table replaced.");
         Ok(generation)

@@ -97,7 +97,9 @@ pub struct ModelTable {
     shadow: Option<(usize, u32)>,
     /// When this table was installed, and how long after that the first
     /// request used it (0 = not yet): the swap figure of the benchmark.
-    installed_at: Instant,
+    clock_origin: Instant,
+    /// Nanoseconds after `clock_origin` when the table was swapped in.
+    installed_ns: AtomicU64,
     first_request_ns: AtomicU64,
 }
 
@@ -175,7 +177,8 @@ impl ModelTable {
             sticky,
             shadow,
             spec,
-            installed_at: Instant::now(),
+            clock_origin: Instant::now(),
+            installed_ns: AtomicU64::new(0),
             first_request_ns: AtomicU64::new(0),
         }
     }
@@ -189,7 +192,9 @@ impl ModelTable {
     #[inline]
     pub fn mark_used(&self) {
         if self.first_request_ns.load(Ordering::Relaxed) == 0 {
-            let elapsed = self.installed_at.elapsed().as_nanos().max(1) as u64;
+            let now_ns = self.clock_origin.elapsed().as_nanos() as u64;
+            let installed_ns = self.installed_ns.load(Ordering::Relaxed);
+            let elapsed = now_ns.saturating_sub(installed_ns).max(1);
             let _ = self.first_request_ns.compare_exchange(
                 0,
                 elapsed,
@@ -197,6 +202,13 @@ impl ModelTable {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// Stamps the moment of the swap; called right before the pointer store
+    /// that makes the table visible.
+    pub fn mark_installed(&self) {
+        let now_ns = self.clock_origin.elapsed().as_nanos() as u64;
+        self.installed_ns.store(now_ns, Ordering::Relaxed);
     }
 
     /// Nanoseconds from install to the first request that used this table.
