@@ -113,21 +113,46 @@ pub async fn serve_admin(
     .await;
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one connection serves: a hyper service the connection builder can
+/// drive on a spawned task.
+trait ConnectionService<B>:
+    hyper::service::Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+where
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+}
+
+impl<S, B> ConnectionService<B> for S
+where
+    S: hyper::service::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static,
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+}
+
 async fn accept_loop<S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
     make_service: impl Fn(SocketAddr) -> S,
 ) where
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnectionService<B>,
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -171,17 +196,10 @@ async fn serve_connection<S, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+) -> Result<(), BoxError>
 where
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnectionService<B>,
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
     match tls {

@@ -6,17 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(upstream: &str) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-limits: {{ request_body_max_bytes: 1024 }}
-models:
-  m:
-    versions:
-      - {{ name: v1, weight: 1, endpoints: ["{upstream}"] }}
-"#
-    )
+    one_version(upstream, "limits: { request_body_max_bytes: 1024 }", "")
 }
 
 /// Sends raw bytes and returns whatever comes back within 5 s.

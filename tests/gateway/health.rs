@@ -84,18 +84,10 @@ async fn a_dead_upstream_is_ejected_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_upstream_times_out_with_a_504() {
     let v1 = toy("v1").await;
-    let config = format!(
-        r#"
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-health: {{ interval_ms: 60000 }}
-models:
-  m:
-    timeouts: {{ connect_ms: 200, request_ms: 300 }}
-    versions:
-      - {{ name: v1, weight: 1, endpoints: ["{}"] }}
-"#,
-        v1.url()
+    let config = one_version(
+        &v1.url(),
+        "health: { interval_ms: 60000 }",
+        "    timeouts: { connect_ms: 200, request_ms: 300 }",
     );
     let backstop = Backstop::start(&config);
     let client = HttpClient::new();
@@ -120,16 +112,7 @@ async fn an_unreachable_upstream_gets_a_502() {
     let dead = toy("v1").await;
     let dead_url = dead.url();
     drop(dead);
-    let config = format!(
-        r#"
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-models:
-  m:
-    versions:
-      - {{ name: v1, weight: 1, endpoints: ["{dead_url}"] }}
-"#
-    );
+    let config = one_version(&dead_url, "", "");
     let backstop = Backstop::start(&config);
     let client = HttpClient::new();
     let answer = client.infer(&backstop.url("/v2/models/m/infer"), &[]).await;

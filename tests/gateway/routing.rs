@@ -144,18 +144,7 @@ async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
     use std::sync::atomic::Ordering;
     let v1 = toy("v1").await;
     let addr = v1.addr;
-    let config = format!(
-        r#"
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-health: {{ interval_ms: 60000 }}
-models:
-  m:
-    versions:
-      - {{ name: v1, weight: 1, endpoints: ["{}"] }}
-"#,
-        v1.url()
-    );
+    let config = one_version(&v1.url(), "health: { interval_ms: 60000 }", "");
     let backstop = Backstop::start(&config);
     let client = HttpClient::new();
     let url = backstop.url("/v2/models/m/infer");

@@ -215,6 +215,23 @@ models:
     )
 }
 
+/// A one-version config for model `m`: `top` is added at the top level and
+/// `model` (indented by four spaces) under the model.
+pub fn one_version(upstream: &str, top: &str, model: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+{top}
+models:
+  m:
+{model}
+    versions:
+      - {{ name: v1, weight: 1, endpoints: ["{upstream}"] }}
+"#
+    )
+}
+
 pub async fn toy(version: &str) -> backstop::toy::ToyServer {
     backstop::toy::ToyServer::start("127.0.0.1:0".parse().unwrap(), version)
         .await
