@@ -12,4 +12,5 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod loadgen;
+pub mod store;
 pub mod toy;

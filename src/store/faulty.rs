@@ -1,0 +1,77 @@
+//! Fault injection for tests: a [`Store`] wrapper that fails writes after a
+//! countdown, the way SQLite's `sqlite3_io_error_pending` and redb's
+//! fuzzer backend do. Only tests construct it.
+
+use super::{
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult,
+    VersionRecord,
+};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub struct FaultyStore<S> {
+    inner: S,
+    /// Writes left before the first failure; negative: never fail.
+    countdown: AtomicI64,
+    /// After the first failure, keep failing (a dead disk) or not (a blip).
+    persistent: bool,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Fails the write after `writes_ok` successful ones.
+    pub fn new(inner: S, writes_ok: i64, persistent: bool) -> Self {
+        Self {
+            inner,
+            countdown: AtomicI64::new(writes_ok),
+            persistent,
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether this write fails (named like a failpoint for messages).
+    fn fail(&self, failpoint: &str) -> StoreResult<()> {
+        let left = self.countdown.fetch_sub(1, Ordering::SeqCst);
+        let failing = left == 0 || (self.persistent && left < 0 && left != i64::MIN);
+        if left < 0 && !self.persistent {
+            // Past a one-off fault: stay below zero without wrapping.
+            self.countdown.store(-1, Ordering::SeqCst);
+        }
+        if failing {
+            Err(StoreError::Unavailable(format!(
+                "injected I/O error at {failpoint}"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn register_version(
+        &self,
+        version: &VersionRecord,
+        audit: AuditDraft,
+    ) -> StoreResult<Registered> {
+        self.fail("register_version commit")?;
+        self.inner.register_version(version, audit)
+    }
+
+    fn version(&self, model: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+        self.inner.version(model, id)
+    }
+
+    fn versions(&self, model: &str) -> StoreResult<Vec<VersionRecord>> {
+        self.inner.versions(model)
+    }
+
+    fn append_audit(&self, audit: AuditDraft) -> StoreResult<AuditEntry> {
+        self.fail("audit append commit")?;
+        self.inner.append_audit(audit)
+    }
+
+    fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        self.inner.audit(filter)
+    }
+}

@@ -1,0 +1,523 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a commit is fsynced before the call returns.
+//!
+//! Migrations are numbered and recorded in `PRAGMA user_version`; they run
+//! at open, each in its own transaction. Writers are serialised by a mutex
+//! around the one connection (SQLite allows one writer anyway), and every
+//! change runs in an `IMMEDIATE` transaction together with its audit entry.
+
+use super::audit::entry_hash;
+use super::{
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult,
+    VersionRecord,
+};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Schema migrations, in order; migration N brings the schema to version N.
+const MIGRATIONS: &[&str] = &[
+    // 1: registry and audit log.
+    r#"
+    CREATE TABLE versions (
+        model TEXT NOT NULL,
+        id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        provenance TEXT NOT NULL,
+        upstreams TEXT NOT NULL,
+        registered_at_ms INTEGER NOT NULL,
+        registered_by TEXT NOT NULL,
+        deprecated INTEGER NOT NULL DEFAULT 0,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (model, id)
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target);
+    CREATE INDEX audit_time ON audit (at_ms);
+    "#,
+];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file and brings its schema up
+    /// to date.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let conn = Connection::open(path).map_err(unavailable)?;
+        // WAL: readers never block the writer; FULL: every commit is
+        // fsynced (the WAL file) before it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let current: usize = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(unavailable)?;
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the store's schema version {current} is newer than this backstop ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            tx.execute_batch(sql).map_err(unavailable)?;
+            tx.pragma_update(None, "user_version", index + 1)
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// SQLite's own consistency check ("ok" when sound).
+    pub fn integrity_check(&self) -> StoreResult<String> {
+        self.lock()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .map_err(unavailable)
+    }
+}
+
+/// Appends an audit entry inside `tx`, chained to the last one.
+fn append(tx: &rusqlite::Transaction<'_>, draft: AuditDraft) -> StoreResult<AuditEntry> {
+    let last: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, String::new()),
+    };
+    let at_ms = now_ms();
+    let hash = entry_hash(seq, at_ms, &draft, &prev_hash);
+    let json = |value: &Option<serde_json::Value>| value.as_ref().map(|v| v.to_string());
+    tx.execute(
+        "INSERT INTO audit (seq, at_ms, actor, action, target, reason, before, after, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            seq,
+            at_ms,
+            draft.actor,
+            draft.action,
+            draft.target,
+            draft.reason,
+            json(&draft.before),
+            json(&draft.after),
+            prev_hash,
+            hash
+        ],
+    )
+    .map_err(unavailable)?;
+    Ok(AuditEntry {
+        seq,
+        at_ms,
+        draft,
+        prev_hash,
+        hash,
+    })
+}
+
+fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecord, StoreError>> {
+    let text = |i: usize| row.get::<_, String>(i);
+    let (signature, metadata, provenance, upstreams) = (text(3)?, text(4)?, text(5)?, text(6)?);
+    let parsed = (|| {
+        Ok(VersionRecord {
+            model: text(0).map_err(|e| corrupt("model", e))?,
+            id: text(1).map_err(|e| corrupt("id", e))?,
+            digest: text(2).map_err(|e| corrupt("digest", e))?,
+            signature: serde_json::from_str(&signature).map_err(|e| corrupt("signature", e))?,
+            metadata: serde_json::from_str(&metadata).map_err(|e| corrupt("metadata", e))?,
+            provenance: serde_json::from_str(&provenance).map_err(|e| corrupt("provenance", e))?,
+            upstreams: serde_json::from_str(&upstreams).map_err(|e| corrupt("upstreams", e))?,
+            registered_at_ms: row.get(7).map_err(|e| corrupt("registered_at_ms", e))?,
+            registered_by: text(8).map_err(|e| corrupt("registered_by", e))?,
+            deprecated: row
+                .get::<_, i64>(9)
+                .map_err(|e| corrupt("deprecated", e))?
+                != 0,
+        })
+    })();
+    Ok(parsed)
+}
+
+const VERSION_COLUMNS: &str = "model, id, digest, signature, metadata, provenance, upstreams, \
+                               registered_at_ms, registered_by, deprecated";
+
+impl Store for SqliteStore {
+    fn register_version(
+        &self,
+        version: &VersionRecord,
+        audit: AuditDraft,
+    ) -> StoreResult<Registered> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let existing = tx
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE model = ?1 AND id = ?2"),
+                params![version.model, version.id],
+                read_version,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .transpose()?;
+        if let Some(existing) = existing {
+            return if existing.same_content(version) {
+                Ok(Registered::AlreadyExists)
+            } else {
+                Err(StoreError::Conflict(format!(
+                    "{}/{} is already registered with digest {}; a version is immutable",
+                    version.model, version.id, existing.digest
+                )))
+            };
+        }
+        let seq: u64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE model = ?1",
+                params![version.model],
+                |row| row.get(0),
+            )
+            .map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO versions (model, id, digest, signature, metadata, provenance, upstreams,
+                                   registered_at_ms, registered_by, deprecated, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                version.model,
+                version.id,
+                version.digest,
+                version.signature.to_string(),
+                to_json(&version.metadata),
+                to_json(&version.provenance),
+                to_json(&version.upstreams),
+                version.registered_at_ms,
+                version.registered_by,
+                version.deprecated as i64,
+                seq
+            ],
+        )
+        .map_err(unavailable)?;
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Registered::Created)
+    }
+
+    fn version(&self, model: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE model = ?1 AND id = ?2"),
+                params![model, id],
+                read_version,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .transpose()
+    }
+
+    fn versions(&self, model: &str) -> StoreResult<Vec<VersionRecord>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE model = ?1 ORDER BY seq"
+            ))
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map(params![model], read_version)
+            .map_err(unavailable)?;
+        rows.map(|row| row.map_err(unavailable)?).collect()
+    }
+
+    fn append_audit(&self, audit: AuditDraft) -> StoreResult<AuditEntry> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let entry = append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(entry)
+    }
+
+    fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(
+                "SELECT seq, at_ms, actor, action, target, reason, before, after, prev_hash, hash
+                 FROM audit
+                 WHERE (?1 IS NULL OR target = ?1 OR target LIKE ?1 || '/%')
+                   AND (?2 IS NULL OR at_ms >= ?2)
+                 ORDER BY seq
+                 LIMIT ?3",
+            )
+            .map_err(unavailable)?;
+        let limit = filter.limit.map_or(-1, |l| l as i64);
+        let rows = statement
+            .query_map(params![filter.model, filter.since_ms, limit], |row| {
+                let json = |i: usize| -> rusqlite::Result<Option<String>> { row.get(i) };
+                Ok((
+                    row.get::<_, u64>(0)?,
+                    row.get::<_, u64>(1)?,
+                    AuditDraft {
+                        actor: row.get(2)?,
+                        action: row.get(3)?,
+                        target: row.get(4)?,
+                        reason: row.get(5)?,
+                        before: None,
+                        after: None,
+                    },
+                    json(6)?,
+                    json(7)?,
+                    row.get::<_, String>(8)?,
+                    row.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(unavailable)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (seq, at_ms, mut draft, before, after, prev_hash, hash) =
+                row.map_err(unavailable)?;
+            let parse = |text: Option<String>| {
+                text.map(|t| serde_json::from_str(&t))
+                    .transpose()
+                    .map_err(|e| corrupt(&format!("audit entry {seq}"), e))
+            };
+            draft.before = parse(before)?;
+            draft.after = parse(after)?;
+            entries.push(AuditEntry {
+                seq,
+                at_ms,
+                draft,
+                prev_hash,
+                hash,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+/// JSON text of the map and list columns.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("maps and lists of strings serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::audit;
+
+    fn version(id: &str, digest: &str) -> VersionRecord {
+        VersionRecord {
+            model: "fraud".into(),
+            id: id.into(),
+            digest: format!("sha256:{digest}"),
+            signature: serde_json::json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}),
+            metadata: [("changelog".to_string(), "first".to_string())].into(),
+            provenance: [("commit".to_string(), "abc123".to_string())].into(),
+            upstreams: vec!["http://127.0.0.1:9001".into()],
+            registered_at_ms: 1,
+            registered_by: "alice".into(),
+            deprecated: false,
+        }
+    }
+
+    fn draft(target: &str) -> AuditDraft {
+        AuditDraft {
+            actor: "alice".into(),
+            action: "version.register".into(),
+            target: target.into(),
+            ..Default::default()
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn registering_is_idempotent_and_immutable() {
+        let (_dir, store) = open();
+        let v1 = version("v1", "aa");
+        assert_eq!(store.register_version(&v1, draft("fraud/v1")).unwrap(), Registered::Created);
+        let mut again = v1.clone();
+        again.registered_at_ms = 99;
+        assert_eq!(
+            store.register_version(&again, draft("fraud/v1")).unwrap(),
+            Registered::AlreadyExists
+        );
+        let conflicting = version("v1", "bb");
+        let error = store.register_version(&conflicting, draft("fraud/v1")).unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+        assert_eq!(store.version("fraud", "v1").unwrap().unwrap().digest, "sha256:aa");
+        // Only the first registration was audited: refusals change nothing.
+        assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn versions_list_in_registration_order_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for id in ["v3", "v1", "v2"] {
+                store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let ids: Vec<_> = store.versions("fraud").unwrap().into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["v3", "v1", "v2"]);
+        assert_eq!(store.versions("other").unwrap(), vec![]);
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn concurrent_registrations_of_one_id_store_it_once() {
+        let (_dir, store) = open();
+        let store = std::sync::Arc::new(store);
+        let outcomes: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let digest = if i % 2 == 0 { "aa" } else { "bb" };
+                    store.register_version(&version("v1", digest), draft("fraud/v1"))
+                })
+            })
+            .map(|t| t.join().unwrap())
+            .collect();
+        let created = outcomes.iter().filter(|o| matches!(o, Ok(Registered::Created))).count();
+        assert_eq!(created, 1, "{outcomes:?}");
+        let stored = store.version("fraud", "v1").unwrap().unwrap();
+        for outcome in outcomes {
+            match outcome {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(stored.digest == "sha256:aa" || stored.digest == "sha256:bb");
+        assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_audit_chain_verifies_and_filters() {
+        let (_dir, store) = open();
+        for id in ["v1", "v2"] {
+            store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+        }
+        store
+            .append_audit(AuditDraft {
+                actor: "anonymous".into(),
+                action: "login.failed".into(),
+                target: "api".into(),
+                reason: "bad token".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let all = store.audit(&AuditFilter::default()).unwrap();
+        assert_eq!(audit::verify(&all), Ok(3));
+        let fraud = store
+            .audit(&AuditFilter {
+                model: Some("fraud".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(fraud.len(), 2);
+        let limited = store
+            .audit(&AuditFilter {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(limited.len(), 1);
+    }
+
+    #[test]
+    fn tampering_with_the_file_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.db");
+        let store = SqliteStore::open(&path).unwrap();
+        for id in ["v1", "v2", "v3"] {
+            store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+        }
+        drop(store);
+        // Someone edits the file with the sqlite tools.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", []).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        let broken = audit::verify(&store.audit(&AuditFilter::default()).unwrap()).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("DELETE FROM audit WHERE seq = 1", []).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        let broken = audit::verify(&store.audit(&AuditFilter::default()).unwrap()).unwrap_err();
+        assert_eq!(broken.seq, 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
+    }
+}
