@@ -1008,15 +1008,20 @@ async fn start_backstop(
     threads: usize,
 ) -> anyhow::Result<BackstopProcess> {
     let config = dir.path.join("backstop.yaml");
-    let threads = if threads == 0 {
+    let mut top = if threads == 0 {
         String::new()
     } else {
         format!("worker_threads: {threads}\n")
     };
+    // The registry's files stay in the bench's temporary directory.
+    top.push_str(&format!(
+        "data_dir: \"{}\"\n",
+        dir.path.join("data").display()
+    ));
     std::fs::write(
         &config,
         format!(
-            "{threads}listen: 127.0.0.1:0\n\
+            "{top}listen: 127.0.0.1:0\n\
              admin: {{ listen: 127.0.0.1:0 }}\n\
              models:\n  \
                bench:\n    \

@@ -19,6 +19,11 @@ pub struct Config {
     /// Data-plane listen address; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where the registry keeps its store file and artifacts. `serve`
+    /// defaults it to `./backstop-data`; without one (the demo) the
+    /// registry endpoints answer 503 `registry_disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
     /// Worker threads of the gateway's runtime; absent: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
@@ -124,6 +129,9 @@ pub struct Limits {
     /// Shadow requests in flight at once; beyond that copies are dropped.
     #[serde(default = "default_shadow_inflight_max")]
     pub shadow_inflight_max: usize,
+    /// Largest model artifact the registry accepts.
+    #[serde(default = "default_artifact_max")]
+    pub artifact_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -132,6 +140,7 @@ impl Default for Limits {
             request_body_max_bytes: default_request_body_max(),
             shadow_body_max_bytes: default_shadow_body_max(),
             shadow_inflight_max: default_shadow_inflight_max(),
+            artifact_max_bytes: default_artifact_max(),
         }
     }
 }
@@ -144,6 +153,9 @@ fn default_shadow_body_max() -> u64 {
 }
 fn default_shadow_inflight_max() -> usize {
     256
+}
+fn default_artifact_max() -> u64 {
+    16 * 1024 * 1024 * 1024
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -12,5 +12,6 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod loadgen;
+pub mod registry;
 pub mod store;
 pub mod toy;

@@ -59,6 +59,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Registers `count` versions in a store file, one durable write each,
+    /// printing `ack <id>` as each commit returns and a JSON summary at the
+    /// end: the crash test kills it mid-way, the store benchmark times it.
+    #[command(hide = true)]
+    StoreWriter {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
     /// A toy model server (used by the benchmark as a separate process).
     #[command(hide = true)]
     ToyUpstream {
@@ -94,7 +106,10 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Serve { config } = &cli.command {
         init_logging();
-        let config = backstop::config::Config::load(config)?;
+        let mut config = backstop::config::Config::load(config)?;
+        if config.data_dir.is_none() {
+            config.data_dir = Some(PathBuf::from("backstop-data"));
+        }
         runtime(config.worker_threads)?.block_on(backstop::gateway::serve(config))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -129,6 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => println!("{}", report.to_markdown()),
             }
+        }
+        Command::StoreWriter { db, start, count } => {
+            let summary = backstop::store::sqlite::write_versions(&db, start, count)?;
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::ToyUpstream { listen, version } => {
             runtime.block_on(async {

@@ -10,14 +10,14 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 /// Upper bounds of the exported latency histogram, in seconds.
 const LATENCY_BOUNDS_S: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-pub async fn render(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+pub async fn render(State(state): State<super::AdminState>) -> impl IntoResponse {
+    let gateway = state.gateway;
     (
         [(
             header::CONTENT_TYPE,

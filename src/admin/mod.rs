@@ -5,6 +5,7 @@
 //! "field"?}}` with a stable code; a refused change changes nothing.
 
 mod metrics;
+mod registry;
 
 use crate::config::ModelSpec;
 use crate::gateway::{Gateway, ReplaceError};
@@ -20,7 +21,15 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// What the admin handlers share: the gateway, and the registry when the
+/// gateway has a data directory.
+#[derive(Clone)]
+pub struct AdminState {
+    pub gateway: Arc<Gateway>,
+    pub registry: Option<Arc<crate::registry::Registry>>,
+}
+
+pub fn router(gateway: Arc<Gateway>, registry: Option<Arc<crate::registry::Registry>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         .route("/metrics", get(metrics::render))
@@ -31,10 +40,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/api/v1/models/{model}/stats", get(get_stats))
         .route("/api/v1/events", get(get_events))
+        .merge(registry::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
-        .with_state(gateway)
+        .with_state(AdminState { gateway, registry })
 }
 
 /// An API error: status, stable code, message and (for bad input) the field.
@@ -146,7 +156,9 @@ fn summarize(gateway: &Gateway, table: &crate::gateway::routing::ModelTable) -> 
     }
 }
 
-async fn list_models(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelSummary>> {
+async fn list_models(
+    State(AdminState { gateway, .. }): State<AdminState>,
+) -> Json<Vec<ModelSummary>> {
     let tables = gateway.tables();
     let mut models: Vec<_> = tables.values().map(|t| summarize(&gateway, t)).collect();
     models.sort_by(|a, b| a.model.cmp(&b.model));
@@ -154,7 +166,7 @@ async fn list_models(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelSumma
 }
 
 async fn get_routes(
-    State(gateway): State<Arc<Gateway>>,
+    State(AdminState { gateway, .. }): State<AdminState>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let table = gateway
@@ -178,7 +190,7 @@ struct PutQuery {
 }
 
 async fn put_routes(
-    State(gateway): State<Arc<Gateway>>,
+    State(AdminState { gateway, .. }): State<AdminState>,
     Path(model): Path<String>,
     query: Result<Query<PutQuery>, QueryRejection>,
     spec: Result<Json<ModelSpec>, JsonRejection>,
@@ -229,7 +241,7 @@ struct VersionWindow {
 }
 
 async fn get_stats(
-    State(gateway): State<Arc<Gateway>>,
+    State(AdminState { gateway, .. }): State<AdminState>,
     Path(model): Path<String>,
     query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -299,7 +311,7 @@ async fn get_stats(
     })))
 }
 
-async fn get_events(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
+async fn get_events(State(AdminState { gateway, .. }): State<AdminState>) -> Json<Value> {
     Json(json!({ "events": gateway.events.recent() }))
 }
 
@@ -325,7 +337,10 @@ models:
     }
 
     async fn call(gateway: &Arc<Gateway>, request: Request<Body>) -> (StatusCode, Value) {
-        let response = router(gateway.clone()).oneshot(request).await.unwrap();
+        let response = router(gateway.clone(), None)
+            .oneshot(request)
+            .await
+            .unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
@@ -483,7 +498,7 @@ models:
             .state
             .stats
             .record(backstop_core::analysis::Outcome::Success, 1500, 10);
-        let response = router(gateway.clone())
+        let response = router(gateway.clone(), None)
             .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
             .await
             .unwrap();

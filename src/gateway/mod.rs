@@ -366,6 +366,13 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data_tls = listener::server_tls(config.tls.as_ref())?;
     let admin_tls = listener::server_tls(config.admin.tls.as_ref())?;
+    let registry = match &config.data_dir {
+        Some(dir) => Some(Arc::new(
+            crate::registry::Registry::open(dir, config.limits.artifact_max_bytes)
+                .map_err(|e| anyhow::anyhow!("opening the registry in {}: {e}", dir.display()))?,
+        )),
+        None => None,
+    };
     let gateway = Gateway::new(config).map_err(anyhow::Error::msg)?;
     let bind = |addr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr)
@@ -387,7 +394,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(listener::serve_admin(
             admin,
             admin_tls,
-            crate::admin::router(gateway.clone()),
+            crate::admin::router(gateway.clone(), registry),
             shutdown.clone(),
         )),
     ];

@@ -130,14 +130,23 @@ mod tests {
         assert_eq!(verify(&entries).unwrap_err().seq, 2);
         let mut entries = chain(5);
         entries.pop();
-        assert_eq!(verify(&entries), Ok(4), "a truncated tail is only visible against a count kept elsewhere");
+        assert_eq!(
+            verify(&entries),
+            Ok(4),
+            "a truncated tail is only visible against a count kept elsewhere"
+        );
     }
 
     #[test]
     fn a_rehashed_entry_breaks_the_next_link() {
         let mut entries = chain(5);
         entries[1].draft.reason = "edited".into();
-        entries[1].hash = entry_hash(2, entries[1].at_ms, &entries[1].draft, &entries[1].prev_hash);
+        entries[1].hash = entry_hash(
+            2,
+            entries[1].at_ms,
+            &entries[1].draft,
+            &entries[1].prev_hash,
+        );
         assert_eq!(verify(&entries).unwrap_err().seq, 3);
     }
 }

@@ -3,8 +3,7 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult,
-    VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, VersionRecord,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 

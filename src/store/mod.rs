@@ -8,6 +8,7 @@
 //! durable (fsynced) before the call returns. PostgreSQL, for several
 //! replicas, is meant to be a second implementation of the same trait.
 
+pub mod artifacts;
 pub mod audit;
 pub mod faulty;
 pub mod sqlite;
@@ -116,8 +117,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Stores a version unless it exists; same content is idempotent,
     /// different content is a [`StoreError::Conflict`].
-    fn register_version(&self, version: &VersionRecord, audit: AuditDraft)
-        -> StoreResult<Registered>;
+    fn register_version(
+        &self,
+        version: &VersionRecord,
+        audit: AuditDraft,
+    ) -> StoreResult<Registered>;
 
     fn version(&self, model: &str, id: &str) -> StoreResult<Option<VersionRecord>>;
 

@@ -8,8 +8,7 @@
 
 use super::audit::entry_hash;
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult,
-    VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -183,10 +182,7 @@ fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecor
             upstreams: serde_json::from_str(&upstreams).map_err(|e| corrupt("upstreams", e))?,
             registered_at_ms: row.get(7).map_err(|e| corrupt("registered_at_ms", e))?,
             registered_by: text(8).map_err(|e| corrupt("registered_by", e))?,
-            deprecated: row
-                .get::<_, i64>(9)
-                .map_err(|e| corrupt("deprecated", e))?
-                != 0,
+            deprecated: row.get::<_, i64>(9).map_err(|e| corrupt("deprecated", e))? != 0,
         })
     })();
     Ok(parsed)
@@ -347,6 +343,60 @@ impl Store for SqliteStore {
     }
 }
 
+/// What [`write_versions`] did.
+#[derive(serde::Serialize)]
+pub struct WriteSummary {
+    pub writes: u64,
+    pub elapsed_ms: f64,
+    pub writes_per_s: f64,
+}
+
+/// Registers versions `start..start+count` of model `torture` one durable
+/// write at a time, printing `ack <id>` after each commit returns. Used by
+/// the crash test (which kills the process at random points) and as the
+/// store's write benchmark.
+pub fn write_versions(path: &Path, start: u64, count: u64) -> StoreResult<WriteSummary> {
+    use std::io::Write;
+    let store = SqliteStore::open(path)?;
+    let started = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    for n in start..start + count {
+        let id = format!("v{n}");
+        let version = VersionRecord {
+            model: "torture".into(),
+            id: id.clone(),
+            digest: format!("sha256:{}", super::audit::hex(&n.to_be_bytes()).repeat(4)),
+            signature: serde_json::json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}),
+            metadata: Default::default(),
+            provenance: Default::default(),
+            upstreams: vec!["http://127.0.0.1:9001".into()],
+            registered_at_ms: now_ms(),
+            registered_by: "store-writer".into(),
+            deprecated: false,
+        };
+        let audit = AuditDraft {
+            actor: "store-writer".into(),
+            action: "version.register".into(),
+            target: format!("torture/{id}"),
+            ..Default::default()
+        };
+        store.register_version(&version, audit)?;
+        // The acknowledgement goes out only after the commit returned.
+        let _ = writeln!(stdout, "ack {id}");
+        let _ = stdout.flush();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(WriteSummary {
+        writes: count,
+        elapsed_ms: elapsed * 1000.0,
+        writes_per_s: if elapsed > 0.0 {
+            count as f64 / elapsed
+        } else {
+            0.0
+        },
+    })
+}
+
 /// JSON text of the map and list columns.
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("maps and lists of strings serialize")
@@ -391,7 +441,10 @@ mod tests {
     fn registering_is_idempotent_and_immutable() {
         let (_dir, store) = open();
         let v1 = version("v1", "aa");
-        assert_eq!(store.register_version(&v1, draft("fraud/v1")).unwrap(), Registered::Created);
+        assert_eq!(
+            store.register_version(&v1, draft("fraud/v1")).unwrap(),
+            Registered::Created
+        );
         let mut again = v1.clone();
         again.registered_at_ms = 99;
         assert_eq!(
@@ -399,9 +452,14 @@ mod tests {
             Registered::AlreadyExists
         );
         let conflicting = version("v1", "bb");
-        let error = store.register_version(&conflicting, draft("fraud/v1")).unwrap_err();
+        let error = store
+            .register_version(&conflicting, draft("fraud/v1"))
+            .unwrap_err();
         assert!(matches!(error, StoreError::Conflict(_)), "{error}");
-        assert_eq!(store.version("fraud", "v1").unwrap().unwrap().digest, "sha256:aa");
+        assert_eq!(
+            store.version("fraud", "v1").unwrap().unwrap().digest,
+            "sha256:aa"
+        );
         // Only the first registration was audited: refusals change nothing.
         assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 1);
     }
@@ -413,11 +471,18 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             for id in ["v3", "v1", "v2"] {
-                store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+                store
+                    .register_version(&version(id, id), draft(&format!("fraud/{id}")))
+                    .unwrap();
             }
         }
         let store = SqliteStore::open(&path).unwrap();
-        let ids: Vec<_> = store.versions("fraud").unwrap().into_iter().map(|v| v.id).collect();
+        let ids: Vec<_> = store
+            .versions("fraud")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
         assert_eq!(ids, ["v3", "v1", "v2"]);
         assert_eq!(store.versions("other").unwrap(), vec![]);
         assert_eq!(store.integrity_check().unwrap(), "ok");
@@ -437,7 +502,10 @@ mod tests {
             })
             .map(|t| t.join().unwrap())
             .collect();
-        let created = outcomes.iter().filter(|o| matches!(o, Ok(Registered::Created))).count();
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Registered::Created)))
+            .count();
         assert_eq!(created, 1, "{outcomes:?}");
         let stored = store.version("fraud", "v1").unwrap().unwrap();
         for outcome in outcomes {
@@ -455,7 +523,9 @@ mod tests {
     fn the_audit_chain_verifies_and_filters() {
         let (_dir, store) = open();
         for id in ["v1", "v2"] {
-            store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+            store
+                .register_version(&version(id, id), draft(&format!("fraud/{id}")))
+                .unwrap();
         }
         store
             .append_audit(AuditDraft {
@@ -490,12 +560,15 @@ mod tests {
         let path = dir.path().join("backstop.db");
         let store = SqliteStore::open(&path).unwrap();
         for id in ["v1", "v2", "v3"] {
-            store.register_version(&version(id, id), draft(&format!("fraud/{id}"))).unwrap();
+            store
+                .register_version(&version(id, id), draft(&format!("fraud/{id}")))
+                .unwrap();
         }
         drop(store);
         // Someone edits the file with the sqlite tools.
         let conn = Connection::open(&path).unwrap();
-        conn.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", []).unwrap();
+        conn.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+            .unwrap();
         drop(conn);
         let store = SqliteStore::open(&path).unwrap();
         let broken = audit::verify(&store.audit(&AuditFilter::default()).unwrap()).unwrap_err();
@@ -518,6 +591,9 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -26,6 +26,9 @@ impl Backstop {
     pub fn start(config: &str) -> Backstop {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backstop.yaml");
+        // Keep the registry's files in the test's own directory.
+        let data_dir = dir.path().join("data");
+        let config = format!("data_dir: \"{}\"\n{config}", data_dir.display());
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
             .arg("serve")
