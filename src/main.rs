@@ -1,7 +1,7 @@
 //! The `backstop` command line. Everything it runs lives in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,12 +22,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
-enum Output {
-    #[default]
-    Text,
-    Json,
-}
+use backstop::cli::{self, Output};
 
 #[derive(Subcommand)]
 enum Command {
@@ -35,6 +30,20 @@ enum Command {
     Serve {
         #[arg(long, default_value = "backstop.yaml")]
         config: PathBuf,
+    },
+    /// Register, list, show and verify immutable model versions.
+    Version {
+        #[command(subcommand)]
+        command: cli::VersionCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// List and verify the tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: cli::AuditCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
     },
     /// Check a config file without starting anything.
     Check {
@@ -116,6 +125,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = runtime(None)?;
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
+        Command::Version { command, remote } => {
+            return runtime.block_on(cli::version(command, &remote));
+        }
+        Command::Audit { command, remote } => {
+            return runtime.block_on(cli::audit(command, &remote));
+        }
         Command::Check { config } => {
             backstop::config::Config::load(&config)?;
             println!("{}: ok", config.display());

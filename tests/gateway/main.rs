@@ -5,6 +5,7 @@
 mod errors;
 mod grpc;
 mod health;
+mod registry;
 mod routing;
 mod shadow;
 mod swap;

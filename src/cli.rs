@@ -1,0 +1,411 @@
+//! Client commands: the CLI drives the admin API, as any other client would.
+//!
+//! Every command prints human output by default and the API's JSON with
+//! `--output json`. Exit codes: 0 done, 1 failed (the API's error code and
+//! message are printed), 2 bad usage, 3 a verification found a problem.
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where the admin API is.
+#[derive(Args, Clone, Debug)]
+pub struct Remote {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        env = "BACKSTOP_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
+    pub admin: String,
+    /// Print the API's JSON instead of human output.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionCommand {
+    /// Upload an artifact and register an immutable version.
+    #[command(
+        after_help = "Example:\n  backstop version register fraud-scorer v2 --artifact model.onnx \\\n    --signature sig.yaml --upstream http://127.0.0.1:9001 --label team=risk"
+    )]
+    Register {
+        model: String,
+        id: String,
+        /// The model artifact; its sha256 is computed while it streams up.
+        #[arg(long)]
+        artifact: PathBuf,
+        /// Input/output signature, YAML or JSON.
+        #[arg(long)]
+        signature: PathBuf,
+        /// Upstream endpoint serving this version (repeatable).
+        #[arg(long = "upstream")]
+        upstreams: Vec<String>,
+        /// Metadata label `key=value` (repeatable).
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+        /// Provenance `key=value`, e.g. `commit=abc123` (repeatable).
+        #[arg(long = "provenance", value_parser = key_value)]
+        provenance: Vec<(String, String)>,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List a model's versions.
+    #[command(after_help = "Example:\n  backstop version list fraud-scorer --output json")]
+    List { model: String },
+    /// Show one version.
+    Show { model: String, id: String },
+    /// Re-hash every stored artifact and report those that changed (exit 3).
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// List audit entries, oldest first.
+    #[command(
+        after_help = "Example:\n  backstop audit list --model fraud-scorer --since 1h --output json"
+    )]
+    List {
+        #[arg(long)]
+        model: Option<String>,
+        /// How far back: 90s, 15m, 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Walk the hash chain; names the first altered or removed entry (exit 3).
+    Verify,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A tiny JSON client for the admin API.
+struct Api {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+}
+
+/// An answer: status and JSON body.
+struct Answer {
+    status: StatusCode,
+    json: Value,
+}
+
+impl Api {
+    fn new(remote: &Remote) -> Self {
+        Self {
+            base: remote.admin.trim_end_matches('/').to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        json_body: bool,
+    ) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method).uri(&url);
+        if json_body {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body.unwrap_or_else(|| {
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        });
+        let request = request.body(body).context("building the request")?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            json!({
+                "error": {"code": "bad_answer", "message": String::from_utf8_lossy(&bytes)}
+            })
+        });
+        Ok(Answer { status, json })
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        let has_body = body.is_some();
+        let body = body.map(|b| {
+            Full::new(Bytes::from(b.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        });
+        self.send(method, path, body, has_body).await
+    }
+}
+
+/// The API's error as the command's failure.
+fn failure(answer: &Answer) -> anyhow::Error {
+    let error = &answer.json["error"];
+    anyhow!(
+        "{} ({}): {}",
+        error["code"].as_str().unwrap_or("error"),
+        answer.status.as_u16(),
+        error["message"].as_str().unwrap_or("no message")
+    )
+}
+
+fn ok(answer: Answer) -> anyhow::Result<Value> {
+    if answer.status.is_success() {
+        Ok(answer.json)
+    } else {
+        Err(failure(&answer))
+    }
+}
+
+/// Streams a file as a request body, 256 KiB at a time.
+async fn file_body(path: &PathBuf) -> anyhow::Result<Body> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let stream = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = bytes::BytesMut::with_capacity(256 * 1024);
+        match file.read_buf(&mut buffer).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(Frame::data(buffer.freeze())), Some(file))),
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    Ok(StreamBody::new(stream).boxed_unsync())
+}
+
+fn print(remote: &Remote, value: &Value, human: impl FnOnce(&Value)) {
+    match remote.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Text => human(value),
+    }
+}
+
+pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let api = Api::new(remote);
+    match command {
+        VersionCommand::Register {
+            model,
+            id,
+            artifact,
+            signature,
+            upstreams,
+            labels,
+            provenance,
+            reason,
+        } => {
+            let text = std::fs::read_to_string(&signature)
+                .with_context(|| format!("reading {}", signature.display()))?;
+            let signature_value: Value = serde_yaml_ng::from_str(&text)
+                .map_err(|e| anyhow!("{}: {e}", signature.display()))?;
+            let stored = ok(api
+                .send(
+                    Method::PUT,
+                    "/api/v1/artifacts",
+                    Some(file_body(&artifact).await?),
+                    false,
+                )
+                .await?)?;
+            let body = json!({
+                "id": id,
+                "digest": stored["digest"],
+                "signature": signature_value,
+                "metadata": labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "provenance": provenance.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "upstreams": upstreams,
+                "reason": reason,
+            });
+            let version = ok(api
+                .json(
+                    Method::POST,
+                    &format!("/api/v1/models/{model}/versions"),
+                    Some(body),
+                )
+                .await?)?;
+            print(remote, &version, |v| {
+                let verb = if v["created"] == true {
+                    "registered"
+                } else {
+                    "already registered"
+                };
+                println!(
+                    "{verb} {model}/{id} ({})",
+                    v["digest"].as_str().unwrap_or("?")
+                );
+            });
+        }
+        VersionCommand::List { model } => {
+            let listed = ok(api
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/models/{model}/versions"),
+                    None,
+                )
+                .await?)?;
+            print(remote, &listed, |v| {
+                let versions = v["versions"].as_array().cloned().unwrap_or_default();
+                if versions.is_empty() {
+                    println!("{model} has no registered versions");
+                }
+                println!(
+                    "{:<16} {:<20} {:<12} {}",
+                    "VERSION", "DIGEST", "STATE", "REGISTERED BY"
+                );
+                for version in versions {
+                    let digest = version["digest"].as_str().unwrap_or("");
+                    println!(
+                        "{:<16} {:<20} {:<12} {}",
+                        version["id"].as_str().unwrap_or(""),
+                        &digest[..digest.len().min(19)],
+                        if version["deprecated"] == true {
+                            "deprecated"
+                        } else {
+                            "active"
+                        },
+                        version["registered_by"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        VersionCommand::Show { model, id } => {
+            let version = ok(api
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/models/{model}/versions/{id}"),
+                    None,
+                )
+                .await?)?;
+            print(remote, &version, |v| {
+                println!("{}", serde_yaml_ng::to_string(v).unwrap_or_default());
+            });
+        }
+        VersionCommand::Verify => {
+            let report = ok(api
+                .json(Method::POST, "/api/v1/artifacts/verify", None)
+                .await?)?;
+            let mismatched = report["mismatched"].as_array().map_or(0, Vec::len);
+            print(remote, &report, |r| {
+                println!("checked {} artifacts, {mismatched} changed", r["checked"]);
+                for m in r["mismatched"].as_array().into_iter().flatten() {
+                    match m["actual"].as_str() {
+                        Some(actual) => println!(
+                            "  {} now hashes to {actual}",
+                            m["digest"].as_str().unwrap_or("?")
+                        ),
+                        None => println!("  {} is missing", m["digest"].as_str().unwrap_or("?")),
+                    }
+                }
+            });
+            if mismatched > 0 {
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let api = Api::new(remote);
+    match command {
+        AuditCommand::List {
+            model,
+            since,
+            limit,
+        } => {
+            let mut query = Vec::new();
+            if let Some(model) = model {
+                query.push(format!("model={model}"));
+            }
+            if let Some(since) = since {
+                query.push(format!("since={since}"));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/audit".to_string()
+            } else {
+                format!("/api/v1/audit?{}", query.join("&"))
+            };
+            let listed = ok(api.json(Method::GET, &path, None).await?)?;
+            print(remote, &listed, |v| {
+                for entry in v["entries"].as_array().into_iter().flatten() {
+                    println!(
+                        "#{:<5} {} {:<12} {:<20} {}{}",
+                        entry["seq"],
+                        entry["at_ms"],
+                        entry["actor"].as_str().unwrap_or(""),
+                        entry["action"].as_str().unwrap_or(""),
+                        entry["target"].as_str().unwrap_or(""),
+                        match entry["reason"].as_str() {
+                            Some(reason) if !reason.is_empty() => format!(" ({reason})"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            });
+        }
+        AuditCommand::Verify => {
+            let verdict = ok(api.json(Method::GET, "/api/v1/audit/verify", None).await?)?;
+            let intact = verdict["intact"] == true;
+            print(remote, &verdict, |v| {
+                if intact {
+                    println!(
+                        "audit log intact: {} entries, head {}",
+                        v["entries"],
+                        v["head_hash"].as_str().unwrap_or("-")
+                    );
+                } else {
+                    println!(
+                        "audit log broken at entry {}: {}",
+                        v["broken_at_seq"],
+                        v["why"].as_str().unwrap_or("")
+                    );
+                }
+            });
+            if !intact {
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
