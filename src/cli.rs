@@ -287,8 +287,8 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
                     println!("{model} has no registered versions");
                 }
                 println!(
-                    "{:<16} {:<20} {:<12} {}",
-                    "VERSION", "DIGEST", "STATE", "REGISTERED BY"
+                    "{:<16} {:<20} {:<12} REGISTERED BY",
+                    "VERSION", "DIGEST", "STATE"
                 );
                 for version in versions {
                     let digest = version["digest"].as_str().unwrap_or("");
