@@ -462,8 +462,11 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
-        if self.stats.bucket_ms == 0 {
-            return Err(FieldError::new("stats.bucket_ms", "must be at least 1"));
+        if !(1..=3_600_000).contains(&self.stats.bucket_ms) {
+            return Err(FieldError::new(
+                "stats.bucket_ms",
+                "must be between 1 and 3600000 (1 h)",
+            ));
         }
         if !(3..=100_000).contains(&self.stats.buckets) {
             return Err(FieldError::new(
@@ -694,7 +697,10 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
             segments.push(Segment::Key(key));
         }
         while let Some(end) = rest.find(']') {
-            segments.push(Segment::Index(rest[1..end].parse().ok()?));
+            if !rest.starts_with('[') {
+                break;
+            }
+            segments.push(Segment::Index(rest.get(1..end)?.parse().ok()?));
             rest = &rest[end + 1..];
         }
     }
@@ -868,5 +874,8 @@ models:
             "falls back to the parent"
         );
         assert_eq!(locate(text, "z"), None);
+        // Odd model names end up in paths; they must not break the locator.
+        assert_eq!(locate(text, "models.m[1]]"), None);
+        assert_eq!(locate(text, "a]["), None);
     }
 }

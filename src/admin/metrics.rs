@@ -48,13 +48,8 @@ fn text(gateway: &Gateway) -> String {
     for state in &states {
         let (counts, latency) = state.stats.lifetime();
         let (m, v) = (label(&state.model), label(&state.version));
-        let others = counts.server_errors
-            + counts.client_errors
-            + counts.timeouts
-            + counts.connect_errors
-            + counts.cancelled;
         for (outcome, value) in [
-            ("success", counts.requests.saturating_sub(others)),
+            ("success", counts.successes),
             ("server_error", counts.server_errors),
             ("client_error", counts.client_errors),
             ("timeout", counts.timeouts),

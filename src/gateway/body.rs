@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -27,13 +28,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct UpstreamBody {
     prefix: Option<Bytes>,
     rest: Option<Limited<Incoming>>,
+    /// Where a failure of the client's body is noted, for clients (hyper's
+    /// HTTP/2) that report it only as a broken stream.
+    fault: Option<Arc<AtomicU8>>,
 }
+
+/// Values of an [`UpstreamBody`] fault cell.
+pub const BODY_OK: u8 = 0;
+pub const BODY_TOO_LARGE: u8 = 1;
+pub const BODY_BROKEN: u8 = 2;
 
 impl UpstreamBody {
     pub fn full(bytes: Bytes) -> Self {
         Self {
             prefix: (!bytes.is_empty()).then_some(bytes),
             rest: None,
+            fault: None,
         }
     }
 
@@ -41,7 +51,15 @@ impl UpstreamBody {
         Self {
             prefix: prefix.filter(|p| !p.is_empty()),
             rest: Some(rest),
+            fault: None,
         }
+    }
+
+    /// Attaches a cell that records whether the client's body failed.
+    pub fn with_fault_cell(mut self) -> (Self, Arc<AtomicU8>) {
+        let cell = Arc::new(AtomicU8::new(BODY_OK));
+        self.fault = Some(cell.clone());
+        (self, cell)
     }
 }
 
@@ -56,10 +74,20 @@ impl Body for UpstreamBody {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        match self.rest.as_mut() {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = self.get_mut();
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(rest).poll_frame(cx);
+        if let (Poll::Ready(Some(Err(error))), Some(cell)) = (&polled, &this.fault) {
+            let fault = if error.is::<http_body_util::LengthLimitError>() {
+                BODY_TOO_LARGE
+            } else {
+                BODY_BROKEN
+            };
+            cell.store(fault, Ordering::Relaxed);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -189,7 +217,9 @@ pub struct Recorder {
     pub state: Arc<VersionState>,
     pub endpoint: Arc<Endpoint>,
     pub start: Instant,
-    pub now_ms: u64,
+    /// The gateway clock's origin: ejections are timed from when the
+    /// request ends, not when it started.
+    pub clock: Instant,
     pub bytes: u64,
     /// Outcome so far: from the status line, or from gRPC trailers.
     pub outcome: Outcome,
@@ -203,7 +233,8 @@ impl Recorder {
         match outcome {
             Outcome::Success => self.endpoint.record_success(),
             Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError => {
-                if let Some(backoff) = self.endpoint.record_failure(self.now_ms) {
+                let now_ms = self.clock.elapsed().as_millis() as u64;
+                if let Some(backoff) = self.endpoint.record_failure(now_ms) {
                     tracing::warn!(
                         endpoint = %self.endpoint.url,
                         backoff_ms = backoff.as_millis() as u64,

@@ -26,6 +26,8 @@ pub struct GatewayError {
     pub code: &'static str,
     pub message: String,
     pub source: Source,
+    /// The version the request was routed to, once one was chosen.
+    pub version: Option<HeaderValue>,
 }
 
 impl GatewayError {
@@ -35,7 +37,28 @@ impl GatewayError {
             code,
             message,
             source,
+            version: None,
         }
+    }
+
+    /// Names the version that was chosen (answers carry `x-backstop-version`).
+    pub fn with_version(mut self, version: &HeaderValue) -> Self {
+        self.version = Some(version.clone());
+        self
+    }
+
+    pub fn protocol_mismatch(model: &str, grpc: bool) -> Self {
+        let (sent, served) = if grpc {
+            ("gRPC", "HTTP")
+        } else {
+            ("HTTP", "gRPC")
+        };
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "protocol_mismatch",
+            Source::Downstream,
+            format!("model {model:?} is served over {served}; this request is {sent}"),
+        )
     }
 
     pub fn route_not_found(path: &str) -> Self {
@@ -143,6 +166,17 @@ impl GatewayError {
 
     /// The answer the client gets.
     pub fn into_response(self, grpc: bool) -> Response<GatewayBody> {
+        let version = self.version.clone();
+        let mut response = self.into_response_without_version(grpc);
+        if let Some(version) = version {
+            response
+                .headers_mut()
+                .insert(super::proxy::VERSION_HEADER, version);
+        }
+        response
+    }
+
+    fn into_response_without_version(self, grpc: bool) -> Response<GatewayBody> {
         if grpc {
             return grpc_trailers_only(self.grpc_code(), &self.message);
         }

@@ -26,10 +26,15 @@ pub mod code {
     pub const UNAVAILABLE: u32 = 14;
 }
 
+/// `application/grpc`, `application/grpc+proto` and the like; not
+/// gRPC-Web, which is a different wire format.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/grpc"
+            || v.starts_with(b"application/grpc+")
+            || v.starts_with(b"application/grpc;")
+    })
 }
 
 /// How a gRPC status counts for the version that returned it. Codes that
@@ -39,7 +44,9 @@ pub fn outcome_of_code(code: u32) -> Outcome {
     match code {
         0 => Outcome::Success,
         1 => Outcome::Cancelled,
-        3 | 5 | 6 | 7 | 9 | 11 | 12 | 16 => Outcome::ClientError,
+        // RESOURCE_EXHAUSTED (8) is what servers answer to a message over
+        // their size limit: the caller's doing, like our own body_too_large.
+        3 | 5 | 6 | 7 | 8 | 9 | 11 | 12 | 16 => Outcome::ClientError,
         4 => Outcome::Timeout,
         _ => Outcome::ServerError,
     }
@@ -51,6 +58,16 @@ pub fn outcome_of(headers: &HeaderMap) -> Outcome {
     match status_of(headers) {
         Some(code) => outcome_of_code(code),
         None => Outcome::ServerError,
+    }
+}
+
+/// How an answer without `grpc-status` counts until trailers say more,
+/// after gRPC's HTTP-to-gRPC status mapping: 401, 403 and 404 blame the
+/// caller; anything else without a status is the server's failure.
+pub fn outcome_without_status(status: http::StatusCode) -> Outcome {
+    match status.as_u16() {
+        401 | 403 | 404 => Outcome::ClientError,
+        _ => Outcome::ServerError,
     }
 }
 

@@ -38,6 +38,8 @@ const HEADERS_MAX: usize = 128;
 const COALESCE_MAX_BYTES: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long to look for an early answer after a failed write.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
 /// Idle connections kept per endpoint.
 pub const IDLE_MAX: usize = 512;
 /// Idle connections older than this are closed rather than reused: servers
@@ -55,6 +57,8 @@ pub enum SendError {
     ClientBody(String),
     /// The upstream broke the exchange (reset, garbage, early close).
     Upstream(String),
+    /// The upstream did not answer within the request timeout.
+    Timeout,
 }
 
 /// A plain or TLS connection to an upstream.
@@ -112,25 +116,22 @@ pub struct Conn {
 
 impl Conn {
     /// Whether an idle connection can still be used: not too old, and the
-    /// server has not closed it. Peeks without consuming: on a plain
-    /// connection any unasked byte disqualifies it; under TLS, bytes may be
-    /// TLS records (session tickets) that the TLS layer reads later.
-    fn is_reusable(&self) -> bool {
+    /// server has neither closed it nor sent anything unasked. A plain
+    /// connection is peeked (nothing consumed); a TLS one is read through
+    /// the TLS layer, which takes in session tickets by itself and reports
+    /// a close_notify or stray data, either of which disqualifies it.
+    fn is_reusable(&mut self) -> bool {
         if self.idle_since.elapsed() > IDLE_TIMEOUT {
             return false;
         }
-        let (tcp, tls) = match &self.stream {
-            Stream::Plain(s) => (s, false),
-            Stream::Tls(s) => (s.get_ref().0, true),
-        };
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match tcp.poll_peek(&mut cx, &mut probe) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(_)) => tls,
-        }
+        let polled = match &mut self.stream {
+            Stream::Plain(tcp) => tcp.poll_peek(&mut cx, &mut probe).map_ok(|_| ()),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(&mut cx, &mut probe),
+        };
+        matches!(polled, Poll::Pending)
     }
 }
 
@@ -143,7 +144,7 @@ pub struct Pool {
 impl Pool {
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop() {
             if conn.is_reusable() {
                 return Some(conn);
             }
@@ -157,6 +158,13 @@ impl Pool {
         if idle.len() < IDLE_MAX {
             idle.push(conn);
         }
+    }
+
+    /// Closes idle connections that are too old or that the server closed;
+    /// checkout only looks at the newest, so the health ticker calls this.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain_mut(|conn| conn.is_reusable());
     }
 
     pub fn idle_count(&self) -> usize {
@@ -175,19 +183,38 @@ pub struct Client {
 impl Client {
     /// Sends a request to `endpoint` and returns the answer once its head
     /// has arrived; the body streams from the connection.
+    ///
+    /// `timeout` bounds the wait for the answer's head once the request is
+    /// written, and each wait for the client's next body piece: a client
+    /// that stalls its upload is the client's fault, not the upstream's.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         head: http::request::Parts,
         body: UpstreamBody,
+        timeout: Duration,
     ) -> Result<Response<ResponseBody>, SendError> {
         let mut conn = match endpoint.pool.checkout() {
             Some(conn) => conn,
             None => self.connect(endpoint).await?,
         };
         let is_head = head.method == Method::HEAD;
-        write_request(&mut conn, &head, body).await?;
-        let (response, framing, keep_alive) = read_head(&mut conn, is_head).await?;
+        let written = write_request(&mut conn, &head, body, timeout).await;
+        let head = match written {
+            Ok(()) => tokio::time::timeout(timeout, read_head(&mut conn, is_head))
+                .await
+                .map_err(|_| SendError::Timeout)?,
+            // An upstream may answer early (413, 401) and close while the
+            // body is still going up: its answer beats a 502.
+            Err(SendError::Upstream(why)) => {
+                match tokio::time::timeout(EARLY_ANSWER_WAIT, read_head(&mut conn, is_head)).await {
+                    Ok(Ok((response, framing, _))) => Ok((response, framing, false)),
+                    _ => Err(SendError::Upstream(why)),
+                }
+            }
+            Err(other) => Err(other),
+        };
+        let (response, framing, keep_alive) = head?;
         let mut body = ResponseBody {
             conn: Some(conn),
             framing,
@@ -255,6 +282,7 @@ async fn write_request(
     conn: &mut Conn,
     head: &http::request::Parts,
     mut body: UpstreamBody,
+    body_wait: Duration,
 ) -> Result<(), SendError> {
     let length = body.size_hint().exact();
     let chunked = length.is_none();
@@ -313,11 +341,20 @@ async fn write_request(
     }
     conn.stream.write_all(&out).await.map_err(upstream_io)?;
     if finished {
-        return Ok(());
+        // TLS buffers what it encrypts: push it out.
+        return conn.stream.flush().await.map_err(upstream_io);
     }
     // The rest of the body, as it arrives.
     loop {
-        match body.frame().await {
+        let frame = tokio::time::timeout(body_wait, body.frame())
+            .await
+            .map_err(|_| {
+                SendError::ClientBody(format!(
+                    "the client sent no body bytes for {} ms",
+                    body_wait.as_millis()
+                ))
+            })?;
+        match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     out.clear();
@@ -423,10 +460,7 @@ async fn read_head(
                 .map_err(|_| SendError::Upstream("invalid header value in answer".into()))?;
             map.append(name, value);
         }
-        let close = map
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let close = tokens(&map, http::header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"));
         // After 101 the connection speaks another protocol: never reuse it.
         let keep_alive = version == 1 && !close && code != 101;
         let framing = if is_head_request
@@ -435,26 +469,18 @@ async fn read_head(
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Done
-        } else if map
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            })
-        {
+        } else if map.contains_key(http::header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: chunked must be the final coding; otherwise the
+            // body runs until the connection closes.
             map.remove(http::header::CONTENT_LENGTH);
-            Framing::Chunked(Chunk::Size)
-        } else if let Some(length) = map.get(http::header::CONTENT_LENGTH) {
-            let length = length
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| SendError::Upstream("invalid content-length in answer".into()))?;
-            if length == 0 {
-                Framing::Done
-            } else {
-                Framing::Length(length)
+            match tokens(&map, http::header::TRANSFER_ENCODING).last() {
+                Some(last) if last.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+                _ => Framing::UntilClose,
+            }
+        } else if map.contains_key(http::header::CONTENT_LENGTH) {
+            match content_length(&map)? {
+                0 => Framing::Done,
+                length => Framing::Length(length),
             }
         } else {
             Framing::UntilClose
@@ -465,6 +491,39 @@ async fn read_head(
         *response.headers_mut() = map;
         return Ok((response, framing, keep_alive));
     }
+}
+
+/// The comma-separated tokens of every value of a header.
+fn tokens(map: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    map.get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The answer's content length: digits only, and every value the same
+/// (RFC 9112 §6.3), or the answer is refused.
+fn content_length(map: &HeaderMap) -> Result<u64, SendError> {
+    let mut length = None;
+    for token in tokens(map, http::header::CONTENT_LENGTH) {
+        let value = token
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| token.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                SendError::Upstream(format!("invalid content-length {token:?} in answer"))
+            })?;
+        if length.is_some_and(|l| l != value) {
+            return Err(SendError::Upstream(
+                "conflicting content-length values in answer".into(),
+            ));
+        }
+        length = Some(value);
+    }
+    length.ok_or_else(|| SendError::Upstream("empty content-length in answer".into()))
 }
 
 async fn read_more(conn: &mut Conn) -> Result<(), SendError> {
@@ -742,6 +801,25 @@ mod tests {
             decode_all(&mut framing, &long),
             Err(SendError::Upstream(_))
         ));
+    }
+
+    #[test]
+    fn content_lengths_must_be_plain_and_agree() {
+        let map = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            map
+        };
+        assert_eq!(content_length(&map(&["42"])).unwrap(), 42);
+        assert_eq!(content_length(&map(&["42", "42"])).unwrap(), 42);
+        assert!(content_length(&map(&["42", "43"])).is_err());
+        assert!(content_length(&map(&["+5"])).is_err());
+        assert!(content_length(&map(&["4 2"])).is_err());
     }
 
     #[test]

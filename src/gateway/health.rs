@@ -45,6 +45,8 @@ pub async fn run(gateway: Arc<Gateway>) {
             }
         }
         for (endpoint, healthy) in futures_util::future::join_all(checks).await {
+            // Close idle connections the server dropped or that aged out.
+            endpoint.pool.reap();
             if healthy && endpoint.is_ejected(gateway.now_ms()) {
                 // The server answers its health check again: let traffic
                 // probe it instead of waiting out the whole back-off.
@@ -137,7 +139,8 @@ async fn probe(client: &super::upstream::UpstreamClient, endpoint: &Arc<Endpoint
         return false;
     };
     let (head, body) = request.into_parts();
-    let Ok(response) = client.send(endpoint, head, body).await else {
+    let timeout = Duration::from_secs(3600); // the caller bounds the whole probe
+    let Ok(response) = client.send(endpoint, head, body, timeout).await else {
         return false;
     };
     if !response.status().is_success() {

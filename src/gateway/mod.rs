@@ -196,6 +196,11 @@ impl Gateway {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The instant `now_ms` counts from.
+    pub fn clock_origin(&self) -> Instant {
+        self.started
+    }
+
     /// The current tables. A request loads them once.
     pub fn tables(&self) -> arc_swap::Guard<Arc<Tables>> {
         self.tables.load()

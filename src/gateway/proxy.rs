@@ -13,7 +13,7 @@ use super::body::{GatewayBody, Recorder, RecordingBody, UpstreamBody};
 use super::error::GatewayError;
 use super::grpc::{self, Scan};
 use super::h1::SendError;
-use super::routing::{ModelTable, Reason};
+use super::routing::ModelTable;
 use super::upstream::Endpoint;
 use super::Gateway;
 use crate::config::Protocol;
@@ -119,6 +119,13 @@ async fn proxy(
     let start = Instant::now();
     let limit = gateway.config.limits.request_body_max_bytes;
     let (mut parts, body) = request.into_parts();
+    if has_dot_segments(parts.uri.path()) {
+        // Upstreams that normalise paths would serve something else than
+        // what was routed (and counted).
+        return Err(GatewayError::bad_request(
+            "the path has '.' or '..' segments",
+        ));
+    }
     let target = classify(parts.uri.path(), grpc)
         .ok_or_else(|| GatewayError::route_not_found(parts.uri.path()))?;
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -163,138 +170,150 @@ async fn proxy(
     let table = gateway
         .table(&model)
         .ok_or_else(|| GatewayError::model_not_found(&model))?;
+    if grpc != (table.protocol == Protocol::Grpc) {
+        return Err(GatewayError::protocol_mismatch(&model, grpc));
+    }
     table.mark_used();
     let now_ms = gateway.now_ms();
 
     // Choose the version.
-    let (version_index, reason) = match parts.headers.get(&gateway.pin_header) {
+    let version_index = match parts.headers.get(&gateway.pin_header) {
         Some(pin) => {
             if !pin_allowed(gateway, remote.addr) {
                 return Err(GatewayError::pin_not_allowed());
             }
             let pin = pin.to_str().unwrap_or_default();
-            let index = table
+            table
                 .version_index(pin)
-                .ok_or_else(|| GatewayError::unknown_version(&model, pin))?;
-            (index, Reason::Pin)
+                .ok_or_else(|| GatewayError::unknown_version(&model, pin))?
         }
         None => {
             let choice = table.choose(&parts.headers, now_ms);
-            (choice.version, choice.reason)
+            if let Some(from) = choice.moved_from {
+                table.versions[from]
+                    .state
+                    .rerouted_unhealthy
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            choice.version
         }
     };
     let version = &table.versions[version_index];
-    if reason == Reason::HealthFallback {
-        version
-            .state
-            .rerouted_unhealthy
-            .fetch_add(1, Ordering::Relaxed);
-    }
 
-    // Prepare the upstream request.
-    strip_hop_by_hop(&mut parts.headers, grpc);
-    parts.headers.remove(&gateway.pin_header);
-    append_forwarded_for(&mut parts.headers, &remote);
-    let path_and_query = match &forward_path {
-        Some(path) => path.as_str(),
-        None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-    }
-    .to_string();
+    // From here on every answer, errors included, names the version.
+    let forwarded: Result<Response<GatewayBody>, GatewayError> = async {
+        strip_hop_by_hop(&mut parts.headers, grpc);
+        parts.headers.remove(&gateway.pin_header);
+        append_forwarded_for(&mut parts.headers, &remote);
+        let path_and_query = match &forward_path {
+            Some(path) => path.as_str(),
+            None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        }
+        .to_string();
 
-    let upstream_body = match table.shadow_for(version_index) {
-        Some(shadow) => match shadow_body(gateway, &parts, prefix.take(), body).await? {
-            ShadowBody::Copied(bytes) => {
-                spawn_shadow(
-                    gateway,
-                    &table,
-                    shadow,
-                    &parts,
-                    &path_and_query,
-                    bytes.clone(),
-                );
-                UpstreamBody::full(bytes)
+        let upstream_body = match table.shadow_for(version_index) {
+            Some(shadow) => match shadow_body(gateway, &parts, prefix.take(), body).await? {
+                ShadowBody::Copied(bytes) => {
+                    spawn_shadow(gateway, &table, shadow, &parts, &path_and_query, bytes.clone());
+                    UpstreamBody::full(bytes)
+                }
+                ShadowBody::TooLarge(prefix, body) => {
+                    table.versions[shadow]
+                        .state
+                        .shadow_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    UpstreamBody::streaming(prefix, body)
+                }
+            },
+            None => UpstreamBody::streaming(prefix, body),
+        };
+
+        let endpoint = version.pick_endpoint(now_ms).clone();
+        let head = upstream_head(parts, &endpoint, &path_and_query, table.protocol)?;
+        // If the client goes away before the answer's head, the guard
+        // records a cancellation (which never counts against the version).
+        let pending = PendingRecord(Some(Recorder {
+            state: version.state.clone(),
+            endpoint: endpoint.clone(),
+            start,
+            clock: gateway.clock_origin(),
+            bytes: 0,
+            outcome: Outcome::Success,
+            grpc,
+        }));
+        let result = table
+            .client
+            .send(&endpoint, head, upstream_body, table.request_timeout)
+            .await;
+        let recorder = pending.take();
+        let response = match result {
+            Err(SendError::Timeout) => {
+                recorder.finish(Outcome::Timeout);
+                return Err(GatewayError::upstream_timeout(
+                    &model,
+                    &version.name,
+                    table.request_timeout.as_millis() as u64,
+                ));
             }
-            ShadowBody::TooLarge(prefix, body) => {
-                table.versions[shadow]
-                    .state
-                    .shadow_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                UpstreamBody::streaming(prefix, body)
+            // The client's own body failing is its fault, not the version's.
+            Err(SendError::BodyTooLarge) => {
+                recorder.finish(Outcome::ClientError);
+                return Err(GatewayError::body_too_large(limit));
             }
-        },
-        None => UpstreamBody::streaming(prefix, body),
-    };
+            Err(SendError::ClientBody(why)) => {
+                recorder.finish(Outcome::ClientError);
+                return Err(GatewayError::bad_request(format!(
+                    "reading the request body: {why}"
+                )));
+            }
+            Err(SendError::Connect(why)) => {
+                let url = recorder.endpoint.url.clone();
+                tracing::debug!(model, version = %version.name, endpoint = %url, error = %why, "Upstream connect failed.");
+                recorder.finish(Outcome::ConnectError);
+                return Err(GatewayError::upstream_connect(&model, &version.name, &url));
+            }
+            Err(SendError::Upstream(why)) => {
+                tracing::debug!(model, version = %version.name, error = %why, "Upstream request failed.");
+                recorder.finish(Outcome::ServerError);
+                return Err(GatewayError::upstream_error(&model, &version.name, &why));
+            }
+            Ok(response) => response,
+        };
 
-    let endpoint = version.pick_endpoint(now_ms).clone();
-    let head = upstream_head(parts, &endpoint, &path_and_query, table.protocol)?;
-    let result = tokio::time::timeout(
-        table.request_timeout,
-        table.client.send(&endpoint, head, upstream_body),
-    )
+        let (mut head, body) = response.into_parts();
+        let outcome = if grpc {
+            // Trailers-only answers carry the status in the headers;
+            // otherwise it comes in the trailers.
+            grpc::status_of(&head.headers)
+                .map_or_else(|| grpc::outcome_without_status(head.status), grpc::outcome_of_code)
+        } else {
+            outcome_of_status(head.status)
+        };
+        strip_hop_by_hop(&mut head.headers, grpc);
+        head.headers
+            .insert(VERSION_HEADER, version.header_value.clone());
+        let body = RecordingBody::new(body, Recorder { outcome, ..recorder });
+        Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
+    }
     .await;
+    forwarded.map_err(|error| error.with_version(&version.header_value))
+}
 
-    let recorder = Recorder {
-        state: version.state.clone(),
-        endpoint,
-        start,
-        now_ms,
-        bytes: 0,
-        outcome: Outcome::Success,
-        grpc,
-    };
-    let response = match result {
-        Err(_elapsed) => {
-            recorder.finish(Outcome::Timeout);
-            return Err(GatewayError::upstream_timeout(
-                &model,
-                &version.name,
-                table.request_timeout.as_millis() as u64,
-            ));
-        }
-        // The client's own body failing is its fault, not the version's.
-        Ok(Err(SendError::BodyTooLarge)) => {
-            recorder.finish(Outcome::ClientError);
-            return Err(GatewayError::body_too_large(limit));
-        }
-        Ok(Err(SendError::ClientBody(why))) => {
-            recorder.finish(Outcome::ClientError);
-            return Err(GatewayError::bad_request(format!(
-                "reading the request body: {why}"
-            )));
-        }
-        Ok(Err(SendError::Connect(why))) => {
-            let url = recorder.endpoint.url.clone();
-            tracing::debug!(model, version = %version.name, endpoint = %url, error = %why, "Upstream connect failed.");
-            recorder.finish(Outcome::ConnectError);
-            return Err(GatewayError::upstream_connect(&model, &version.name, &url));
-        }
-        Ok(Err(SendError::Upstream(why))) => {
-            tracing::debug!(model, version = %version.name, error = %why, "Upstream request failed.");
-            recorder.finish(Outcome::ServerError);
-            return Err(GatewayError::upstream_error(&model, &version.name, &why));
-        }
-        Ok(Ok(response)) => response,
-    };
+/// Finishes its recorder as a cancellation when dropped unfinished.
+struct PendingRecord(Option<Recorder>);
 
-    let (mut head, body) = response.into_parts();
-    let outcome = if grpc {
-        // Trailers-only answers carry the status in the headers; otherwise
-        // it comes in the trailers, and its absence is a server error.
-        grpc::status_of(&head.headers).map_or(Outcome::ServerError, grpc::outcome_of_code)
-    } else {
-        outcome_of_status(head.status)
-    };
-    strip_hop_by_hop(&mut head.headers, grpc);
-    head.headers
-        .insert(VERSION_HEADER, version.header_value.clone());
-    let body = RecordingBody::new(
-        body,
-        Recorder {
-            outcome,
-            ..recorder
-        },
-    );
-    Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
+impl PendingRecord {
+    fn take(mut self) -> Recorder {
+        self.0.take().expect("a pending record is taken once")
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        if let Some(recorder) = self.0.take() {
+            recorder.finish(Outcome::Cancelled);
+        }
+    }
 }
 
 pub fn outcome_of_status(status: StatusCode) -> Outcome {
@@ -305,6 +324,13 @@ pub fn outcome_of_status(status: StatusCode) -> Outcome {
     } else {
         Outcome::Success
     }
+}
+
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    })
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -489,8 +515,8 @@ fn spawn_shadow(
         return;
     };
     version.state.shadow_sent.fetch_add(1, Ordering::Relaxed);
-    let now_ms = gateway.now_ms();
-    let endpoint = version.pick_endpoint(now_ms).clone();
+    let clock = gateway.clock_origin();
+    let endpoint = version.pick_endpoint(gateway.now_ms()).clone();
     let Ok(head) = upstream_head(copy_head(parts), &endpoint, path_and_query, table.protocol)
     else {
         return;
@@ -504,27 +530,32 @@ fn spawn_shadow(
             state: version.state.clone(),
             endpoint,
             start: Instant::now(),
-            now_ms,
+            clock,
             bytes: 0,
             outcome: Outcome::Success,
             grpc,
         };
-        let send = table
-            .client
-            .send(&recorder.endpoint, head, UpstreamBody::full(body));
-        let result = tokio::time::timeout(table.request_timeout, send).await;
-        let outcome_and_response = match result {
-            Err(_) => Err(Outcome::Timeout),
-            Ok(Err(SendError::Connect(_))) => Err(Outcome::ConnectError),
-            Ok(Err(_)) => Err(Outcome::ServerError),
-            Ok(Ok(response)) => Ok(response),
+        let send = table.client.send(
+            &recorder.endpoint,
+            head,
+            UpstreamBody::full(body),
+            table.request_timeout,
+        );
+        let outcome_and_response = match send.await {
+            Err(SendError::Timeout) => Err(Outcome::Timeout),
+            Err(SendError::Connect(_)) => Err(Outcome::ConnectError),
+            Err(_) => Err(Outcome::ServerError),
+            Ok(response) => Ok(response),
         };
         let response = match outcome_and_response {
             Err(outcome) => return recorder.finish(outcome),
             Ok(response) => response,
         };
         let outcome = if grpc {
-            grpc::status_of(response.headers()).map_or(Outcome::ServerError, grpc::outcome_of_code)
+            grpc::status_of(response.headers()).map_or_else(
+                || grpc::outcome_without_status(response.status()),
+                grpc::outcome_of_code,
+            )
         } else {
             outcome_of_status(response.status())
         };

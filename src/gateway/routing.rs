@@ -116,6 +116,8 @@ pub enum Reason {
 pub struct Choice {
     pub version: usize,
     pub reason: Reason,
+    /// The version a health fallback moved the request away from.
+    pub moved_from: Option<usize>,
 }
 
 impl ModelTable {
@@ -239,20 +241,29 @@ impl ModelTable {
                     Some(hash) => hash % self.total_weight,
                     None => fastrand::u64(..self.total_weight),
                 };
-                (self.by_weight(point, |_| true), Reason::Weight)
+                (self.by_weight(point), Reason::Weight)
             }
         };
         if self.versions[version].is_healthy(now_ms) {
-            return Choice { version, reason };
+            return Choice {
+                version,
+                reason,
+                moved_from: None,
+            };
         }
         match self.healthy_fallback(key, now_ms) {
             Some(fallback) => Choice {
                 version: fallback,
                 reason: Reason::HealthFallback,
+                moved_from: Some(version),
             },
             // Nothing is healthy: keep the choice; the upstream's own error
             // is more useful than a refusal.
-            None => Choice { version, reason },
+            None => Choice {
+                version,
+                reason,
+                moved_from: None,
+            },
         }
     }
 
@@ -273,39 +284,48 @@ impl ModelTable {
         })
     }
 
-    /// Index of the version whose cumulative weight range holds `point`,
-    /// among versions accepted by `filter`.
-    fn by_weight(&self, point: u64, filter: impl Fn(&VersionRoute) -> bool) -> usize {
+    /// Index of the version whose cumulative weight range holds `point`.
+    fn by_weight(&self, point: u64) -> usize {
         let mut upto = 0;
         for (i, version) in self.versions.iter().enumerate() {
-            if !filter(version) {
-                continue;
-            }
             upto += u64::from(version.weight);
             if point < upto {
                 return i;
             }
         }
-        unreachable!("point is below the total weight of accepted versions")
+        unreachable!("point is below the total weight")
     }
 
     /// A healthy version by weight among healthy ones; when all healthy
     /// versions have weight 0, the first healthy one.
     fn healthy_fallback(&self, key: Option<u64>, now_ms: u64) -> Option<usize> {
+        // Health changes under our feet (checks, other requests' failures):
+        // read it once so both passes agree. Rare path: the allocation is fine.
+        let healthy: Vec<bool> = self.versions.iter().map(|v| v.is_healthy(now_ms)).collect();
         let healthy_weight: u64 = self
             .versions
             .iter()
-            .filter(|v| v.is_healthy(now_ms))
-            .map(|v| u64::from(v.weight))
+            .zip(&healthy)
+            .filter(|(_, ok)| **ok)
+            .map(|(v, _)| u64::from(v.weight))
             .sum();
         if healthy_weight == 0 {
-            return self.versions.iter().position(|v| v.is_healthy(now_ms));
+            return healthy.iter().position(|ok| *ok);
         }
         let point = match key {
             Some(hash) => hash % healthy_weight,
             None => fastrand::u64(..healthy_weight),
         };
-        Some(self.by_weight(point, |v| v.is_healthy(now_ms)))
+        let mut upto = 0;
+        for (i, (version, ok)) in self.versions.iter().zip(&healthy).enumerate() {
+            if *ok {
+                upto += u64::from(version.weight);
+                if point < upto {
+                    return Some(i);
+                }
+            }
+        }
+        unreachable!("point is below the healthy weight, which is summed from the same snapshot")
     }
 
     /// Whether to copy this request to the shadow version, and which.

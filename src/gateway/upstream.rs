@@ -130,7 +130,7 @@ impl Endpoint {
             .saturating_mul(1u64 << ejections.min(20))
             .min(self.settings.eject_max_ms);
         self.ejected_until_ms
-            .store(now_ms + backoff_ms, Ordering::Relaxed);
+            .store(now_ms.saturating_add(backoff_ms), Ordering::Relaxed);
         Some(Duration::from_millis(backoff_ms))
     }
 
@@ -174,22 +174,39 @@ pub enum UpstreamClient {
 impl UpstreamClient {
     /// Sends a request (its URI already absolute, on `endpoint`) and
     /// returns the answer once its head has arrived.
+    ///
+    /// `timeout` bounds the wait for the answer. Over HTTP/1.1 it starts
+    /// once the request is written (a stalled client upload is the
+    /// client's fault); over HTTP/2 it covers the whole exchange.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         head: http::request::Parts,
         body: UpstreamBody,
+        timeout: Duration,
     ) -> Result<http::Response<UpstreamResponse>, h1::SendError> {
         match self {
             UpstreamClient::Http1(client) => client
-                .send(endpoint, head, body)
+                .send(endpoint, head, body, timeout)
                 .await
                 .map(|r| r.map(UpstreamResponse::Http1)),
-            UpstreamClient::Grpc(client) => client
-                .request(http::Request::from_parts(head, body))
-                .await
-                .map(|r| r.map(UpstreamResponse::Http2))
-                .map_err(|e| classify_hyper_error(&e)),
+            UpstreamClient::Grpc(client) => {
+                let (body, fault) = body.with_fault_cell();
+                let sent = client.request(http::Request::from_parts(head, body));
+                match tokio::time::timeout(timeout, sent).await {
+                    Err(_) => Err(h1::SendError::Timeout),
+                    Ok(Ok(response)) => Ok(response.map(UpstreamResponse::Http2)),
+                    // hyper's HTTP/2 client reports a failed request body
+                    // as a reset stream; the cell says whose fault it was.
+                    Ok(Err(error)) => Err(match fault.load(std::sync::atomic::Ordering::Relaxed) {
+                        super::body::BODY_TOO_LARGE => h1::SendError::BodyTooLarge,
+                        super::body::BODY_BROKEN => {
+                            h1::SendError::ClientBody(super::error::error_chain(&error))
+                        }
+                        _ => classify_hyper_error(&error),
+                    }),
+                }
+            }
         }
     }
 }

@@ -144,3 +144,35 @@ fn a_bad_config_names_file_line_and_field_and_starts_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_and_protocol_mismatches_are_client_errors() {
+    let v1 = toy("v1").await;
+    let backstop = Backstop::start(&config(&v1.url()));
+    for path in ["/v2/models/m/../other/infer", "/models/m/%2E%2e/admin"] {
+        let answer = HttpClient::new().get(&backstop.url(path)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(answer.error_code(), "bad_request");
+    }
+
+    // gRPC to a model served over HTTP: refused, and not counted.
+    let client = HttpClient::h2c();
+    let answer = client
+        .send(
+            http::Method::POST,
+            &backstop.url("/inference.GRPCInferenceService/ModelInfer"),
+            &[
+                ("content-type", "application/grpc"),
+                ("x-backstop-model", "m"),
+            ],
+            vec![0u8, 0, 0, 0, 0],
+        )
+        .await;
+    assert_eq!(answer.headers["grpc-status"], "3", "INVALID_ARGUMENT");
+    let stats = HttpClient::new()
+        .get(&backstop.admin_url("/api/v1/models/m/stats"))
+        .await
+        .json();
+    assert_eq!(stats["versions"]["v1"]["requests"], 0, "{stats}");
+    assert_eq!(v1.behaviour.requests(), 0);
+}

@@ -37,6 +37,7 @@ pub enum Outcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub requests: u64,
+    pub successes: u64,
     pub server_errors: u64,
     pub client_errors: u64,
     pub timeouts: u64,
@@ -48,6 +49,7 @@ pub struct Counts {
 impl Counts {
     fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
+        self.successes += other.successes;
         self.server_errors += other.server_errors;
         self.client_errors += other.client_errors;
         self.timeouts += other.timeouts;
@@ -66,6 +68,7 @@ impl Counts {
 #[derive(Default)]
 struct AtomicCounts {
     requests: AtomicU64,
+    successes: AtomicU64,
     server_errors: AtomicU64,
     client_errors: AtomicU64,
     timeouts: AtomicU64,
@@ -78,6 +81,7 @@ impl AtomicCounts {
     fn load(&self) -> Counts {
         Counts {
             requests: self.requests.load(Ordering::Relaxed),
+            successes: self.successes.load(Ordering::Relaxed),
             server_errors: self.server_errors.load(Ordering::Relaxed),
             client_errors: self.client_errors.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
@@ -90,6 +94,7 @@ impl AtomicCounts {
     fn reset(&self) {
         for counter in [
             &self.requests,
+            &self.successes,
             &self.server_errors,
             &self.client_errors,
             &self.timeouts,
@@ -197,8 +202,10 @@ impl VersionStats {
         let slot = self.slot(self.current.load(Ordering::Acquire));
         let counts = &slot.counts;
         counts.requests.fetch_add(1, Ordering::Relaxed);
+        // Each outcome has its own counter, so exported counters never go
+        // down between two reads (no `requests - errors` arithmetic).
         let counter = match outcome {
-            Outcome::Success => None,
+            Outcome::Success => Some(&counts.successes),
             Outcome::ServerError => Some(&counts.server_errors),
             Outcome::ClientError => Some(&counts.client_errors),
             Outcome::Timeout => Some(&counts.timeouts),
@@ -298,6 +305,7 @@ mod tests {
         stats.record(Outcome::Timeout, 0, 0);
         let window = stats.window(1);
         assert_eq!(window.counts.requests, 3);
+        assert_eq!(window.counts.successes, 1);
         assert_eq!(window.counts.server_errors, 1);
         assert_eq!(window.counts.timeouts, 1);
         assert_eq!(window.counts.response_bytes, 15);
