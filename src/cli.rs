@@ -1,9 +1,14 @@
-//! Client commands: the CLI drives the admin API, as any other client would.
+//! Client commands: the CLI drives the admin API, as any other client would
+//! (with `--token`/`BACKSTOP_TOKEN` as its bearer token). `token` commands
+//! are the exception: they work on the data directory's store directly, so
+//! the first admin token can be made before any token exists.
 //!
 //! Every command prints human output by default and the API's JSON with
 //! `--output json`. Exit codes: 0 done, 1 failed (the API's error code and
 //! message are printed), 2 bad usage, 3 a verification found a problem.
 
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -28,6 +33,25 @@ pub struct Remote {
     )]
     pub admin: String,
     /// Print the API's JSON instead of human output.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+    /// Bearer token for the admin API (`backstop token create` makes one).
+    #[arg(long, env = "BACKSTOP_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+/// Where the local store is, for commands that work on it directly.
+#[derive(Args, Clone, Debug)]
+pub struct Local {
+    /// The gateway's data directory (`data_dir` in its config).
+    #[arg(
+        long,
+        env = "BACKSTOP_DATA_DIR",
+        default_value = "backstop-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of human output.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,
 }
@@ -95,6 +119,38 @@ pub enum AuditCommand {
     Verify,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an admin API token; its secret is printed once, and only its
+    /// hash is stored.
+    #[command(
+        after_help = "Examples:\n  backstop token create --role admin --name root --data-dir ./backstop-data\n  export BACKSTOP_TOKEN=$(backstop token create --role deployer --name ci)\n  backstop token create --role viewer --name grafana --output json"
+    )]
+    Create {
+        /// Who holds it; audit entries name them `NAME (ROLE)`.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: crate::access::Role,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  backstop token list --output json")]
+    List,
+    /// Revoke a token by id; requests with it get 401 from then on.
+    #[command(
+        after_help = "Example:\n  backstop token revoke 3f9a0c1b2e7d --reason \"left the team\""
+    )]
+    Revoke {
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 fn key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -107,6 +163,8 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 /// A tiny JSON client for the admin API.
 struct Api {
     base: String,
+    /// `Authorization` value sent with every request, when a token is set.
+    authorization: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
 }
 
@@ -120,6 +178,12 @@ impl Api {
     fn new(remote: &Remote) -> Self {
         Self {
             base: remote.admin.trim_end_matches('/').to_string(),
+            authorization: remote
+                .token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| format!("Bearer {t}")),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -136,12 +200,18 @@ impl Api {
         if json_body {
             request = request.header("content-type", "application/json");
         }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
         let body = body.unwrap_or_else(|| {
             Full::new(Bytes::new())
                 .map_err(|never| match never {})
                 .boxed_unsync()
         });
-        let request = request.body(body).context("building the request")?;
+        // (Never with the token in the message.)
+        let request = request
+            .body(body)
+            .map_err(|_| anyhow!("invalid request: check --admin and --token"))?;
         let response = self
             .client
             .request(request)
@@ -404,6 +474,99 @@ pub async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<Exi
             });
             if !intact {
                 return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the data directory's store. Only `create` may start a new one:
+/// listing or revoking in a directory that has none is a mistake (a typo
+/// in `--data-dir`), not an empty list.
+fn open_local(local: &Local, create: bool) -> anyhow::Result<SqliteStore> {
+    let path = local.data_dir.join("backstop.db");
+    if create {
+        std::fs::create_dir_all(&local.data_dir)
+            .with_context(|| format!("creating {}", local.data_dir.display()))?;
+    } else if !path.exists() {
+        return Err(anyhow!(
+            "no store at {} (is --data-dir the gateway's data_dir?)",
+            path.display()
+        ));
+    }
+    SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// The actor of local token commands: whoever runs them on this machine.
+fn local_actor() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("local-cli:{user}")
+}
+
+pub fn token(command: TokenCommand, local: &Local) -> anyhow::Result<ExitCode> {
+    let json_output = local.output == Output::Json;
+    match command {
+        TokenCommand::Create { name, role, reason } => {
+            let store = open_local(local, true)?;
+            let now_ms = crate::gateway::unix_ms();
+            let created =
+                crate::access::create_token(&store, &name, role, &local_actor(), &reason, now_ms)?;
+            let record = &created.record;
+            if json_output {
+                let value = json!({
+                    "id": record.id,
+                    "name": record.name,
+                    "role": record.role,
+                    "token": created.secret,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                // The secret alone on stdout, so `$(backstop token create ...)`
+                // captures just it; the rest is for the person at the terminal.
+                eprintln!(
+                    "created token {} for {} ({role}); the secret is shown only this once:",
+                    record.id, record.name
+                );
+                println!("{}", created.secret);
+            }
+        }
+        TokenCommand::List => {
+            let tokens = open_local(local, false)?.tokens()?;
+            if json_output {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "tokens": tokens }))?
+                );
+            } else {
+                println!(
+                    "{:<14} {:<24} {:<11} {:<8} CREATED BY",
+                    "ID", "NAME", "ROLE", "STATE"
+                );
+                for token in tokens {
+                    println!(
+                        "{:<14} {:<24} {:<11} {:<8} {}",
+                        token.id,
+                        token.name,
+                        token.role.as_str(),
+                        if token.revoked { "revoked" } else { "active" },
+                        token.created_by
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id, reason } => {
+            let store = open_local(local, false)?;
+            let token = crate::access::revoke_token(&store, &id, &local_actor(), &reason)?;
+            if json_output {
+                println!("{}", serde_json::to_string_pretty(&token)?);
+            } else {
+                println!(
+                    "revoked token {} ({}, {})",
+                    token.id, token.name, token.role
+                );
             }
         }
     }

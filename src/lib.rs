@@ -6,6 +6,7 @@
 //! controller → actions. [`admin`] is the JSON API that reads the gateway
 //! and replaces routing tables. `main.rs` is only the command line.
 
+pub mod access;
 pub mod admin;
 pub mod bench;
 pub mod cli;

@@ -45,6 +45,13 @@ enum Command {
         #[command(flatten)]
         remote: cli::Remote,
     },
+    /// Create, list and revoke admin API tokens in the local data directory.
+    Token {
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+        #[command(flatten)]
+        local: cli::Local,
+    },
     /// Check a config file without starting anything.
     Check {
         #[arg(long, default_value = "backstop.yaml")]
@@ -113,6 +120,9 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Token { command, local } = cli.command {
+        return cli::token(command, &local);
+    }
     if let Command::Serve { config } = &cli.command {
         init_logging();
         let mut config = backstop::config::Config::load(config)?;
@@ -124,7 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime(None)?;
     match cli.command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Version { command, remote } => {
             return runtime.block_on(cli::version(command, &remote));
         }

@@ -123,6 +123,18 @@ impl Registry {
         }
     }
 
+    /// The store behind the registry (tokens and the audit log share it).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Appends an audit entry for a change made outside the store, such as
+    /// a routing-table swap.
+    pub async fn record(&self, draft: AuditDraft) -> Result<AuditEntry, RegistryError> {
+        self.with_store(move |store| store.append_audit(draft))
+            .await
+    }
+
     /// Runs a store call on the blocking pool.
     async fn with_store<T: Send + 'static>(
         &self,

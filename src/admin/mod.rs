@@ -1,35 +1,50 @@
 //! The admin API (JSON, under `/api/v1`) and `/metrics`.
 //!
-//! `router(gateway)` builds the whole API, so tests drive it with
-//! `oneshot` without a server. Errors are `{"error":{"code","message",
-//! "field"?}}` with a stable code; a refused change changes nothing.
+//! `router(gateway, registry, access)` builds the whole API, access control
+//! included, so tests drive it with `oneshot` without a server. Errors are
+//! `{"error":{"code","message","field"?}}` with a stable code; a refused
+//! change changes nothing.
 
+pub mod auth;
 mod metrics;
 mod registry;
+mod tokens;
 
 use crate::config::ModelSpec;
 use crate::gateway::{Gateway, ReplaceError};
+use crate::store::AuditDraft;
+use auth::{AccessPolicy, Actor};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use backstop_core::analysis::WindowSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// What the admin handlers share: the gateway, and the registry when the
-/// gateway has a data directory.
+/// What the admin handlers share: the gateway, the registry when the
+/// gateway has a data directory, and the access policy.
 #[derive(Clone)]
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub registry: Option<Arc<crate::registry::Registry>>,
+    pub access: Arc<AccessPolicy>,
 }
 
-pub fn router(gateway: Arc<Gateway>, registry: Option<Arc<crate::registry::Registry>>) -> Router {
+pub fn router(
+    gateway: Arc<Gateway>,
+    registry: Option<Arc<crate::registry::Registry>>,
+    access: Arc<AccessPolicy>,
+) -> Router {
+    let state = AdminState {
+        gateway,
+        registry,
+        access,
+    };
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         .route("/metrics", get(metrics::render))
@@ -41,10 +56,16 @@ pub fn router(gateway: Arc<Gateway>, registry: Option<Arc<crate::registry::Regis
         .route("/api/v1/models/{model}/stats", get(get_stats))
         .route("/api/v1/events", get(get_events))
         .merge(registry::routes())
+        .merge(tokens::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
-        .with_state(AdminState { gateway, registry })
+        // After the fallback, so unknown paths are guarded too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state)
 }
 
 /// An API error: status, stable code, message and (for bad input) the field.
@@ -190,15 +211,29 @@ struct PutQuery {
 }
 
 async fn put_routes(
-    State(AdminState { gateway, .. }): State<AdminState>,
+    State(AdminState {
+        gateway, registry, ..
+    }): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
     Path(model): Path<String>,
     query: Result<Query<PutQuery>, QueryRejection>,
     spec: Result<Json<ModelSpec>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query?;
     let Json(spec) = spec?;
-    match gateway.replace_model(&model, spec, query.if_generation) {
-        Ok(generation) => Ok(Json(json!({ "model": model, "generation": generation }))),
+    let previous = gateway.table(&model);
+    match gateway.replace_model(&model, spec.clone(), query.if_generation) {
+        Ok(generation) => {
+            if let Some(registry) = registry {
+                let draft = routes_replaced(&model, previous.as_deref(), generation, &spec, actor);
+                // The swap has happened and cannot be taken back; a missing
+                // entry is logged loudly instead of failing the request.
+                if let Err(error) = registry.record(draft).await {
+                    tracing::error!(model, generation, %error, "Cannot audit a routing table swap.");
+                }
+            }
+            Ok(Json(json!({ "model": model, "generation": generation })))
+        }
         Err(ReplaceError::Invalid(error)) => Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "invalid_routes",
@@ -210,6 +245,32 @@ async fn put_routes(
             "generation_mismatch",
             format!("expected generation {expected}, the table is at {actual}"),
         )),
+    }
+}
+
+/// The `routes.replace` audit entry. The table read before the swap is
+/// the one replaced unless another swap came between (possible only
+/// without `if_generation`); then only the generation is recorded.
+fn routes_replaced(
+    model: &str,
+    previous: Option<&crate::gateway::routing::ModelTable>,
+    generation: u64,
+    spec: &ModelSpec,
+    actor: String,
+) -> AuditDraft {
+    let before = match previous {
+        Some(table) if table.generation + 1 == generation => {
+            json!({ "generation": table.generation, "spec": table.spec })
+        }
+        _ => json!({ "generation": generation - 1 }),
+    };
+    AuditDraft {
+        actor,
+        action: "routes.replace".into(),
+        target: model.to_string(),
+        reason: String::new(),
+        before: Some(before),
+        after: Some(json!({ "generation": generation, "spec": spec })),
     }
 }
 
@@ -336,11 +397,12 @@ models:
         Gateway::new(config).unwrap()
     }
 
+    fn open_router(gateway: &Arc<Gateway>) -> Router {
+        router(gateway.clone(), None, AccessPolicy::new(None, true))
+    }
+
     async fn call(gateway: &Arc<Gateway>, request: Request<Body>) -> (StatusCode, Value) {
-        let response = router(gateway.clone(), None)
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = open_router(gateway).oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
@@ -498,7 +560,7 @@ models:
             .state
             .stats
             .record(backstop_core::analysis::Outcome::Success, 1500, 10);
-        let response = router(gateway.clone(), None)
+        let response = open_router(&gateway)
             .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
             .await
             .unwrap();

@@ -1,5 +1,6 @@
 //! Registry and audit endpoints of the admin API.
 
+use super::auth::Actor;
 use super::{AdminState, ApiError};
 use crate::registry::{RegisterRequest, Registry, RegistryError};
 use crate::store::AuditFilter;
@@ -8,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,10 +26,6 @@ pub fn routes() -> Router<AdminState> {
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
 }
-
-/// Who acted. Until tokens and roles exist, admin callers are anonymous
-/// operators on the admin listener.
-const ACTOR: &str = "admin-api";
 
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
@@ -73,11 +70,12 @@ fn registry(state: &AdminState) -> Result<&Arc<Registry>, ApiError> {
 
 async fn put_artifact(
     State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let registry = registry(&state)?;
     let stored = registry
-        .put_artifact(body.into_data_stream(), ACTOR)
+        .put_artifact(body.into_data_stream(), &actor)
         .await?;
     let status = if stored.created {
         StatusCode::CREATED
@@ -87,19 +85,23 @@ async fn put_artifact(
     Ok((status, Json(json!(stored))))
 }
 
-async fn verify_artifacts(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let report = registry(&state)?.verify_artifacts(ACTOR).await?;
+async fn verify_artifacts(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let report = registry(&state)?.verify_artifacts(&actor).await?;
     Ok(Json(json!(report)))
 }
 
 async fn register_version(
     State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
     Path(model): Path<String>,
     request: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let registry = registry(&state)?;
     let Json(request) = request?;
-    let (version, outcome) = registry.register(&model, request, ACTOR).await?;
+    let (version, outcome) = registry.register(&model, request, &actor).await?;
     let created = outcome == crate::store::Registered::Created;
     let mut body = json!(version);
     body["created"] = json!(created);
@@ -171,14 +173,16 @@ async fn verify_audit(State(state): State<AdminState>) -> Result<Json<Value>, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::auth::{AccessPolicy, LOCAL_OPERATOR};
     use crate::gateway::Gateway;
     use http::Request;
     use tower::ServiceExt;
 
     fn app(dir: &std::path::Path) -> Router {
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
-        let registry = Registry::open(dir, 1024).unwrap();
-        super::super::router(Gateway::new(config).unwrap(), Some(Arc::new(registry)))
+        let registry = Arc::new(Registry::open(dir, 1024).unwrap());
+        let access = AccessPolicy::new(Some(registry.store()), true);
+        super::super::router(Gateway::new(config).unwrap(), Some(registry), access)
     }
 
     async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -236,7 +240,7 @@ mod tests {
         let (status, version) = call(&app, register("v1", &digest)).await;
         assert_eq!(status, StatusCode::CREATED, "{version}");
         assert_eq!(version["created"], true);
-        assert_eq!(version["registered_by"], ACTOR);
+        assert_eq!(version["registered_by"], LOCAL_OPERATOR);
         let (status, version) = call(&app, register("v1", &digest)).await;
         assert_eq!(
             (status, version["created"].as_bool()),
@@ -388,7 +392,8 @@ mod tests {
     #[tokio::test]
     async fn without_a_data_dir_the_registry_says_so() {
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
-        let app = super::super::router(Gateway::new(config).unwrap(), None);
+        let access = AccessPolicy::new(None, true);
+        let app = super::super::router(Gateway::new(config).unwrap(), None, access);
         let (status, error) = call(&app, get("/api/v1/models/fraud/versions")).await;
         assert_eq!(
             (status, error["error"]["code"].as_str()),

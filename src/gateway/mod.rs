@@ -388,6 +388,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = bind(gateway.config.admin.listen, "admin API").await?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let access = crate::admin::auth::AccessPolicy::new(
+        registry.as_ref().map(|r| r.store()),
+        admin_addr.ip().is_loopback(),
+    );
+    access.log_startup(admin_addr);
     let shutdown = listener::Shutdown::new();
     let listeners = vec![
         tokio::spawn(listener::serve_data(
@@ -399,7 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(listener::serve_admin(
             admin,
             admin_tls,
-            crate::admin::router(gateway.clone(), registry),
+            crate::admin::router(gateway.clone(), registry, access),
             shutdown.clone(),
         )),
     ];
@@ -430,9 +435,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         models = running.gateway.tables().len(),
         "Backstop gateway started."
     );
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!(%admin_addr, "The admin API is not on loopback and has no authentication yet.");
-    }
     listener::wait_for_signal().await;
     tracing::info!("Shutting down: no new connections; waiting for requests in flight.");
     running.stop(Duration::from_secs(10)).await;

@@ -3,7 +3,8 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, TokenRecord,
+    VersionRecord,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -72,5 +73,27 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
         self.inner.audit(filter)
+    }
+
+    fn create_token(&self, token: &TokenRecord, audit: AuditDraft) -> StoreResult<()> {
+        self.fail("create_token commit")?;
+        self.inner.create_token(token, audit)
+    }
+
+    fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.inner.token_by_hash(hash)
+    }
+
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.inner.tokens()
+    }
+
+    fn revoke_token(&self, id: &str, audit: AuditDraft) -> StoreResult<TokenRecord> {
+        self.fail("revoke_token commit")?;
+        self.inner.revoke_token(id, audit)
+    }
+
+    fn has_tokens(&self) -> StoreResult<bool> {
+        self.inner.has_tokens()
     }
 }

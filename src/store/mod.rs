@@ -54,6 +54,22 @@ impl VersionRecord {
     }
 }
 
+/// An admin API access token. The secret itself is never stored: `hash`
+/// is its SHA-256 (hex), and serialising a record leaves the hash out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Short random public id (names the token in lists and revocations).
+    pub id: String,
+    #[serde(skip_serializing)]
+    pub hash: String,
+    /// Who holds it; audit entries name the holder by it.
+    pub name: String,
+    pub role: crate::access::Role,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub revoked: bool,
+}
+
 /// What an audited change did, who did it and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditDraft {
@@ -133,4 +149,23 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, audit: AuditDraft) -> StoreResult<AuditEntry>;
 
     fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Stores a new token. A [`StoreError::Conflict`] when an active token
+    /// has the same name (or, astronomically unlikely, id or hash).
+    fn create_token(&self, token: &TokenRecord, audit: AuditDraft) -> StoreResult<()>;
+
+    /// The token whose secret hashes to `hash`, revoked or not.
+    fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Every token, revoked ones included, oldest first.
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// Marks a token revoked and returns it; the audit entry is written only
+    /// when it was active (revoking twice changes nothing). A
+    /// [`StoreError::NotFound`] for an unknown id.
+    fn revoke_token(&self, id: &str, audit: AuditDraft) -> StoreResult<TokenRecord>;
+
+    /// Whether any token was ever created, revoked ones included: once
+    /// access control is on, revoking every token does not turn it off.
+    fn has_tokens(&self) -> StoreResult<bool>;
 }

@@ -8,7 +8,8 @@
 
 use super::audit::entry_hash;
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, TokenRecord,
+    VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -47,6 +48,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_target ON audit (target);
     CREATE INDEX audit_time ON audit (at_ms);
+    "#,
+    // 2: admin API access tokens (only the SHA-256 of each secret). Names
+    // of active tokens are unique, so an actor in the audit log names one
+    // holder.
+    r#"
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked = 0;
     "#,
 ];
 
@@ -186,6 +202,45 @@ fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecor
         })
     })();
     Ok(parsed)
+}
+
+fn read_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
+    let role: String = row.get(3)?;
+    let record = TokenRecord {
+        id: row.get(0)?,
+        hash: row.get(1)?,
+        name: row.get(2)?,
+        role: crate::access::Role::Viewer,
+        created_at_ms: row.get(4)?,
+        created_by: row.get(5)?,
+        revoked: row.get::<_, i64>(6)? != 0,
+    };
+    Ok(match role.parse() {
+        Ok(role) => Ok(TokenRecord { role, ..record }),
+        Err(e) => Err(corrupt(&format!("token {} role", record.id), e)),
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, hash, name, role, created_at_ms, created_by, revoked";
+
+/// The token with this id, inside `tx`.
+fn token_by_id(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<TokenRecord>> {
+    tx.query_row(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+        params![id],
+        read_token,
+    )
+    .optional()
+    .map_err(unavailable)?
+    .transpose()
+}
+
+/// A unique index refused the row: a conflict, not an outage.
+fn constraint_or_unavailable(error: rusqlite::Error, what: &str) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(what.to_string()),
+        _ => unavailable(error),
+    }
 }
 
 const VERSION_COLUMNS: &str = "model, id, digest, signature, metadata, provenance, upstreams, \
@@ -340,6 +395,91 @@ impl Store for SqliteStore {
             });
         }
         Ok(entries)
+    }
+
+    fn create_token(&self, token: &TokenRecord, audit: AuditDraft) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let active: Option<String> = tx
+            .query_row(
+                "SELECT id FROM tokens WHERE name = ?1 AND revoked = 0",
+                params![token.name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(id) = active {
+            return Err(StoreError::Conflict(format!(
+                "an active token named {:?} exists (id {id}); revoke it first or pick another name",
+                token.name
+            )));
+        }
+        tx.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                token.id,
+                token.hash,
+                token.name,
+                token.role.as_str(),
+                token.created_at_ms,
+                token.created_by,
+                token.revoked as i64
+            ],
+        )
+        .map_err(|e| constraint_or_unavailable(e, "a token with this id or secret exists"))?;
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+                params![hash],
+                read_token,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .transpose()
+    }
+
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at_ms, rowid"
+            ))
+            .map_err(unavailable)?;
+        let rows = statement.query_map([], read_token).map_err(unavailable)?;
+        rows.map(|row| row.map_err(unavailable)?).collect()
+    }
+
+    fn revoke_token(&self, id: &str, audit: AuditDraft) -> StoreResult<TokenRecord> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let token = token_by_id(&tx, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no token with id {id:?}")))?;
+        if token.revoked {
+            return Ok(token);
+        }
+        tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", params![id])
+            .map_err(unavailable)?;
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(TokenRecord {
+            revoked: true,
+            ..token
+        })
+    }
+
+    fn has_tokens(&self) -> StoreResult<bool> {
+        self.lock()
+            .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |row| row.get(0))
+            .map_err(unavailable)
     }
 }
 
@@ -580,6 +720,109 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let broken = audit::verify(&store.audit(&AuditFilter::default()).unwrap()).unwrap_err();
         assert_eq!(broken.seq, 1);
+    }
+
+    fn token(id: &str, name: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            hash: format!("{id:0>64}"),
+            name: name.into(),
+            role: crate::access::Role::Deployer,
+            created_at_ms: 1,
+            created_by: "root (admin)".into(),
+            revoked: false,
+        }
+    }
+
+    fn token_draft(action: &str, id: &str) -> AuditDraft {
+        AuditDraft {
+            actor: "root (admin)".into(),
+            action: action.into(),
+            target: format!("token:{id}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tokens_are_created_found_by_hash_and_revoked_with_audit_entries() {
+        let (_dir, store) = open();
+        assert!(!store.has_tokens().unwrap());
+        let alice = token("a1", "alice");
+        store
+            .create_token(&alice, token_draft("token.create", "a1"))
+            .unwrap();
+        assert!(store.has_tokens().unwrap());
+        assert_eq!(
+            store.token_by_hash(&alice.hash).unwrap(),
+            Some(alice.clone())
+        );
+        assert_eq!(store.token_by_hash("nope").unwrap(), None);
+
+        // One active token per name; ids and hashes are unique.
+        let error = store
+            .create_token(&token("a2", "alice"), token_draft("token.create", "a2"))
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+        let error = store
+            .create_token(&token("a1", "bob"), token_draft("token.create", "a1"))
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+
+        let revoked = store
+            .revoke_token("a1", token_draft("token.revoke", "a1"))
+            .unwrap();
+        assert!(revoked.revoked);
+        // Revoking again changes nothing and is not audited again.
+        assert!(
+            store
+                .revoke_token("a1", token_draft("token.revoke", "a1"))
+                .unwrap()
+                .revoked
+        );
+        assert!(matches!(
+            store.revoke_token("zz", token_draft("token.revoke", "zz")),
+            Err(StoreError::NotFound(_))
+        ));
+        // The name is free again; revoked tokens still count as tokens.
+        store
+            .create_token(&token("a2", "alice"), token_draft("token.create", "a2"))
+            .unwrap();
+        let listed = store.tokens().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|t| (t.id.as_str(), t.revoked))
+                .collect::<Vec<_>>(),
+            [("a1", true), ("a2", false)]
+        );
+        let actions: Vec<_> = store
+            .audit(&AuditFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.draft.action)
+            .collect();
+        assert_eq!(actions, ["token.create", "token.revoke", "token.create"]);
+    }
+
+    #[test]
+    fn a_store_from_before_tokens_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(!store.has_tokens().unwrap());
+        store
+            .create_token(&token("a1", "alice"), token_draft("token.create", "a1"))
+            .unwrap();
+        let version: usize = store
+            .lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! loopback ports in front of in-process toy model servers, driven over
 //! real sockets. Every load loop is bounded in count and in time.
 
+mod access;
 mod errors;
 mod grpc;
 mod health;

@@ -9,7 +9,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `backstop serve` child process, killed on drop.
@@ -17,6 +19,10 @@ pub struct Backstop {
     child: Child,
     pub data: SocketAddr,
     pub admin: SocketAddr,
+    /// Its data directory (registry, tokens, audit log).
+    pub data_dir: PathBuf,
+    /// Everything it logged (stderr) so far.
+    logs: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -24,10 +30,20 @@ impl Backstop {
     /// Starts the binary with `config` (YAML) and waits for its two
     /// "backstop listening" lines.
     pub fn start(config: &str) -> Backstop {
+        Self::start_in(config, None)
+    }
+
+    /// Like [`Backstop::start`], on a data directory the test chose (and
+    /// perhaps prepared, e.g. with `backstop token create`).
+    pub fn start_with_data_dir(config: &str, data_dir: &Path) -> Backstop {
+        Self::start_in(config, Some(data_dir))
+    }
+
+    fn start_in(config: &str, data_dir: Option<&Path>) -> Backstop {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backstop.yaml");
         // Keep the registry's files in the test's own directory.
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let config = format!("data_dir: \"{}\"\n{config}", data_dir.display());
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
@@ -36,9 +52,20 @@ impl Backstop {
             .arg(&path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting backstop");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -65,8 +92,15 @@ impl Backstop {
             child,
             data: data.unwrap(),
             admin: admin.unwrap(),
+            data_dir,
+            logs,
             _dir: dir,
         }
+    }
+
+    /// What it has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
