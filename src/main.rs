@@ -124,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return cli::token(command, &local);
     }
     if let Command::Serve { config } = &cli.command {
-        init_logging();
+        init_logging("info");
         let mut config = backstop::config::Config::load(config)?;
         if config.data_dir.is_none() {
             config.data_dir = Some(PathBuf::from("backstop-data"));
@@ -151,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => {
             if output == Output::Text {
-                init_logging();
+                init_logging("warn");
             }
             let options = backstop::demo::DemoOptions {
                 duration: std::time::Duration::from_secs(duration_s),
@@ -186,10 +186,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: info).
-fn init_logging() {
+/// Logs go to stderr; `RUST_LOG` filters them (default: `default_level`).
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let json = std::env::var("BACKSTOP_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
