@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 pub enum Role {
     /// Reads everything: routes, statistics, versions, audit log, metrics.
     Viewer,
-    /// Registers versions, uploads artifacts, replaces routing tables.
+    /// Registers versions and bundles, uploads artifacts, replaces routing
+    /// tables, deprecates and pins versions.
     Deployer,
-    /// Approves paused rollout steps and promotes (with the controller).
+    /// Approves paused rollout steps and promotes bundles to last-known-good.
     Approver,
     /// Manages tokens; may do everything else too.
     Admin,
@@ -107,6 +108,7 @@ enum On {
     Read,
     Put,
     Post,
+    Delete,
     Any,
 }
 
@@ -136,6 +138,42 @@ const RULES: &[(On, &str, Need)] = &[
         "/api/v1/models/*/routes",
         Need::Role(Role::Deployer),
     ),
+    (
+        On::Post,
+        "/api/v1/models/*/bundles",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Post,
+        "/api/v1/models/*/versions/*/deprecate",
+        Need::Role(Role::Deployer),
+    ),
+    // Pins are set and lifted by rollouts and incidents, which deployers
+    // run.
+    (
+        On::Post,
+        "/api/v1/models/*/versions/*/retain",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Delete,
+        "/api/v1/models/*/versions/*/retain",
+        Need::Role(Role::Deployer),
+    ),
+    // What a rollback returns to is the approver's call.
+    (
+        On::Post,
+        "/api/v1/models/*/promote",
+        Need::Role(Role::Approver),
+    ),
+    // Deleting versions and collecting artifacts destroy data: admin only
+    // (also the default; named here so the table says so).
+    (
+        On::Delete,
+        "/api/v1/models/*/versions/*",
+        Need::Role(Role::Admin),
+    ),
+    (On::Post, "/api/v1/gc", Need::Role(Role::Admin)),
 ];
 
 /// What a request with this method and path needs.
@@ -151,6 +189,7 @@ fn method_matches(on: On, method: &http::Method) -> bool {
         On::Read => method == http::Method::GET || method == http::Method::HEAD,
         On::Put => method == http::Method::PUT,
         On::Post => method == http::Method::POST,
+        On::Delete => method == http::Method::DELETE,
         On::Any => true,
     }
 }
@@ -331,15 +370,48 @@ mod tests {
             (Method::PUT, "/api/v1/artifacts", R(Role::Deployer)),
             (Method::POST, "/api/v1/models/m/versions", R(Role::Deployer)),
             (Method::PUT, "/api/v1/models/m/routes", R(Role::Deployer)),
-            (Method::GET, "/api/v1/tokens", R(Role::Admin)),
-            (Method::POST, "/api/v1/tokens", R(Role::Admin)),
-            (Method::DELETE, "/api/v1/tokens/abc", R(Role::Admin)),
-            // Not in the table: closed to all but admins.
+            (Method::POST, "/api/v1/models/m/bundles", R(Role::Deployer)),
+            (Method::GET, "/api/v1/models/m/bundles", R(Role::Viewer)),
+            (Method::GET, "/api/v1/models/m/bundles/b1", R(Role::Viewer)),
+            (
+                Method::POST,
+                "/api/v1/models/m/versions/v1/deprecate",
+                R(Role::Deployer),
+            ),
+            (
+                Method::POST,
+                "/api/v1/models/m/versions/v1/retain",
+                R(Role::Deployer),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/models/m/versions/v1/retain",
+                R(Role::Deployer),
+            ),
+            (
+                Method::GET,
+                "/api/v1/models/m/versions/v1/retain",
+                R(Role::Viewer),
+            ),
+            (Method::POST, "/api/v1/models/m/promote", R(Role::Approver)),
+            (Method::GET, "/api/v1/models/m/lkg", R(Role::Viewer)),
             (
                 Method::DELETE,
                 "/api/v1/models/m/versions/v1",
                 R(Role::Admin),
             ),
+            (Method::POST, "/api/v1/gc", R(Role::Admin)),
+            (Method::GET, "/api/v1/tokens", R(Role::Admin)),
+            (Method::POST, "/api/v1/tokens", R(Role::Admin)),
+            (Method::DELETE, "/api/v1/tokens/abc", R(Role::Admin)),
+            // Not in the table: closed to all but admins.
+            (Method::DELETE, "/api/v1/models/m", R(Role::Admin)),
+            (
+                Method::POST,
+                "/api/v1/models/m/versions/v1/other",
+                R(Role::Admin),
+            ),
+            (Method::PUT, "/api/v1/models/m/promote", R(Role::Admin)),
             (Method::POST, "/api/v1/models//versions", R(Role::Admin)),
             (Method::PUT, "/api/v1/models/m/routes/x", R(Role::Admin)),
             (Method::PUT, "/api/v1/artifacts/", R(Role::Admin)),

@@ -1,14 +1,18 @@
-//! The model registry: immutable, content-addressed versions and the audit
+//! The model registry: immutable, content-addressed versions, the bundles
+//! that move together, the last-known-good of each model, and the audit
 //! log of who changed what.
 //!
 //! It checks requests, streams artifacts into the artifact store, and
 //! writes through the [`Store`], whose calls run on the blocking pool.
+//! Nothing a last-known-good bundle, a retention pin or any bundle names can
+//! be deleted, and GC only removes artifacts no version names.
 
 use crate::store::artifacts::{ArtifactError, ArtifactStore, Stored, VerifyReport};
 use crate::store::audit::{self, Broken};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, Lkg, Promoted,
+    Registered, Retention, Store, StoreError, VersionRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,10 +39,82 @@ pub struct RegisterRequest {
     pub reason: String,
 }
 
+/// Most versions a bundle may name.
+pub const BUNDLE_MEMBERS_MAX: usize = 16;
+
+/// A version a bundle names, as the API and CLI send it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRef {
+    pub model: String,
+    pub version: String,
+}
+
+/// A request to create a bundle under a model.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRequest {
+    pub id: String,
+    /// In order: each producer before its consumer.
+    pub members: Vec<MemberRef>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A request to make a bundle the model's last-known-good.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub bundle: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A last-known-good with the versions it names.
+#[derive(Clone, Debug, Serialize)]
+pub struct LkgView {
+    #[serde(flatten)]
+    pub lkg: Lkg,
+    pub members: Vec<BundleMember>,
+}
+
+/// What a version deletion did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Deleted {
+    pub model: String,
+    pub id: String,
+    pub digest: String,
+    /// False when another version still names the same artifact.
+    pub artifact_removed: bool,
+}
+
+/// What GC did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Artifacts looked at.
+    pub checked: u64,
+    /// Digests of the artifacts removed (no version named them).
+    pub removed: Vec<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// Bundle members whose signatures do not fit; `message` names `field`.
+    #[error("{message}")]
+    SignatureMismatch { field: String, message: String },
+    #[error("{0}")]
+    BundleNotFound(String),
+    #[error("{0}")]
+    BundleConflict(String),
+    #[error("{0}")]
+    LkgNotFound(String),
+    #[error("{0}")]
+    Deprecated(String),
+    /// Something still references the version; the message names what.
+    #[error("{0}")]
+    Retained(String),
     #[error("{0}")]
     ArtifactNotFound(String),
     #[error("{0}")]
@@ -56,6 +132,7 @@ impl From<StoreError> for RegistryError {
         match error {
             StoreError::Conflict(m) => RegistryError::Conflict(m),
             StoreError::NotFound(m) => RegistryError::VersionNotFound(m),
+            StoreError::Refused(m) => RegistryError::Deprecated(m),
             StoreError::Unavailable(m) | StoreError::Corrupt(m) => RegistryError::Unavailable(m),
         }
     }
@@ -100,6 +177,10 @@ pub struct AuditVerdict {
 pub struct Registry {
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
+    /// Registrations hold it shared from "the artifact is there" until their
+    /// commit; deletion and GC hold it exclusively, so they never remove an
+    /// artifact a registration has just checked.
+    removal: tokio::sync::RwLock<()>,
     /// Largest artifact accepted.
     pub artifact_max_bytes: u64,
 }
@@ -119,6 +200,7 @@ impl Registry {
         Self {
             store,
             artifacts,
+            removal: tokio::sync::RwLock::new(()),
             artifact_max_bytes,
         }
     }
@@ -183,6 +265,7 @@ impl Registry {
         crate::config::check_model_name(&request.id)
             .map_err(|_| invalid("id", "version ids are 1-128 characters of [A-Za-z0-9._-]"))?;
         self.artifacts.path_of(&request.digest)?;
+        let _removal = self.removal.read().await;
         if !self.artifacts.contains(&request.digest) {
             return Err(RegistryError::ArtifactNotFound(format!(
                 "no artifact {} in the store: upload it first",
@@ -296,4 +379,415 @@ impl Registry {
             .await?;
         Ok(report)
     }
+
+    /// Creates a bundle under `model`: members exist, are not deprecated,
+    /// include a version of `model`, and their signatures fit in order.
+    pub async fn create_bundle(
+        &self,
+        model: &str,
+        request: BundleRequest,
+        actor: &str,
+    ) -> Result<(BundleRecord, Registered), RegistryError> {
+        check_name("model", model)?;
+        check_name("id", &request.id)?;
+        if request.members.is_empty() || request.members.len() > BUNDLE_MEMBERS_MAX {
+            return Err(invalid(
+                "members",
+                format!("a bundle names 1-{BUNDLE_MEMBERS_MAX} versions"),
+            ));
+        }
+        for (i, member) in request.members.iter().enumerate() {
+            check_name(&format!("members[{i}].model"), &member.model)?;
+            check_name(&format!("members[{i}].version"), &member.version)?;
+            if request.members[..i].iter().any(|m| m.model == member.model) {
+                return Err(invalid(
+                    &format!("members[{i}].model"),
+                    format!(
+                        "{} appears twice; a bundle moves one version of each model",
+                        member.model
+                    ),
+                ));
+            }
+        }
+        if !request.members.iter().any(|m| m.model == model) {
+            return Err(invalid(
+                "members",
+                format!("a bundle of {model} must name one of its versions"),
+            ));
+        }
+        let mut versions = Vec::with_capacity(request.members.len());
+        for (i, member) in request.members.iter().enumerate() {
+            let (m, v) = (member.model.clone(), member.version.clone());
+            let version = self
+                .with_store(move |store| store.version(&m, &v))
+                .await?
+                .ok_or_else(|| {
+                    RegistryError::VersionNotFound(format!(
+                        "members[{i}]: no version {}/{}",
+                        member.model, member.version
+                    ))
+                })?;
+            if version.deprecated {
+                return Err(RegistryError::Deprecated(format!(
+                    "members[{i}]: {}/{} is deprecated and cannot join a new bundle",
+                    member.model, member.version
+                )));
+            }
+            versions.push(version);
+        }
+        check_fit(&versions)?;
+        let bundle = BundleRecord {
+            model: model.to_string(),
+            id: request.id.clone(),
+            members: versions
+                .iter()
+                .map(|v| BundleMember {
+                    model: v.model.clone(),
+                    version: v.id.clone(),
+                    digest: v.digest.clone(),
+                })
+                .collect(),
+            created_at_ms: crate::gateway::unix_ms(),
+            created_by: actor.to_string(),
+        };
+        let draft = AuditDraft {
+            actor: actor.to_string(),
+            action: "bundle.create".into(),
+            target: format!("{model}/{}", bundle.id),
+            reason: request.reason,
+            before: None,
+            after: Some(serde_json::json!({ "members": bundle.members })),
+        };
+        let stored = bundle.clone();
+        let outcome = self
+            .with_store(move |store| store.create_bundle(&stored, draft))
+            .await
+            .map_err(|e| match e {
+                RegistryError::Conflict(m) => RegistryError::BundleConflict(m),
+                other => other,
+            })?;
+        let bundle = match outcome {
+            Registered::Created => bundle,
+            Registered::AlreadyExists => self.bundle(model, &request.id).await?,
+        };
+        Ok((bundle, outcome))
+    }
+
+    pub async fn bundle(&self, model: &str, id: &str) -> Result<BundleRecord, RegistryError> {
+        let (model, id) = (model.to_string(), id.to_string());
+        let label = format!("{model}/{id}");
+        self.with_store(move |store| store.bundle(&model, &id))
+            .await?
+            .ok_or_else(|| RegistryError::BundleNotFound(format!("no bundle {label}")))
+    }
+
+    pub async fn bundles(&self, model: &str) -> Result<Vec<BundleRecord>, RegistryError> {
+        let model = model.to_string();
+        self.with_store(move |store| store.bundles(&model)).await
+    }
+
+    /// Makes a bundle of `model` its last-known-good (audited with the
+    /// bundle before and after).
+    pub async fn promote(
+        &self,
+        model: &str,
+        request: PromoteRequest,
+        actor: &str,
+    ) -> Result<Promoted, RegistryError> {
+        check_name("model", model)?;
+        check_name("bundle", &request.bundle)?;
+        let draft = AuditDraft {
+            actor: actor.to_string(),
+            action: "model.promote".into(),
+            target: model.to_string(),
+            reason: request.reason,
+            before: None,
+            after: None,
+        };
+        let (m, bundle) = (model.to_string(), request.bundle);
+        self.with_store(move |store| store.promote(&m, &bundle, draft))
+            .await
+            .map_err(|e| match e {
+                RegistryError::VersionNotFound(m) => RegistryError::BundleNotFound(m),
+                other => other,
+            })
+    }
+
+    pub async fn lkg(&self, model: &str) -> Result<LkgView, RegistryError> {
+        let m = model.to_string();
+        let lkg = self
+            .with_store(move |store| store.lkg(&m))
+            .await?
+            .ok_or_else(|| {
+                RegistryError::LkgNotFound(format!("{model} has no last-known-good bundle"))
+            })?;
+        let members = self.bundle(model, &lkg.bundle).await?.members;
+        Ok(LkgView { lkg, members })
+    }
+
+    /// Marks a version deprecated: still readable, never in a new bundle.
+    pub async fn deprecate(
+        &self,
+        model: &str,
+        id: &str,
+        reason: String,
+        actor: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let draft = version_draft(actor, "version.deprecate", model, id, reason);
+        let (model, id) = (model.to_string(), id.to_string());
+        self.with_store(move |store| store.deprecate_version(&model, &id, draft))
+            .await
+    }
+
+    /// Pins a version (`rollout:<id>`, `incident:<id>`) so it cannot be
+    /// deleted; true when the pin is new.
+    pub async fn retain(
+        &self,
+        model: &str,
+        id: &str,
+        reason: String,
+        actor: &str,
+    ) -> Result<bool, RegistryError> {
+        check_retention_reason(&reason)?;
+        let mut draft = version_draft(actor, "version.retain", model, id, reason.clone());
+        draft.after = Some(serde_json::json!({ "retained": reason }));
+        let retention = Retention {
+            model: model.to_string(),
+            version: id.to_string(),
+            reason,
+            created_at_ms: crate::gateway::unix_ms(),
+            created_by: actor.to_string(),
+        };
+        self.with_store(move |store| store.retain(&retention, draft))
+            .await
+    }
+
+    /// Removes a pin; true when there was one.
+    pub async fn release(
+        &self,
+        model: &str,
+        id: &str,
+        reason: String,
+        actor: &str,
+    ) -> Result<bool, RegistryError> {
+        check_retention_reason(&reason)?;
+        let mut draft = version_draft(actor, "version.release", model, id, reason.clone());
+        draft.before = Some(serde_json::json!({ "retained": reason }));
+        let (model, id) = (model.to_string(), id.to_string());
+        self.with_store(move |store| store.release(&model, &id, &reason, draft))
+            .await
+    }
+
+    pub async fn retentions(&self, model: &str, id: &str) -> Result<Vec<Retention>, RegistryError> {
+        self.version(model, id).await?;
+        let (model, id) = (model.to_string(), id.to_string());
+        self.with_store(move |store| store.retentions(&model, &id))
+            .await
+    }
+
+    /// Deletes a version's record, and its artifact when no other version
+    /// names it, unless something references the version: then the
+    /// refusal (audited as `version.delete.refused`) names what does.
+    pub async fn delete_version(
+        &self,
+        model: &str,
+        id: &str,
+        reason: String,
+        actor: &str,
+    ) -> Result<Deleted, RegistryError> {
+        let _removal = self.removal.write().await;
+        let draft = version_draft(actor, "version.delete", model, id, reason);
+        let (m, i) = (model.to_string(), id.to_string());
+        let version = match self
+            .with_store(move |store| store.delete_version(&m, &i, draft))
+            .await?
+        {
+            Deletion::Deleted(version) => version,
+            Deletion::Refused(reasons) => {
+                return Err(RegistryError::Retained(format!(
+                    "{model}/{id} is still referenced: {}",
+                    reasons.join(", ")
+                )))
+            }
+        };
+        // The record is gone first: a crash here leaves an artifact nothing
+        // names, which GC removes, never a version without its artifact.
+        let referenced = self.with_store(|store| store.referenced_digests()).await?;
+        let artifact_removed =
+            !referenced.contains(&version.digest) && self.remove_artifact(&version.digest).await?;
+        Ok(Deleted {
+            model: version.model,
+            id: version.id,
+            digest: version.digest,
+            artifact_removed,
+        })
+    }
+
+    /// Removes every artifact no version names (audited as `artifact.gc`).
+    /// An upload not yet registered counts as unnamed: register right after
+    /// uploading, or upload again.
+    pub async fn gc(&self, actor: &str) -> Result<GcReport, RegistryError> {
+        let _removal = self.removal.write().await;
+        let artifacts = self.artifacts.clone();
+        let stored = tokio::task::spawn_blocking(move || artifacts.digests())
+            .await
+            .map_err(|e| RegistryError::Unavailable(format!("gc task failed: {e}")))??;
+        let referenced = self.with_store(|store| store.referenced_digests()).await?;
+        let mut report = GcReport {
+            checked: stored.len() as u64,
+            removed: Vec::new(),
+        };
+        for digest in stored {
+            if !referenced.contains(&digest) && self.remove_artifact(&digest).await? {
+                report.removed.push(digest);
+            }
+        }
+        let draft = AuditDraft {
+            actor: actor.into(),
+            action: "artifact.gc".into(),
+            target: "artifacts".into(),
+            reason: String::new(),
+            before: None,
+            after: Some(serde_json::json!({ "removed": report.removed })),
+        };
+        self.with_store(move |store| store.append_audit(draft))
+            .await?;
+        Ok(report)
+    }
+
+    async fn remove_artifact(&self, digest: &str) -> Result<bool, RegistryError> {
+        let (artifacts, digest) = (self.artifacts.clone(), digest.to_string());
+        Ok(
+            tokio::task::spawn_blocking(move || artifacts.remove(&digest))
+                .await
+                .map_err(|e| RegistryError::Unavailable(format!("remove task failed: {e}")))??,
+        )
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), RegistryError> {
+    crate::config::check_model_name(name).map_err(|_| {
+        invalid(
+            field,
+            "names and ids are 1-128 characters of [A-Za-z0-9._-]",
+        )
+    })
+}
+
+/// Retention reasons say who holds the pin: `kind:id`, such as
+/// `rollout:r42` or `incident:i7`.
+fn check_retention_reason(reason: &str) -> Result<(), RegistryError> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-' | ':');
+    let shaped = reason
+        .split_once(':')
+        .is_some_and(|(kind, id)| !kind.is_empty() && !id.is_empty());
+    if shaped && reason.len() <= 128 && reason.chars().all(fine) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "reason",
+            "a retention reason is KIND:ID (e.g. rollout:r42), at most 128 characters of [A-Za-z0-9._@:-]",
+        ))
+    }
+}
+
+fn version_draft(actor: &str, action: &str, model: &str, id: &str, reason: String) -> AuditDraft {
+    AuditDraft {
+        actor: actor.to_string(),
+        action: action.into(),
+        target: format!("{model}/{id}"),
+        reason,
+        before: None,
+        after: None,
+    }
+}
+
+/// An OIP tensor as a signature lists it.
+#[derive(Deserialize)]
+struct Tensor {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+}
+
+/// `-1` stands for any size.
+fn shapes_fit(produced: &[i64], consumed: &[i64]) -> bool {
+    produced.len() == consumed.len()
+        && produced
+            .iter()
+            .zip(consumed)
+            .all(|(a, b)| a == b || *a == -1 || *b == -1)
+}
+
+/// Checks that each member's inputs are produced by the member before it:
+/// same name, same datatype, compatible shape. Pairs where the producer
+/// lists no `outputs` or the consumer no `inputs` (JSON Schema signatures,
+/// configs) are not checked.
+pub fn check_fit(members: &[VersionRecord]) -> Result<(), RegistryError> {
+    let tensors = |signature: &serde_json::Value, key: &str| {
+        signature.get(key).and_then(|v| v.as_array()).cloned()
+    };
+    for (i, pair) in members.windows(2).enumerate() {
+        let (producer, consumer) = (&pair[0], &pair[1]);
+        let (Some(outputs), Some(inputs)) = (
+            tensors(&producer.signature, "outputs"),
+            tensors(&consumer.signature, "inputs"),
+        ) else {
+            continue;
+        };
+        let from = format!("{}/{}", producer.model, producer.id);
+        let mismatch = |field: String, message: String| RegistryError::SignatureMismatch {
+            message: format!("{field} {message}"),
+            field,
+        };
+        let mut produced = BTreeMap::new();
+        for (j, output) in outputs.into_iter().enumerate() {
+            let tensor: Tensor = serde_json::from_value(output).map_err(|e| {
+                mismatch(
+                    format!("members[{i}].signature.outputs[{j}]"),
+                    format!("is not an OIP tensor (name, datatype, shape): {e}"),
+                )
+            })?;
+            produced.insert(tensor.name.clone(), tensor);
+        }
+        for (j, input) in inputs.into_iter().enumerate() {
+            let field = format!("members[{}].signature.inputs[{j}]", i + 1);
+            let input: Tensor = serde_json::from_value(input).map_err(|e| {
+                mismatch(
+                    field.clone(),
+                    format!("is not an OIP tensor (name, datatype, shape): {e}"),
+                )
+            })?;
+            let name = &input.name;
+            let Some(output) = produced.get(name) else {
+                let names: Vec<&str> = produced.keys().map(String::as_str).collect();
+                return Err(mismatch(
+                    field,
+                    format!(
+                        "({name}): {from} has no output {name} (it has: {})",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            if input.datatype != output.datatype {
+                return Err(mismatch(
+                    field,
+                    format!(
+                        "({name}): datatype {} does not match {from} output {name} of datatype {}",
+                        input.datatype, output.datatype
+                    ),
+                ));
+            }
+            if !shapes_fit(&output.shape, &input.shape) {
+                return Err(mismatch(
+                    field,
+                    format!(
+                        "({name}): shape {:?} does not match {from} output {name} of shape {:?}",
+                        input.shape, output.shape
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

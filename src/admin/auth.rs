@@ -539,6 +539,127 @@ models:
     }
 
     #[tokio::test]
+    async fn the_registry_lifecycle_needs_its_roles() {
+        let fixture = Fixture::new(true);
+        let viewer = fixture.token("vic", Role::Viewer);
+        let deployer = fixture.token("dee", Role::Deployer);
+        let approver = fixture.token("ann", Role::Approver);
+        let admin = fixture.token("root", Role::Admin);
+        let breakglass = fixture.token("bg", Role::Breakglass);
+        let (_, stored, _) = fixture
+            .call("PUT", "/api/v1/artifacts", Some(&deployer), None)
+            .await;
+        let (status, _, _) = fixture
+            .call(
+                "POST",
+                "/api/v1/models/m/versions",
+                Some(&deployer),
+                Some(register_body(stored["digest"].as_str().unwrap())),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let bundle = json!({"id": "b1", "members": [{"model": "m", "version": "v2"}]});
+        let promote = json!({"bundle": "b1"});
+        let pin = json!({"reason": "incident:i1"});
+        let reason = json!({"reason": "old"});
+        // (method, path, body, the least role that may, expected success)
+        let cases = [
+            (
+                "POST",
+                "/api/v1/models/m/bundles",
+                Some(bundle),
+                Role::Deployer,
+                StatusCode::CREATED,
+            ),
+            (
+                "GET",
+                "/api/v1/models/m/bundles",
+                None,
+                Role::Viewer,
+                StatusCode::OK,
+            ),
+            (
+                "POST",
+                "/api/v1/models/m/promote",
+                Some(promote),
+                Role::Approver,
+                StatusCode::OK,
+            ),
+            (
+                "GET",
+                "/api/v1/models/m/lkg",
+                None,
+                Role::Viewer,
+                StatusCode::OK,
+            ),
+            (
+                "POST",
+                "/api/v1/models/m/versions/v2/retain",
+                Some(pin.clone()),
+                Role::Deployer,
+                StatusCode::CREATED,
+            ),
+            (
+                "DELETE",
+                "/api/v1/models/m/versions/v2/retain",
+                Some(pin),
+                Role::Deployer,
+                StatusCode::OK,
+            ),
+            (
+                "POST",
+                "/api/v1/models/m/versions/v2/deprecate",
+                Some(reason),
+                Role::Deployer,
+                StatusCode::OK,
+            ),
+            // Refused for its bundle, but past the guard.
+            (
+                "DELETE",
+                "/api/v1/models/m/versions/v2",
+                None,
+                Role::Admin,
+                StatusCode::CONFLICT,
+            ),
+            ("POST", "/api/v1/gc", None, Role::Admin, StatusCode::OK),
+        ];
+        let tokens = [
+            (Role::Viewer, &viewer),
+            (Role::Deployer, &deployer),
+            (Role::Breakglass, &breakglass),
+            (Role::Approver, &approver),
+            (Role::Admin, &admin),
+        ];
+        for (method, uri, body, least, success) in cases {
+            for (role, token) in tokens {
+                if role.allows(least) {
+                    continue;
+                }
+                let (status, error, _) = fixture.call(method, uri, Some(token), body.clone()).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{role} {method} {uri}: {error}"
+                );
+                let denied = fixture.last_audit();
+                assert_eq!(
+                    denied.draft.action, "access.denied",
+                    "{role} {method} {uri}"
+                );
+                assert!(
+                    denied.draft.reason.contains(least.as_str()),
+                    "{}",
+                    denied.draft.reason
+                );
+            }
+            // The least role that may gets through.
+            let token = tokens.iter().find(|(r, _)| *r == least).unwrap().1;
+            let (status, answer, _) = fixture.call(method, uri, Some(token), body).await;
+            assert_eq!(status, success, "{least} {method} {uri}: {answer}");
+        }
+    }
+
+    #[tokio::test]
     async fn admins_manage_tokens_and_secrets_are_shown_once() {
         let fixture = Fixture::new(true);
         let admin = fixture.token("root", Role::Admin);

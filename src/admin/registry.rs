@@ -2,7 +2,7 @@
 
 use super::auth::Actor;
 use super::{AdminState, ApiError};
-use crate::registry::{RegisterRequest, Registry, RegistryError};
+use crate::registry::{BundleRequest, PromoteRequest, RegisterRequest, Registry, RegistryError};
 use crate::store::AuditFilter;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -22,7 +22,28 @@ pub fn routes() -> Router<AdminState> {
             "/api/v1/models/{model}/versions",
             get(list_versions).post(register_version),
         )
-        .route("/api/v1/models/{model}/versions/{id}", get(get_version))
+        .route(
+            "/api/v1/models/{model}/versions/{id}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{id}/deprecate",
+            post(deprecate_version),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{id}/retain",
+            get(list_retentions)
+                .post(retain_version)
+                .delete(release_version),
+        )
+        .route(
+            "/api/v1/models/{model}/bundles",
+            get(list_bundles).post(create_bundle),
+        )
+        .route("/api/v1/models/{model}/bundles/{id}", get(get_bundle))
+        .route("/api/v1/models/{model}/promote", post(promote))
+        .route("/api/v1/models/{model}/lkg", get(get_lkg))
+        .route("/api/v1/gc", post(gc))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
 }
@@ -45,6 +66,27 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
+            }
+            RegistryError::SignatureMismatch { field, message } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "bundle_signature_mismatch",
+                message,
+                field: Some(field),
+            },
+            RegistryError::BundleNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "bundle_not_found", message)
+            }
+            RegistryError::BundleConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "bundle_conflict", message)
+            }
+            RegistryError::LkgNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "lkg_not_found", message)
+            }
+            RegistryError::Deprecated(_) => {
+                ApiError::new(StatusCode::CONFLICT, "version_deprecated", message)
+            }
+            RegistryError::Retained(_) => {
+                ApiError::new(StatusCode::CONFLICT, "version_retained", message)
             }
             RegistryError::TooLarge(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
@@ -127,6 +169,161 @@ async fn get_version(
 ) -> Result<Json<Value>, ApiError> {
     let version = registry(&state)?.version(&model, &id).await?;
     Ok(Json(json!(version)))
+}
+
+/// `{reason}`: why, for the audit log (or, for a pin, who holds it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonQuery {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn deprecate_version(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, id)): Path<(String, String)>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = registry(&state)?;
+    let Json(body) = body?;
+    let version = registry.deprecate(&model, &id, body.reason, &actor).await?;
+    Ok(Json(json!(version)))
+}
+
+async fn list_retentions(
+    State(state): State<AdminState>,
+    Path((model, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let retentions = registry(&state)?.retentions(&model, &id).await?;
+    Ok(Json(
+        json!({ "model": model, "version": id, "retentions": retentions }),
+    ))
+}
+
+async fn retain_version(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, id)): Path<(String, String)>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let registry = registry(&state)?;
+    let Json(body) = body?;
+    let reason = body.reason.clone();
+    let created = registry.retain(&model, &id, body.reason, &actor).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "model": model, "version": id, "reason": reason, "created": created })),
+    ))
+}
+
+async fn release_version(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, id)): Path<(String, String)>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = registry(&state)?;
+    let Json(body) = body?;
+    let reason = body.reason.clone();
+    let removed = registry.release(&model, &id, body.reason, &actor).await?;
+    Ok(Json(
+        json!({ "model": model, "version": id, "reason": reason, "removed": removed }),
+    ))
+}
+
+async fn delete_version(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, id)): Path<(String, String)>,
+    query: Result<Query<ReasonQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = registry(&state)?;
+    let Query(query) = query?;
+    let deleted = registry
+        .delete_version(&model, &id, query.reason, &actor)
+        .await?;
+    Ok(Json(json!(deleted)))
+}
+
+async fn create_bundle(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(model): Path<String>,
+    request: Result<Json<BundleRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let registry = registry(&state)?;
+    let Json(request) = request?;
+    let (bundle, outcome) = registry.create_bundle(&model, request, &actor).await?;
+    let created = outcome == crate::store::Registered::Created;
+    let mut body = json!(bundle);
+    body["created"] = json!(created);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)))
+}
+
+async fn list_bundles(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let bundles = registry(&state)?.bundles(&model).await?;
+    Ok(Json(json!({ "model": model, "bundles": bundles })))
+}
+
+async fn get_bundle(
+    State(state): State<AdminState>,
+    Path((model, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let bundle = registry(&state)?.bundle(&model, &id).await?;
+    Ok(Json(json!(bundle)))
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(model): Path<String>,
+    request: Result<Json<PromoteRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = registry(&state)?;
+    let Json(request) = request?;
+    let promoted = registry.promote(&model, request, &actor).await?;
+    let lkg = registry.lkg(&model).await?;
+    let mut body = json!(lkg);
+    body["before"] = json!(promoted.before);
+    body["changed"] = json!(promoted.changed);
+    Ok(Json(body))
+}
+
+async fn get_lkg(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let lkg = registry(&state)?.lkg(&model).await?;
+    Ok(Json(json!(lkg)))
+}
+
+async fn gc(
+    State(state): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let report = registry(&state)?.gc(&actor).await?;
+    Ok(Json(json!(report)))
 }
 
 #[derive(Deserialize)]
@@ -387,6 +584,533 @@ mod tests {
         assert_eq!(listed["versions"].as_array().unwrap().len(), 0);
         let (_, audit) = call(&app, get("/api/v1/audit")).await;
         assert_eq!(audit["entries"].as_array().unwrap().len(), 0);
+    }
+
+    /// Uploads `bytes` and registers `model/id` with `signature`; the digest.
+    async fn register(
+        app: &Router,
+        model: &str,
+        id: &str,
+        bytes: &str,
+        signature: Value,
+    ) -> String {
+        let (_, stored) = call(
+            app,
+            Request::put("/api/v1/artifacts")
+                .body(Body::from(bytes.to_string()))
+                .unwrap(),
+        )
+        .await;
+        let digest = stored["digest"].as_str().unwrap().to_string();
+        let (status, version) = call(
+            app,
+            json_request(
+                "POST",
+                &format!("/api/v1/models/{model}/versions"),
+                json!({"id": id, "digest": digest, "signature": signature}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{version}");
+        digest
+    }
+
+    fn tensors(key: &str, datatype: &str, shape: Value) -> Value {
+        json!({ key: [{"name": "x", "datatype": datatype, "shape": shape}] })
+    }
+
+    async fn create_bundle(
+        app: &Router,
+        model: &str,
+        id: &str,
+        members: &[&str],
+    ) -> (StatusCode, Value) {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|m| {
+                let (model, version) = m.split_once('/').unwrap();
+                json!({"model": model, "version": version})
+            })
+            .collect();
+        call(
+            app,
+            json_request(
+                "POST",
+                &format!("/api/v1/models/{model}/bundles"),
+                json!({"id": id, "members": members, "reason": "ship together"}),
+            ),
+        )
+        .await
+    }
+
+    async fn actions(app: &Router) -> Vec<String> {
+        let (_, audit) = call(app, get("/api/v1/audit")).await;
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bundles_whose_signatures_do_not_fit_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        register(
+            &app,
+            "fraud-encoder",
+            "e3",
+            "enc",
+            tensors("outputs", "FP64", json!([-1, 4])),
+        )
+        .await;
+        register(
+            &app,
+            "fraud-scorer",
+            "v2",
+            "v2",
+            tensors("inputs", "FP32", json!([-1, 4])),
+        )
+        .await;
+        register(
+            &app,
+            "fraud-scorer",
+            "v3",
+            "v3",
+            tensors("inputs", "FP64", json!([8, 5])),
+        )
+        .await;
+        register(
+            &app,
+            "fraud-scorer",
+            "v4",
+            "v4",
+            tensors("inputs", "FP64", json!([8, -1])),
+        )
+        .await;
+        register(
+            &app,
+            "fraud-scorer",
+            "v5",
+            "v5",
+            json!({"inputs": [{"name": "y", "datatype": "FP64", "shape": [4]}]}),
+        )
+        .await;
+
+        let (status, error) = create_bundle(
+            &app,
+            "fraud-scorer",
+            "b7",
+            &["fraud-encoder/e3", "fraud-scorer/v2"],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["code"], "bundle_signature_mismatch");
+        assert_eq!(error["error"]["field"], "members[1].signature.inputs[0]");
+        assert_eq!(
+            error["error"]["message"],
+            "members[1].signature.inputs[0] (x): datatype FP32 does not match \
+             fraud-encoder/e3 output x of datatype FP64"
+        );
+        let (_, error) = create_bundle(
+            &app,
+            "fraud-scorer",
+            "b7",
+            &["fraud-encoder/e3", "fraud-scorer/v3"],
+        )
+        .await;
+        assert_eq!(error["error"]["code"], "bundle_signature_mismatch");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("shape [8, 5] does not match"),
+            "{error}"
+        );
+        let (_, error) = create_bundle(
+            &app,
+            "fraud-scorer",
+            "b7",
+            &["fraud-encoder/e3", "fraud-scorer/v5"],
+        )
+        .await;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("has no output y"),
+            "{error}"
+        );
+
+        // -1 matches any size.
+        let (status, bundle) = create_bundle(
+            &app,
+            "fraud-scorer",
+            "b7",
+            &["fraud-encoder/e3", "fraud-scorer/v4"],
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{bundle}");
+        assert_eq!(bundle["members"][1]["version"], "v4");
+        assert!(bundle["members"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"));
+        let (status, again) = create_bundle(
+            &app,
+            "fraud-scorer",
+            "b7",
+            &["fraud-encoder/e3", "fraud-scorer/v4"],
+        )
+        .await;
+        assert_eq!(
+            (status, again["created"].as_bool()),
+            (StatusCode::OK, Some(false))
+        );
+        let (status, error) = create_bundle(&app, "fraud-scorer", "b7", &["fraud-scorer/v2"]).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("bundle_conflict"))
+        );
+
+        let cases: [(&[&str], StatusCode, &str); 4] = [
+            (
+                &["fraud-scorer/v9"],
+                StatusCode::NOT_FOUND,
+                "version_not_found",
+            ),
+            (
+                &["fraud-encoder/e3"],
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+            ),
+            (
+                &["fraud-scorer/v2", "fraud-scorer/v3"],
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+            ),
+            (&[], StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+        ];
+        for (members, status, code) in cases {
+            let (got, error) = create_bundle(&app, "fraud-scorer", "b8", members).await;
+            assert_eq!(
+                (got, error["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{members:?}: {error}"
+            );
+        }
+
+        // A deprecated version stays readable but joins no new bundle.
+        let (status, version) = call(
+            &app,
+            json_request(
+                "POST",
+                "/api/v1/models/fraud-scorer/versions/v2/deprecate",
+                json!({"reason": "bad recall"}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, version["deprecated"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        let (status, version) = call(&app, get("/api/v1/models/fraud-scorer/versions/v2")).await;
+        assert_eq!(
+            (status, version["deprecated"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        let (status, error) = create_bundle(&app, "fraud-scorer", "b8", &["fraud-scorer/v2"]).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("version_deprecated"))
+        );
+        let (status, error) = call(
+            &app,
+            json_request(
+                "POST",
+                "/api/v1/models/fraud-scorer/versions/v9/deprecate",
+                json!({}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("version_not_found"))
+        );
+
+        let (_, listed) = call(&app, get("/api/v1/models/fraud-scorer/bundles")).await;
+        assert_eq!(listed["bundles"].as_array().unwrap().len(), 1);
+        let (status, _) = call(&app, get("/api/v1/models/fraud-scorer/bundles/b7")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, error) = call(&app, get("/api/v1/models/fraud-scorer/bundles/b8")).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("bundle_not_found"))
+        );
+        let actions = actions(&app).await;
+        assert_eq!(
+            actions.iter().filter(|a| *a == "bundle.create").count(),
+            1,
+            "{actions:?}"
+        );
+        assert_eq!(
+            actions.iter().filter(|a| *a == "version.deprecate").count(),
+            1,
+            "{actions:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn promoting_sets_the_last_known_good_and_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        register(&app, "solo", "v1", "one", json!({})).await;
+        register(&app, "solo", "v2", "two", json!({})).await;
+        for (bundle, member) in [("b1", "solo/v1"), ("b2", "solo/v2")] {
+            let (status, created) = create_bundle(&app, "solo", bundle, &[member]).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+        }
+        let (status, error) = call(&app, get("/api/v1/models/solo/lkg")).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("lkg_not_found"))
+        );
+
+        let promote = |bundle: &str| {
+            json_request(
+                "POST",
+                "/api/v1/models/solo/promote",
+                json!({"bundle": bundle, "reason": "soaked a week"}),
+            )
+        };
+        let (status, promoted) = call(&app, promote("b1")).await;
+        assert_eq!(status, StatusCode::OK, "{promoted}");
+        assert_eq!(
+            (promoted["bundle"].as_str(), promoted["changed"].as_bool()),
+            (Some("b1"), Some(true))
+        );
+        assert_eq!(promoted["before"], Value::Null);
+        let (_, promoted) = call(&app, promote("b2")).await;
+        assert_eq!(promoted["before"], "b1");
+        let (status, lkg) = call(&app, get("/api/v1/models/solo/lkg")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(lkg["bundle"], "b2");
+        assert_eq!(lkg["members"][0]["version"], "v2");
+        assert_eq!(lkg["promoted_by"], LOCAL_OPERATOR);
+
+        let (_, audit) = call(&app, get("/api/v1/audit?model=solo")).await;
+        let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["action"], "model.promote");
+        assert_eq!(last["target"], "solo");
+        assert_eq!(last["reason"], "soaked a week");
+        assert_eq!(last["before"], json!({"lkg": "b1"}));
+        assert_eq!(last["after"], json!({"lkg": "b2"}));
+
+        let (status, error) = call(&app, promote("b9")).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("bundle_not_found"))
+        );
+        let (status, error) = call(
+            &app,
+            json_request(
+                "POST",
+                "/api/v1/models/solo/promote",
+                json!({"reason": "x"}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_field"))
+        );
+        let (_, lkg) = call(&app, get("/api/v1/models/solo/lkg")).await;
+        assert_eq!(lkg["bundle"], "b2", "refusals change nothing");
+    }
+
+    #[tokio::test]
+    async fn referenced_versions_are_never_deleted_and_gc_keeps_their_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let lkg_digest = register(&app, "m", "v1", "lkg", json!({})).await;
+        let pinned_digest = register(&app, "m", "v2", "pinned", json!({})).await;
+        let bundled_digest = register(&app, "m", "v3", "bundled", json!({})).await;
+        let free_digest = register(&app, "m", "v4", "free", json!({})).await;
+        let shared_digest = register(&app, "m", "v5", "shared", json!({})).await;
+        register(&app, "m", "v6", "shared", json!({})).await;
+        create_bundle(&app, "m", "b1", &["m/v1"]).await;
+        create_bundle(&app, "m", "b3", &["m/v3"]).await;
+        call(
+            &app,
+            json_request("POST", "/api/v1/models/m/promote", json!({"bundle": "b1"})),
+        )
+        .await;
+        let retain = |method: &str, reason: &str| {
+            json_request(
+                method,
+                "/api/v1/models/m/versions/v2/retain",
+                json!({"reason": reason}),
+            )
+        };
+        let (status, pin) = call(&app, retain("POST", "rollout:r1")).await;
+        assert_eq!(
+            (status, pin["created"].as_bool()),
+            (StatusCode::CREATED, Some(true))
+        );
+        let (status, _) = call(&app, retain("POST", "rollout:r1")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, error) = call(&app, retain("POST", "because")).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_field"))
+        );
+        let (_, pins) = call(&app, get("/api/v1/models/m/versions/v2/retain")).await;
+        assert_eq!(pins["retentions"][0]["reason"], "rollout:r1");
+
+        let delete = |id: &str| {
+            Request::delete(format!("/api/v1/models/m/versions/{id}?reason=cleanup"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        for (id, why) in [
+            ("v1", "lkg:m/b1"),
+            ("v2", "retained:rollout:r1"),
+            ("v3", "bundle:m/b3"),
+        ] {
+            let (status, error) = call(&app, delete(id)).await;
+            assert_eq!(
+                (status, error["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("version_retained")),
+                "{id}: {error}"
+            );
+            assert!(
+                error["error"]["message"].as_str().unwrap().contains(why),
+                "{error}"
+            );
+        }
+        let (_, audit) = call(&app, get("/api/v1/audit?model=m")).await;
+        let refused: Vec<_> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "version.delete.refused")
+            .collect();
+        assert_eq!(refused.len(), 3);
+        assert_eq!(refused[0]["target"], "m/v1");
+        assert_eq!(
+            refused[0]["after"]["refused"],
+            json!(["lkg:m/b1", "bundle:m/b1"])
+        );
+
+        // Released, the pin no longer holds v2.
+        let (status, released) = call(&app, retain("DELETE", "rollout:r1")).await;
+        assert_eq!(
+            (status, released["removed"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        let (status, deleted) = call(&app, delete("v2")).await;
+        assert_eq!(status, StatusCode::OK, "{deleted}");
+        assert_eq!(deleted["artifact_removed"], true);
+        let (status, deleted) = call(&app, delete("v4")).await;
+        assert_eq!(
+            (status, deleted["digest"].as_str()),
+            (StatusCode::OK, Some(free_digest.as_str()))
+        );
+        // v6 still names v5's artifact.
+        let (_, deleted) = call(&app, delete("v5")).await;
+        assert_eq!(deleted["artifact_removed"], false);
+        let (status, error) = call(&app, delete("v5")).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("version_not_found"))
+        );
+
+        // GC removes only what no version names.
+        let (_, stray) = call(
+            &app,
+            Request::put("/api/v1/artifacts")
+                .body(Body::from("stray"))
+                .unwrap(),
+        )
+        .await;
+        let (status, report) = call(
+            &app,
+            Request::post("/api/v1/gc").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["removed"], json!([stray["digest"]]));
+        assert_eq!(report["checked"], 4);
+        let root = dir.path().join("artifacts");
+        let artifacts = crate::store::artifacts::ArtifactStore::open(&root).unwrap();
+        for digest in [&lkg_digest, &bundled_digest, &shared_digest] {
+            assert!(artifacts.contains(digest), "{digest}");
+        }
+        assert!(!artifacts.contains(&pinned_digest));
+        let (_, report) = call(
+            &app,
+            Request::post("/api/v1/gc").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(report["removed"], json!([]));
+
+        // Deletions stay in the audit log, which still verifies.
+        let actions = actions(&app).await;
+        assert_eq!(
+            actions.iter().filter(|a| *a == "version.delete").count(),
+            3,
+            "{actions:?}"
+        );
+        assert_eq!(
+            actions.iter().filter(|a| *a == "artifact.gc").count(),
+            2,
+            "{actions:?}"
+        );
+        let (_, verdict) = call(&app, get("/api/v1/audit/verify")).await;
+        assert_eq!(verdict["intact"], true);
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_write_changes_nothing() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::store::sqlite::SqliteStore::open(&dir.path().join("b.db")).unwrap();
+        // The upload's audit entry, the registration and the bundle are
+        // written, then the disk dies.
+        let store = Arc::new(crate::store::faulty::FaultyStore::new(sqlite, 3, true));
+        let artifacts =
+            crate::store::artifacts::ArtifactStore::open(&dir.path().join("a")).unwrap();
+        let registry = Arc::new(Registry::new(store.clone(), artifacts, 1024));
+        let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
+        let access = AccessPolicy::new(None, true);
+        let app = super::super::router(Gateway::new(config).unwrap(), Some(registry), access);
+        register(&app, "m", "v1", "one", json!({})).await;
+        let (status, _) = create_bundle(&app, "m", "b1", &["m/v1"]).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, error) = call(
+            &app,
+            json_request("POST", "/api/v1/models/m/promote", json!({"bundle": "b1"})),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable"))
+        );
+        assert_eq!(store.inner().lkg("m").unwrap(), None);
+        let (status, _) = call(
+            &app,
+            Request::delete("/api/v1/models/m/versions/v1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(store.inner().version("m", "v1").unwrap().is_some());
+        assert_eq!(
+            store.inner().audit(&AuditFilter::default()).unwrap().len(),
+            3
+        );
     }
 
     #[tokio::test]

@@ -51,7 +51,9 @@ impl From<TokenError> for ApiError {
 fn store_error(error: StoreError) -> ApiError {
     let message = error.to_string();
     match error {
-        StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "token_conflict", message),
+        StoreError::Conflict(_) | StoreError::Refused(_) => {
+            ApiError::new(StatusCode::CONFLICT, "token_conflict", message)
+        }
         StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "token_not_found", message),
         StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

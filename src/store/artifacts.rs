@@ -237,6 +237,15 @@ impl ArtifactStore {
         Ok(report)
     }
 
+    /// Digests of every stored artifact, sorted (what GC looks at).
+    pub fn digests(&self) -> Result<Vec<String>, ArtifactError> {
+        Ok(self
+            .list_hexes()?
+            .into_iter()
+            .map(|hex| format!("{DIGEST_PREFIX}{hex}"))
+            .collect())
+    }
+
     /// Deletes an artifact; false when it was not there. Callers check
     /// retention rules (versions that still name it) first.
     pub fn remove(&self, digest: &str) -> Result<bool, ArtifactError> {

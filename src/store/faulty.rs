@@ -3,9 +3,10 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, TokenRecord,
-    VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Lkg, Promoted, Registered,
+    Retention, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
 };
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub struct FaultyStore<S> {
@@ -95,5 +96,66 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn has_tokens(&self) -> StoreResult<bool> {
         self.inner.has_tokens()
+    }
+
+    fn create_bundle(&self, bundle: &BundleRecord, audit: AuditDraft) -> StoreResult<Registered> {
+        self.fail("create_bundle commit")?;
+        self.inner.create_bundle(bundle, audit)
+    }
+
+    fn bundle(&self, model: &str, id: &str) -> StoreResult<Option<BundleRecord>> {
+        self.inner.bundle(model, id)
+    }
+
+    fn bundles(&self, model: &str) -> StoreResult<Vec<BundleRecord>> {
+        self.inner.bundles(model)
+    }
+
+    fn promote(&self, model: &str, bundle: &str, audit: AuditDraft) -> StoreResult<Promoted> {
+        self.fail("promote commit")?;
+        self.inner.promote(model, bundle, audit)
+    }
+
+    fn lkg(&self, model: &str) -> StoreResult<Option<Lkg>> {
+        self.inner.lkg(model)
+    }
+
+    fn deprecate_version(
+        &self,
+        model: &str,
+        id: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<VersionRecord> {
+        self.fail("deprecate_version commit")?;
+        self.inner.deprecate_version(model, id, audit)
+    }
+
+    fn retain(&self, retention: &Retention, audit: AuditDraft) -> StoreResult<bool> {
+        self.fail("retain commit")?;
+        self.inner.retain(retention, audit)
+    }
+
+    fn release(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<bool> {
+        self.fail("release commit")?;
+        self.inner.release(model, version, reason, audit)
+    }
+
+    fn retentions(&self, model: &str, version: &str) -> StoreResult<Vec<Retention>> {
+        self.inner.retentions(model, version)
+    }
+
+    fn delete_version(&self, model: &str, id: &str, audit: AuditDraft) -> StoreResult<Deletion> {
+        self.fail("delete_version commit")?;
+        self.inner.delete_version(model, id, audit)
+    }
+
+    fn referenced_digests(&self) -> StoreResult<BTreeSet<String>> {
+        self.inner.referenced_digests()
     }
 }

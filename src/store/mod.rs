@@ -14,7 +14,7 @@ pub mod faulty;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A registered, immutable model version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,80 @@ impl VersionRecord {
             && self.provenance == other.provenance
             && self.upstreams == other.upstreams
     }
+}
+
+/// One version in a bundle, with the digest it had when the bundle was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleMember {
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+}
+
+/// Versions that must move together (model, feature encoder, config),
+/// stored under its home model. Immutable, like versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    /// The home model: the one whose last-known-good it can become.
+    pub model: String,
+    pub id: String,
+    /// In order: each producer before its consumer.
+    pub members: Vec<BundleMember>,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+impl BundleRecord {
+    /// Two bundles are the same when they name the same versions in order.
+    pub fn same_members(&self, other: &BundleRecord) -> bool {
+        let names = |b: &BundleRecord| -> Vec<(String, String)> {
+            b.members
+                .iter()
+                .map(|m| (m.model.clone(), m.version.clone()))
+                .collect()
+        };
+        names(self) == names(other)
+    }
+}
+
+/// A model's last-known-good bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lkg {
+    pub model: String,
+    pub bundle: String,
+    pub promoted_at_ms: u64,
+    pub promoted_by: String,
+}
+
+/// Outcome of a promotion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Promoted {
+    /// The bundle that was last-known-good before, if any.
+    pub before: Option<String>,
+    /// False when the bundle already was the last-known-good (nothing
+    /// changed, nothing audited).
+    pub changed: bool,
+}
+
+/// A pin on a version that keeps it from deletion (`rollout:<id>`,
+/// `incident:<id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub model: String,
+    pub version: String,
+    pub reason: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+/// Outcome of asking to delete a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The record is gone; here is what it was.
+    Deleted(VersionRecord),
+    /// Something still references it: `lkg:<model>/<bundle>`,
+    /// `retained:<reason>`, `bundle:<model>/<bundle>`.
+    Refused(Vec<String>),
 }
 
 /// An admin API access token. The secret itself is never stored: `hash`
@@ -121,6 +195,10 @@ pub enum StoreError {
     /// The store cannot be reached or written (disk full, I/O error).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The stored state forbids the write (a deprecated version in a new
+    /// bundle).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Stored data fails its own checks.
     #[error("store corrupt: {0}")]
     Corrupt(String),
@@ -168,4 +246,60 @@ pub trait Store: Send + Sync + 'static {
     /// Whether any token was ever created, revoked ones included: once
     /// access control is on, revoking every token does not turn it off.
     fn has_tokens(&self) -> StoreResult<bool>;
+
+    /// Stores a bundle unless it exists: the same members are idempotent,
+    /// other members a [`StoreError::Conflict`]. Every member must exist
+    /// with the digest recorded ([`StoreError::NotFound`] /
+    /// [`StoreError::Conflict`]) and not be deprecated
+    /// ([`StoreError::Refused`]); checked in the write's transaction, so a
+    /// concurrent deprecation or deletion cannot slip in between.
+    fn create_bundle(&self, bundle: &BundleRecord, audit: AuditDraft) -> StoreResult<Registered>;
+
+    fn bundle(&self, model: &str, id: &str) -> StoreResult<Option<BundleRecord>>;
+
+    /// Bundles of a model in creation order.
+    fn bundles(&self, model: &str) -> StoreResult<Vec<BundleRecord>>;
+
+    /// Makes a bundle of `model` its last-known-good. The store fills the
+    /// audit entry's before/after; promoting the current one changes
+    /// nothing and is not audited. [`StoreError::NotFound`] for an unknown
+    /// bundle.
+    fn promote(&self, model: &str, bundle: &str, audit: AuditDraft) -> StoreResult<Promoted>;
+
+    fn lkg(&self, model: &str) -> StoreResult<Option<Lkg>>;
+
+    /// Marks a version deprecated and returns it; audited only when it was
+    /// not already. [`StoreError::NotFound`] for an unknown version.
+    fn deprecate_version(
+        &self,
+        model: &str,
+        id: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<VersionRecord>;
+
+    /// Pins a version; false (and no audit entry) when that pin exists.
+    /// [`StoreError::NotFound`] for an unknown version.
+    fn retain(&self, retention: &Retention, audit: AuditDraft) -> StoreResult<bool>;
+
+    /// Removes a pin; false (and no audit entry) when there was none.
+    fn release(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<bool>;
+
+    /// Pins on a version, oldest first.
+    fn retentions(&self, model: &str, version: &str) -> StoreResult<Vec<Retention>>;
+
+    /// Deletes a version's record unless something references it. Either
+    /// way an audit entry is written in the same transaction: `audit` on
+    /// success, and on refusal `audit` with `.refused` appended to its
+    /// action and the reasons as `after`. [`StoreError::NotFound`] for an
+    /// unknown version.
+    fn delete_version(&self, model: &str, id: &str, audit: AuditDraft) -> StoreResult<Deletion>;
+
+    /// Every artifact digest a version names (what GC must keep).
+    fn referenced_digests(&self) -> StoreResult<BTreeSet<String>>;
 }

@@ -8,10 +8,11 @@
 
 use super::audit::entry_hash;
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, Registered, Store, StoreError, StoreResult, TokenRecord,
-    VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, Lkg, Promoted,
+    Registered, Retention, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,6 +64,47 @@ const MIGRATIONS: &[&str] = &[
         revoked INTEGER NOT NULL DEFAULT 0
     );
     CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked = 0;
+    "#,
+    // 3: bundles, last-known-good and retention pins. Members and pins
+    // reference versions by foreign key, so even a bug above this layer
+    // cannot delete a version something still names.
+    r#"
+    CREATE TABLE bundles (
+        model TEXT NOT NULL,
+        id TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (model, id)
+    );
+    CREATE TABLE bundle_members (
+        model TEXT NOT NULL,
+        bundle TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        member_model TEXT NOT NULL,
+        member_version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (model, bundle, position),
+        FOREIGN KEY (model, bundle) REFERENCES bundles (model, id),
+        FOREIGN KEY (member_model, member_version) REFERENCES versions (model, id)
+    );
+    CREATE INDEX bundle_members_version ON bundle_members (member_model, member_version);
+    CREATE TABLE lkg (
+        model TEXT PRIMARY KEY,
+        bundle TEXT NOT NULL,
+        promoted_at_ms INTEGER NOT NULL,
+        promoted_by TEXT NOT NULL,
+        FOREIGN KEY (model, bundle) REFERENCES bundles (model, id)
+    );
+    CREATE TABLE retentions (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (model, version, reason),
+        FOREIGN KEY (model, version) REFERENCES versions (model, id)
+    );
     "#,
 ];
 
@@ -241,6 +283,97 @@ fn constraint_or_unavailable(error: rusqlite::Error, what: &str) -> StoreError {
         Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Conflict(what.to_string()),
         _ => unavailable(error),
     }
+}
+
+/// Opens an `IMMEDIATE` transaction: it takes the write lock up front, so
+/// the checks it makes hold until it commits.
+fn immediate(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)
+}
+
+/// The version `model/id`, inside `conn` (a transaction or not).
+fn version_in(conn: &Connection, model: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+    conn.query_row(
+        &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE model = ?1 AND id = ?2"),
+        params![model, id],
+        read_version,
+    )
+    .optional()
+    .map_err(unavailable)?
+    .transpose()
+}
+
+/// The bundle `model/id` with its members, inside `conn`.
+fn bundle_in(conn: &Connection, model: &str, id: &str) -> StoreResult<Option<BundleRecord>> {
+    let head: Option<(u64, String)> = conn
+        .query_row(
+            "SELECT created_at_ms, created_by FROM bundles WHERE model = ?1 AND id = ?2",
+            params![model, id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let Some((created_at_ms, created_by)) = head else {
+        return Ok(None);
+    };
+    let mut statement = conn
+        .prepare(
+            "SELECT member_model, member_version, digest FROM bundle_members
+             WHERE model = ?1 AND bundle = ?2 ORDER BY position",
+        )
+        .map_err(unavailable)?;
+    let members = statement
+        .query_map(params![model, id], |row| {
+            Ok(BundleMember {
+                model: row.get(0)?,
+                version: row.get(1)?,
+                digest: row.get(2)?,
+            })
+        })
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    Ok(Some(BundleRecord {
+        model: model.to_string(),
+        id: id.to_string(),
+        members,
+        created_at_ms,
+        created_by,
+    }))
+}
+
+/// Strings from a one-column query.
+fn strings(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<String>> {
+    let mut statement = conn.prepare(sql).map_err(unavailable)?;
+    let rows = statement
+        .query_map(args, |row| row.get(0))
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Why `model/id` must stay: LKG bundles naming it, pins, bundles naming it.
+fn references(conn: &Connection, model: &str, id: &str) -> StoreResult<Vec<String>> {
+    let mut reasons = strings(
+        conn,
+        "SELECT DISTINCT 'lkg:' || l.model || '/' || l.bundle FROM lkg l
+         JOIN bundle_members m ON m.model = l.model AND m.bundle = l.bundle
+         WHERE m.member_model = ?1 AND m.member_version = ?2 ORDER BY 1",
+        params![model, id],
+    )?;
+    reasons.extend(strings(
+        conn,
+        "SELECT 'retained:' || reason FROM retentions
+         WHERE model = ?1 AND version = ?2 ORDER BY created_at_ms, reason",
+        params![model, id],
+    )?);
+    reasons.extend(strings(
+        conn,
+        "SELECT DISTINCT 'bundle:' || model || '/' || bundle FROM bundle_members
+         WHERE member_model = ?1 AND member_version = ?2 ORDER BY 1",
+        params![model, id],
+    )?);
+    Ok(reasons)
 }
 
 const VERSION_COLUMNS: &str = "model, id, digest, signature, metadata, provenance, upstreams, \
@@ -481,6 +614,302 @@ impl Store for SqliteStore {
             .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |row| row.get(0))
             .map_err(unavailable)
     }
+
+    fn create_bundle(&self, bundle: &BundleRecord, audit: AuditDraft) -> StoreResult<Registered> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        if let Some(existing) = bundle_in(&tx, &bundle.model, &bundle.id)? {
+            return if existing.same_members(bundle) {
+                Ok(Registered::AlreadyExists)
+            } else {
+                Err(StoreError::Conflict(format!(
+                    "bundle {}/{} exists with other members; a bundle is immutable",
+                    bundle.model, bundle.id
+                )))
+            };
+        }
+        for (i, member) in bundle.members.iter().enumerate() {
+            let label = format!("members[{i}]: {}/{}", member.model, member.version);
+            let version = version_in(&tx, &member.model, &member.version)?
+                .ok_or_else(|| StoreError::NotFound(format!("{label} is not registered")))?;
+            if version.deprecated {
+                return Err(StoreError::Refused(format!(
+                    "{label} is deprecated and cannot join a new bundle"
+                )));
+            }
+            if version.digest != member.digest {
+                return Err(StoreError::Conflict(format!(
+                    "{label} changed while the bundle was checked; try again"
+                )));
+            }
+        }
+        let seq: u64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM bundles WHERE model = ?1",
+                params![bundle.model],
+                |row| row.get(0),
+            )
+            .map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO bundles (model, id, created_at_ms, created_by, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                bundle.model,
+                bundle.id,
+                bundle.created_at_ms,
+                bundle.created_by,
+                seq
+            ],
+        )
+        .map_err(unavailable)?;
+        for (position, member) in bundle.members.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO bundle_members
+                 (model, bundle, position, member_model, member_version, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    bundle.model,
+                    bundle.id,
+                    position as i64,
+                    member.model,
+                    member.version,
+                    member.digest
+                ],
+            )
+            .map_err(|e| constraint_or_unavailable(e, "a bundle names a version twice"))?;
+        }
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Registered::Created)
+    }
+
+    fn bundle(&self, model: &str, id: &str) -> StoreResult<Option<BundleRecord>> {
+        bundle_in(&self.lock(), model, id)
+    }
+
+    fn bundles(&self, model: &str) -> StoreResult<Vec<BundleRecord>> {
+        let conn = self.lock();
+        let ids = strings(
+            &conn,
+            "SELECT id FROM bundles WHERE model = ?1 ORDER BY seq",
+            params![model],
+        )?;
+        let mut bundles = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(bundle) = bundle_in(&conn, model, &id)? {
+                bundles.push(bundle);
+            }
+        }
+        Ok(bundles)
+    }
+
+    fn promote(&self, model: &str, bundle: &str, audit: AuditDraft) -> StoreResult<Promoted> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        if bundle_in(&tx, model, bundle)?.is_none() {
+            return Err(StoreError::NotFound(format!("no bundle {model}/{bundle}")));
+        }
+        let before = lkg_in(&tx, model)?.map(|lkg| lkg.bundle);
+        if before.as_deref() == Some(bundle) {
+            return Ok(Promoted {
+                before,
+                changed: false,
+            });
+        }
+        tx.execute(
+            "INSERT INTO lkg (model, bundle, promoted_at_ms, promoted_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (model) DO UPDATE SET bundle = excluded.bundle,
+                 promoted_at_ms = excluded.promoted_at_ms, promoted_by = excluded.promoted_by",
+            params![model, bundle, now_ms(), audit.actor],
+        )
+        .map_err(unavailable)?;
+        append(
+            &tx,
+            AuditDraft {
+                before: Some(serde_json::json!({ "lkg": before })),
+                after: Some(serde_json::json!({ "lkg": bundle })),
+                ..audit
+            },
+        )?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Promoted {
+            before,
+            changed: true,
+        })
+    }
+
+    fn lkg(&self, model: &str) -> StoreResult<Option<Lkg>> {
+        lkg_in(&self.lock(), model)
+    }
+
+    fn deprecate_version(
+        &self,
+        model: &str,
+        id: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<VersionRecord> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let version = version_in(&tx, model, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no version {model}/{id}")))?;
+        if version.deprecated {
+            return Ok(version);
+        }
+        tx.execute(
+            "UPDATE versions SET deprecated = 1 WHERE model = ?1 AND id = ?2",
+            params![model, id],
+        )
+        .map_err(unavailable)?;
+        append(
+            &tx,
+            AuditDraft {
+                before: Some(serde_json::json!({ "deprecated": false })),
+                after: Some(serde_json::json!({ "deprecated": true })),
+                ..audit
+            },
+        )?;
+        tx.commit().map_err(unavailable)?;
+        Ok(VersionRecord {
+            deprecated: true,
+            ..version
+        })
+    }
+
+    fn retain(&self, retention: &Retention, audit: AuditDraft) -> StoreResult<bool> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        if version_in(&tx, &retention.model, &retention.version)?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "no version {}/{}",
+                retention.model, retention.version
+            )));
+        }
+        let added = tx
+            .execute(
+                "INSERT INTO retentions (model, version, reason, created_at_ms, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![
+                    retention.model,
+                    retention.version,
+                    retention.reason,
+                    retention.created_at_ms,
+                    retention.created_by
+                ],
+            )
+            .map_err(unavailable)?;
+        if added == 0 {
+            return Ok(false);
+        }
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    fn release(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+        audit: AuditDraft,
+    ) -> StoreResult<bool> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM retentions WHERE model = ?1 AND version = ?2 AND reason = ?3",
+                params![model, version, reason],
+            )
+            .map_err(unavailable)?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(true)
+    }
+
+    fn retentions(&self, model: &str, version: &str) -> StoreResult<Vec<Retention>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(
+                "SELECT reason, created_at_ms, created_by FROM retentions
+                 WHERE model = ?1 AND version = ?2 ORDER BY created_at_ms, reason",
+            )
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map(params![model, version], |row| {
+                Ok(Retention {
+                    model: model.to_string(),
+                    version: version.to_string(),
+                    reason: row.get(0)?,
+                    created_at_ms: row.get(1)?,
+                    created_by: row.get(2)?,
+                })
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    fn delete_version(&self, model: &str, id: &str, audit: AuditDraft) -> StoreResult<Deletion> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let version = version_in(&tx, model, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no version {model}/{id}")))?;
+        let reasons = references(&tx, model, id)?;
+        if !reasons.is_empty() {
+            // The refusal is committed too: attempts to delete what must
+            // stay are worth knowing about.
+            append(
+                &tx,
+                AuditDraft {
+                    action: format!("{}.refused", audit.action),
+                    after: Some(serde_json::json!({ "refused": reasons })),
+                    ..audit
+                },
+            )?;
+            tx.commit().map_err(unavailable)?;
+            return Ok(Deletion::Refused(reasons));
+        }
+        tx.execute(
+            "DELETE FROM versions WHERE model = ?1 AND id = ?2",
+            params![model, id],
+        )
+        .map_err(|e| constraint_or_unavailable(e, "the version is still referenced"))?;
+        append(
+            &tx,
+            AuditDraft {
+                before: Some(serde_json::json!({ "digest": version.digest })),
+                ..audit
+            },
+        )?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Deletion::Deleted(version))
+    }
+
+    fn referenced_digests(&self) -> StoreResult<BTreeSet<String>> {
+        let conn = self.lock();
+        Ok(strings(&conn, "SELECT DISTINCT digest FROM versions", [])?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// The last-known-good of `model`, inside `conn`.
+fn lkg_in(conn: &Connection, model: &str) -> StoreResult<Option<Lkg>> {
+    conn.query_row(
+        "SELECT bundle, promoted_at_ms, promoted_by FROM lkg WHERE model = ?1",
+        params![model],
+        |row| {
+            Ok(Lkg {
+                model: model.to_string(),
+                bundle: row.get(0)?,
+                promoted_at_ms: row.get(1)?,
+                promoted_by: row.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(unavailable)
 }
 
 /// What [`write_versions`] did.
@@ -823,6 +1252,237 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len());
+    }
+
+    fn bundle(model: &str, id: &str, members: &[(&str, &str)]) -> BundleRecord {
+        BundleRecord {
+            model: model.into(),
+            id: id.into(),
+            members: members
+                .iter()
+                .map(|(m, v)| BundleMember {
+                    model: m.to_string(),
+                    version: v.to_string(),
+                    digest: format!("sha256:{v}"),
+                })
+                .collect(),
+            created_at_ms: 1,
+            created_by: "alice".into(),
+        }
+    }
+
+    fn actions(store: &SqliteStore) -> Vec<String> {
+        store
+            .audit(&AuditFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.draft.action)
+            .collect()
+    }
+
+    /// `fraud/v1`, `fraud/v2` and `enc/e1`, each digest `sha256:<id>`.
+    fn with_versions() -> (tempfile::TempDir, SqliteStore) {
+        let (dir, store) = open();
+        for id in ["v1", "v2"] {
+            store
+                .register_version(&version(id, id), draft(&format!("fraud/{id}")))
+                .unwrap();
+        }
+        let encoder = VersionRecord {
+            model: "enc".into(),
+            ..version("e1", "e1")
+        };
+        store.register_version(&encoder, draft("enc/e1")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn bundles_are_immutable_and_name_live_versions() {
+        let (_dir, store) = with_versions();
+        let b1 = bundle("fraud", "b1", &[("enc", "e1"), ("fraud", "v1")]);
+        assert_eq!(
+            store.create_bundle(&b1, draft("fraud/b1")).unwrap(),
+            Registered::Created
+        );
+        assert_eq!(
+            store.create_bundle(&b1, draft("fraud/b1")).unwrap(),
+            Registered::AlreadyExists
+        );
+        let other = bundle("fraud", "b1", &[("enc", "e1"), ("fraud", "v2")]);
+        assert!(matches!(
+            store.create_bundle(&other, draft("fraud/b1")),
+            Err(StoreError::Conflict(_))
+        ));
+        let missing = bundle("fraud", "b2", &[("enc", "e9"), ("fraud", "v1")]);
+        assert!(matches!(
+            store.create_bundle(&missing, draft("fraud/b2")),
+            Err(StoreError::NotFound(_))
+        ));
+        let mut stale = bundle("fraud", "b2", &[("fraud", "v2")]);
+        stale.members[0].digest = "sha256:other".into();
+        assert!(matches!(
+            store.create_bundle(&stale, draft("fraud/b2")),
+            Err(StoreError::Conflict(_))
+        ));
+        let deprecated = store
+            .deprecate_version("fraud", "v2", draft("fraud/v2"))
+            .unwrap();
+        assert!(deprecated.deprecated);
+        // Deprecating again changes nothing and is not audited again.
+        store
+            .deprecate_version("fraud", "v2", draft("fraud/v2"))
+            .unwrap();
+        assert!(store.version("fraud", "v2").unwrap().unwrap().deprecated);
+        assert!(matches!(
+            store.create_bundle(
+                &bundle("fraud", "b2", &[("fraud", "v2")]),
+                draft("fraud/b2")
+            ),
+            Err(StoreError::Refused(_))
+        ));
+        assert!(matches!(
+            store.deprecate_version("fraud", "v9", draft("fraud/v9")),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.bundle("fraud", "b1").unwrap(), Some(b1.clone()));
+        assert_eq!(store.bundles("fraud").unwrap(), vec![b1]);
+        assert_eq!(store.bundles("enc").unwrap(), vec![]);
+        assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 5);
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn promoting_records_the_last_known_good_before_and_after() {
+        let (_dir, store) = with_versions();
+        for (id, v) in [("b1", "v1"), ("b2", "v2")] {
+            store
+                .create_bundle(&bundle("fraud", id, &[("fraud", v)]), draft(id))
+                .unwrap();
+        }
+        assert_eq!(store.lkg("fraud").unwrap(), None);
+        let promote = |b: &str| store.promote("fraud", b, draft("fraud"));
+        assert_eq!(
+            promote("b1").unwrap(),
+            Promoted {
+                before: None,
+                changed: true
+            }
+        );
+        assert!(!promote("b1").unwrap().changed);
+        assert_eq!(
+            promote("b2").unwrap(),
+            Promoted {
+                before: Some("b1".into()),
+                changed: true
+            }
+        );
+        assert!(matches!(promote("b9"), Err(StoreError::NotFound(_))));
+        // Another model's bundle is not this model's to promote.
+        assert!(matches!(
+            store.promote("enc", "b1", draft("enc")),
+            Err(StoreError::NotFound(_))
+        ));
+        let lkg = store.lkg("fraud").unwrap().unwrap();
+        assert_eq!(
+            (lkg.bundle.as_str(), lkg.promoted_by.as_str()),
+            ("b2", "alice")
+        );
+        let last = store.audit(&AuditFilter::default()).unwrap().pop().unwrap();
+        assert_eq!(last.draft.before, Some(serde_json::json!({"lkg": "b1"})));
+        assert_eq!(last.draft.after, Some(serde_json::json!({"lkg": "b2"})));
+        assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 7);
+    }
+
+    #[test]
+    fn deleting_a_referenced_version_is_refused_and_audited() {
+        let (_dir, store) = with_versions();
+        store
+            .create_bundle(
+                &bundle("fraud", "b1", &[("enc", "e1"), ("fraud", "v1")]),
+                draft("b1"),
+            )
+            .unwrap();
+        store.promote("fraud", "b1", draft("fraud")).unwrap();
+        let delete = |model: &str, id: &str| {
+            store.delete_version(
+                model,
+                id,
+                AuditDraft {
+                    action: "version.delete".into(),
+                    ..draft(&format!("{model}/{id}"))
+                },
+            )
+        };
+        assert_eq!(
+            delete("enc", "e1").unwrap(),
+            Deletion::Refused(vec!["lkg:fraud/b1".into(), "bundle:fraud/b1".into()])
+        );
+        let pin = Retention {
+            model: "fraud".into(),
+            version: "v2".into(),
+            reason: "rollout:r1".into(),
+            created_at_ms: 1,
+            created_by: "alice".into(),
+        };
+        assert!(store.retain(&pin, draft("fraud/v2")).unwrap());
+        assert!(!store.retain(&pin, draft("fraud/v2")).unwrap());
+        assert_eq!(store.retentions("fraud", "v2").unwrap(), vec![pin.clone()]);
+        assert!(matches!(
+            store.retain(
+                &Retention {
+                    version: "v9".into(),
+                    ..pin.clone()
+                },
+                draft("fraud/v9")
+            ),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            delete("fraud", "v2").unwrap(),
+            Deletion::Refused(vec!["retained:rollout:r1".into()])
+        );
+        assert!(store
+            .release("fraud", "v2", "rollout:r1", draft("fraud/v2"))
+            .unwrap());
+        assert!(!store
+            .release("fraud", "v2", "rollout:r1", draft("fraud/v2"))
+            .unwrap());
+        let Deletion::Deleted(gone) = delete("fraud", "v2").unwrap() else {
+            panic!("not deleted");
+        };
+        assert_eq!(gone.digest, "sha256:v2");
+        assert_eq!(store.version("fraud", "v2").unwrap(), None);
+        assert!(matches!(
+            delete("fraud", "v2"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            store.referenced_digests().unwrap(),
+            ["sha256:e1", "sha256:v1"].map(String::from).into()
+        );
+        let all = store.audit(&AuditFilter::default()).unwrap();
+        let refused: Vec<_> = all
+            .iter()
+            .filter(|e| e.draft.action == "version.delete.refused")
+            .collect();
+        assert_eq!(refused.len(), 2);
+        assert_eq!(
+            refused[1].draft.after,
+            Some(serde_json::json!({"refused": ["retained:rollout:r1"]}))
+        );
+        let deletions: Vec<_> = actions(&store)
+            .into_iter()
+            .filter(|a| a.starts_with("version.delete"))
+            .collect();
+        assert_eq!(
+            deletions,
+            [
+                "version.delete.refused",
+                "version.delete.refused",
+                "version.delete"
+            ]
+        );
+        assert_eq!(audit::verify(&all), Ok(all.len() as u64));
     }
 
     #[test]
