@@ -98,6 +98,52 @@ pub enum VersionCommand {
     Show { model: String, id: String },
     /// Re-hash every stored artifact and report those that changed (exit 3).
     Verify,
+    /// Mark a version deprecated: it stays readable, but joins no new bundle.
+    #[command(
+        after_help = "Example:\n  backstop version deprecate fraud-scorer v1 --reason \"superseded by v2\""
+    )]
+    Deprecate {
+        model: String,
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Delete a version and its artifact (admin). Refused (exit 1,
+    /// version_retained) while a last-known-good bundle, a retention pin or
+    /// any bundle names it.
+    #[command(
+        after_help = "Example:\n  backstop version delete fraud-scorer v0 --reason \"never shipped\""
+    )]
+    Delete {
+        model: String,
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Create an immutable bundle of versions that move together, under its
+    /// home model; members' signatures must fit in order (producer first).
+    #[command(
+        after_help = "Example:\n  backstop bundle create fraud-scorer b7 \\\n    --member fraud-encoder/e3 --member fraud-scorer/v2 --reason \"retrained together\""
+    )]
+    Create {
+        model: String,
+        id: String,
+        /// A member `MODEL/VERSION` (repeatable, in order).
+        #[arg(long = "member", value_parser = member_ref, required = true)]
+        members: Vec<(String, String)>,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List a model's bundles; the last-known-good one is marked.
+    #[command(after_help = "Example:\n  backstop bundle list fraud-scorer --output json")]
+    List { model: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +202,26 @@ fn key_value(text: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+fn member_ref(text: &str) -> Result<(String, String), String> {
+    text.split_once('/')
+        .filter(|(m, v)| !m.is_empty() && !v.is_empty() && !v.contains('/'))
+        .map(|(m, v)| (m.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected MODEL/VERSION, got {text:?}"))
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved kept).
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -409,7 +475,168 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
                 return Ok(ExitCode::from(3));
             }
         }
+        VersionCommand::Deprecate { model, id, reason } => {
+            let version = ok(api
+                .json(
+                    Method::POST,
+                    &format!("/api/v1/models/{model}/versions/{id}/deprecate"),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?)?;
+            print(remote, &version, |_| println!("deprecated {model}/{id}"));
+        }
+        VersionCommand::Delete { model, id, reason } => {
+            let deleted = ok(api
+                .json(
+                    Method::DELETE,
+                    &format!(
+                        "/api/v1/models/{model}/versions/{id}?reason={}",
+                        query_value(&reason)
+                    ),
+                    None,
+                )
+                .await?)?;
+            print(remote, &deleted, |d| {
+                let artifact = if d["artifact_removed"] == true {
+                    "artifact removed"
+                } else {
+                    "artifact kept: another version names it"
+                };
+                println!(
+                    "deleted {model}/{id} ({}; {artifact})",
+                    d["digest"].as_str().unwrap_or("?")
+                );
+            });
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn bundle(command: BundleCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let api = Api::new(remote);
+    match command {
+        BundleCommand::Create {
+            model,
+            id,
+            members,
+            reason,
+        } => {
+            let members: Vec<Value> = members
+                .into_iter()
+                .map(|(model, version)| json!({ "model": model, "version": version }))
+                .collect();
+            let bundle = ok(api
+                .json(
+                    Method::POST,
+                    &format!("/api/v1/models/{model}/bundles"),
+                    Some(json!({ "id": id, "members": members, "reason": reason })),
+                )
+                .await?)?;
+            print(remote, &bundle, |b| {
+                let verb = if b["created"] == true {
+                    "created"
+                } else {
+                    "already created"
+                };
+                println!("{verb} bundle {model}/{id}: {}", member_list(b));
+            });
+        }
+        BundleCommand::List { model } => {
+            let mut listed = ok(api
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/models/{model}/bundles"),
+                    None,
+                )
+                .await?)?;
+            let lkg = api
+                .json(Method::GET, &format!("/api/v1/models/{model}/lkg"), None)
+                .await?;
+            listed["lkg"] = match lkg.status {
+                StatusCode::NOT_FOUND => Value::Null,
+                _ => ok(lkg)?["bundle"].clone(),
+            };
+            print(remote, &listed, |v| {
+                let bundles = v["bundles"].as_array().cloned().unwrap_or_default();
+                if bundles.is_empty() {
+                    println!("{model} has no bundles");
+                    return;
+                }
+                println!("{:<16} {:<5} {:<24} MEMBERS", "BUNDLE", "LKG", "CREATED BY");
+                for bundle in bundles {
+                    println!(
+                        "{:<16} {:<5} {:<24} {}",
+                        bundle["id"].as_str().unwrap_or(""),
+                        if bundle["id"] == v["lkg"] { "yes" } else { "" },
+                        bundle["created_by"].as_str().unwrap_or(""),
+                        member_list(&bundle)
+                    );
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `model/version, model/version` of a bundle.
+fn member_list(bundle: &Value) -> String {
+    bundle["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["model"].as_str().unwrap_or("?"),
+                m["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn promote(
+    model: &str,
+    bundle: &str,
+    reason: &str,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    let promoted = ok(Api::new(remote)
+        .json(
+            Method::POST,
+            &format!("/api/v1/models/{model}/promote"),
+            Some(json!({ "bundle": bundle, "reason": reason })),
+        )
+        .await?)?;
+    print(remote, &promoted, |p| {
+        if p["changed"] == true {
+            let before = p["before"].as_str().unwrap_or("none");
+            println!(
+                "{model}: last-known-good is now {bundle} (was {before}): {}",
+                member_list(p)
+            );
+        } else {
+            println!("{model}: {bundle} already is the last-known-good");
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gc(remote: &Remote) -> anyhow::Result<ExitCode> {
+    let report = ok(Api::new(remote)
+        .json(Method::POST, "/api/v1/gc", None)
+        .await?)?;
+    print(remote, &report, |r| {
+        let removed = r["removed"].as_array().cloned().unwrap_or_default();
+        println!(
+            "checked {} artifacts, removed {} that no version names",
+            r["checked"],
+            removed.len()
+        );
+        for digest in removed {
+            println!("  {}", digest.as_str().unwrap_or("?"));
+        }
+    });
     Ok(ExitCode::SUCCESS)
 }
 

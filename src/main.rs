@@ -31,10 +31,37 @@ enum Command {
         #[arg(long, default_value = "backstop.yaml")]
         config: PathBuf,
     },
-    /// Register, list, show and verify immutable model versions.
+    /// Register, list, show, verify, deprecate and delete immutable model
+    /// versions.
     Version {
         #[command(subcommand)]
         command: cli::VersionCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Create and list bundles: versions that move together.
+    Bundle {
+        #[command(subcommand)]
+        command: cli::BundleCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Make a bundle a model's last-known-good (approver).
+    #[command(
+        after_help = "Example:\n  backstop promote fraud-scorer b7 --reason \"clean week in production\""
+    )]
+    Promote {
+        model: String,
+        bundle: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Remove stored artifacts that no version names (admin).
+    #[command(after_help = "Example:\n  backstop gc --output json")]
+    Gc {
         #[command(flatten)]
         remote: cli::Remote,
     },
@@ -141,6 +168,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command, remote } => {
             return runtime.block_on(cli::audit(command, &remote));
         }
+        Command::Bundle { command, remote } => {
+            return runtime.block_on(cli::bundle(command, &remote));
+        }
+        Command::Promote {
+            model,
+            bundle,
+            reason,
+            remote,
+        } => {
+            return runtime.block_on(cli::promote(&model, &bundle, &reason, &remote));
+        }
+        Command::Gc { remote } => return runtime.block_on(cli::gc(&remote)),
         Command::Check { config } => {
             backstop::config::Config::load(&config)?;
             println!("{}: ok", config.display());

@@ -110,3 +110,147 @@ async fn versions_are_registered_listed_and_audited_from_the_cli() {
     assert_eq!(code, 1);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_bundle_keeps_its_versions_from_deletion() {
+    let v1 = toy("v1").await;
+    let backstop = Backstop::start(&one_version(&v1.url(), "", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let encoder_sig = write(
+        "enc.yaml",
+        "outputs:\n  - { name: x, datatype: FP32, shape: [-1, 4] }\n",
+    );
+    let scorer_sig = write(
+        "sig.yaml",
+        "inputs:\n  - { name: x, datatype: FP32, shape: [-1, 4] }\n",
+    );
+    let wrong_sig = write(
+        "wrong.yaml",
+        "inputs:\n  - { name: x, datatype: FP64, shape: [-1, 4] }\n",
+    );
+    for (model, id, bytes, signature) in [
+        ("fraud-encoder", "e3", "encoder", &encoder_sig),
+        ("fraud", "v2", "scorer", &scorer_sig),
+        ("fraud", "v3", "wrong", &wrong_sig),
+    ] {
+        let artifact = write(id, bytes);
+        let (code, _, stderr) = cli(
+            &backstop,
+            &[
+                "version",
+                "register",
+                model,
+                id,
+                "--artifact",
+                &artifact,
+                "--signature",
+                signature,
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+    }
+
+    let (code, _, stderr) = cli(
+        &backstop,
+        &[
+            "bundle",
+            "create",
+            "fraud",
+            "b8",
+            "--member",
+            "fraud-encoder/e3",
+            "--member",
+            "fraud/v3",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bundle_signature_mismatch"), "{stderr}");
+    assert!(
+        stderr.contains("members[1].signature.inputs[0] (x): datatype FP64"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = cli(
+        &backstop,
+        &[
+            "bundle",
+            "create",
+            "fraud",
+            "b7",
+            "--member",
+            "fraud-encoder/e3",
+            "--member",
+            "fraud/v2",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let bundle: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(bundle["created"], true);
+
+    let (code, stdout, stderr) = cli(
+        &backstop,
+        &["promote", "fraud", "b7", "--reason", "clean week"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("last-known-good is now b7 (was none)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&backstop, &["bundle", "list", "fraud", "--output", "json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed["lkg"], "b7");
+    assert_eq!(listed["bundles"][0]["members"][0]["model"], "fraud-encoder");
+
+    let (code, _, stderr) = cli(&backstop, &["version", "delete", "fraud", "v2"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("version_retained (409)"), "{stderr}");
+    assert!(stderr.contains("lkg:fraud/b7"), "{stderr}");
+
+    // An unbundled version goes, and its artifact with it; GC has nothing
+    // left to remove.
+    let (code, stdout, stderr) = cli(
+        &backstop,
+        &["version", "delete", "fraud", "v3", "--reason", "bad dtype"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("artifact removed"), "{stdout}");
+    let (code, stdout, _) = cli(&backstop, &["gc", "--output", "json"]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["removed"], serde_json::json!([]));
+
+    let (code, _, stderr) = cli(&backstop, &["version", "deprecate", "fraud", "v2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, _) = cli(
+        &backstop,
+        &["audit", "list", "--model", "fraud", "--output", "json"],
+    );
+    assert_eq!(code, 0);
+    let audit: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let actions: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "version.register",
+            "version.register",
+            "bundle.create",
+            "model.promote",
+            "version.delete.refused",
+            "version.delete",
+            "version.deprecate"
+        ]
+    );
+}
