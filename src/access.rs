@@ -15,7 +15,18 @@ use sha2::{Digest, Sha256};
 /// Viewer < deployer < approver < admin: each may do everything the ones
 /// before it may. Breakglass stands apart: it may do what a deployer may
 /// (for emergency rollbacks), and every request made with it is audited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything: routes, statistics, versions, audit log, metrics.
@@ -95,7 +106,8 @@ impl std::str::FromStr for Role {
 /// What a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
-    /// Anyone: liveness probes and Prometheus scrapes carry no token.
+    /// Anyone: liveness probes, Prometheus scrapes and readers of the
+    /// OpenAPI document carry no token.
     Open,
     /// A token whose role [`Role::allows`] this one.
     Role(Role),
@@ -119,6 +131,8 @@ enum On {
 const RULES: &[(On, &str, Need)] = &[
     (On::Read, "/healthz", Need::Open),
     (On::Read, "/metrics", Need::Open),
+    // What the code says, not what the gateway holds.
+    (On::Read, "/api/v1/openapi.json", Need::Open),
     (On::Any, "/api/v1/tokens/**", Need::Role(Role::Admin)),
     (On::Read, "/**", Need::Role(Role::Viewer)),
     // Re-hashing artifacts changes nothing but the audit log.
@@ -356,6 +370,9 @@ mod tests {
             (Method::GET, "/healthz", Open),
             (Method::HEAD, "/healthz", Open),
             (Method::GET, "/metrics", Open),
+            (Method::GET, "/api/v1/openapi.json", Open),
+            (Method::HEAD, "/api/v1/openapi.json", Open),
+            (Method::PUT, "/api/v1/openapi.json", R(Role::Admin)),
             (Method::POST, "/healthz", R(Role::Admin)),
             (Method::GET, "/api/v1/models", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/routes", R(Role::Viewer)),

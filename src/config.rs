@@ -229,7 +229,7 @@ fn default_pin_header() -> String {
 }
 
 /// One model's routing table as users write it (config file and admin API).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// How the gateway talks to this model's upstreams.
@@ -256,7 +256,9 @@ fn default_health_path() -> String {
     "/v2/health/ready".to_string()
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1 with pooled keep-alive (OIP REST or plain JSON).
@@ -266,7 +268,7 @@ pub enum Protocol {
     Grpc,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionSpec {
     pub name: String,
@@ -277,7 +279,7 @@ pub struct VersionSpec {
 }
 
 /// Where the sticky key comes from: exactly one of `header` or `cookie`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
     /// The key is this request header's value (e.g. `x-user-id`).
@@ -304,7 +306,7 @@ impl StickySpec {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CohortSpec {
     /// Match when this header carries one of `values`.
@@ -322,7 +324,7 @@ pub struct CohortSpec {
 /// Buckets a sticky key hashes into for `key_range` cohorts.
 pub const KEY_BUCKETS: u32 = 10_000;
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowSpec {
     pub version: String,
@@ -330,7 +332,7 @@ pub struct ShadowSpec {
     pub percent: f64,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "default_connect_ms")]

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// A request to register a version, as the API and CLI send it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub id: String,
@@ -43,7 +43,7 @@ pub struct RegisterRequest {
 pub const BUNDLE_MEMBERS_MAX: usize = 16;
 
 /// A version a bundle names, as the API and CLI send it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRef {
     pub model: String,
@@ -51,7 +51,7 @@ pub struct MemberRef {
 }
 
 /// A request to create a bundle under a model.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleRequest {
     pub id: String,
@@ -62,7 +62,7 @@ pub struct BundleRequest {
 }
 
 /// A request to make a bundle the model's last-known-good.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     pub bundle: String,
@@ -71,7 +71,7 @@ pub struct PromoteRequest {
 }
 
 /// A last-known-good with the versions it names.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LkgView {
     #[serde(flatten)]
     pub lkg: Lkg,
@@ -79,7 +79,7 @@ pub struct LkgView {
 }
 
 /// What a version deletion did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub model: String,
     pub id: String,
@@ -89,7 +89,7 @@ pub struct Deleted {
 }
 
 /// What GC did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct GcReport {
     /// Artifacts looked at.
     pub checked: u64,
@@ -164,7 +164,7 @@ fn invalid(field: &str, message: impl Into<String>) -> RegistryError {
 }
 
 /// The audit chain's state: how many entries, and where it breaks if it does.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditVerdict {
     pub entries: u64,
     pub intact: bool,

@@ -2,18 +2,18 @@
 //!
 //! Three modes, decided per request from the store:
 //!
-//! - tokens exist: every request but `/healthz` and `/metrics` needs
+//! - tokens exist: every request but the open paths needs
 //!   `Authorization: Bearer <token>` whose role allows the endpoint
 //!   ([`crate::access::required`]); otherwise 401 `unauthenticated` or 403
 //!   `forbidden`, each with an audit entry;
 //! - no tokens, admin listener on loopback: open, every caller acts as
 //!   `local-operator` (the embedded default; said once in the startup log);
-//! - no tokens, admin listener elsewhere: everything but `/healthz` and
-//!   `/metrics` is refused with 401 (also said at startup).
+//! - no tokens, admin listener elsewhere: everything but the open paths
+//!   is refused with 401 (also said at startup).
 //!
-//! `/healthz` and `/metrics` are always open: probes and Prometheus scrapes
-//! carry no token, and neither tells anything beyond what the data plane
-//! serves.
+//! The open paths, `/healthz`, `/metrics` and `/api/v1/openapi.json`, need
+//! no token: probes and Prometheus scrapes carry none, and none of them
+//! tells anything beyond what the data plane serves or the code says.
 
 use super::{AdminState, ApiError};
 use crate::access::{self, Need, Role};
@@ -85,7 +85,8 @@ impl AccessPolicy {
                 self.tokens_seen.store(true, Ordering::Relaxed);
                 tracing::info!(
                     %admin_addr,
-                    "The admin API requires bearer tokens (/healthz and /metrics stay open)."
+                    "The admin API requires bearer tokens (/healthz, /metrics and \
+                     /api/v1/openapi.json stay open)."
                 );
             }
             Ok(false) if self.loopback => tracing::warn!(
@@ -96,7 +97,8 @@ impl AccessPolicy {
             ),
             Ok(false) => tracing::warn!(
                 %admin_addr,
-                "The admin API refuses every request except /healthz and /metrics with 401: it \
+                "The admin API refuses every request except /healthz, /metrics and \
+                 /api/v1/openapi.json with 401: it \
                  is not on loopback and no access tokens exist. Create one with \
                  `backstop token create --role admin --name NAME --data-dir DIR`."
             ),
@@ -895,18 +897,17 @@ models:
     }
 
     #[tokio::test]
-    async fn health_and_metrics_stay_open_when_tokens_exist() {
+    async fn health_metrics_and_openapi_stay_open_when_tokens_exist() {
         let fixture = Fixture::new(true);
         fixture.token("root", Role::Admin);
         let before = fixture.audit().len();
-        assert_eq!(
-            fixture.status("GET", "/healthz", None).await,
-            StatusCode::OK
-        );
-        assert_eq!(
-            fixture.status("GET", "/metrics", None).await,
-            StatusCode::OK
-        );
+        for uri in ["/healthz", "/metrics", "/api/v1/openapi.json"] {
+            assert_eq!(
+                fixture.status("GET", uri, None).await,
+                StatusCode::OK,
+                "{uri}"
+            );
+        }
         assert_eq!(fixture.audit().len(), before, "open paths are not audited");
     }
 
@@ -947,16 +948,15 @@ models:
     }
 
     #[tokio::test]
-    async fn without_tokens_off_loopback_only_health_and_metrics_answer() {
+    async fn without_tokens_off_loopback_only_the_open_paths_answer() {
         let fixture = Fixture::new(false);
-        assert_eq!(
-            fixture.status("GET", "/healthz", None).await,
-            StatusCode::OK
-        );
-        assert_eq!(
-            fixture.status("GET", "/metrics", None).await,
-            StatusCode::OK
-        );
+        for uri in ["/healthz", "/metrics", "/api/v1/openapi.json"] {
+            assert_eq!(
+                fixture.status("GET", uri, None).await,
+                StatusCode::OK,
+                "{uri}"
+            );
+        }
         for (method, uri) in [("GET", "/api/v1/models"), ("POST", "/api/v1/tokens")] {
             assert_eq!(
                 fixture.status(method, uri, None).await,

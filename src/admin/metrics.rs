@@ -16,6 +16,14 @@ const LATENCY_BOUNDS_S: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "gateway",
+    description = "Open: no token needed.",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub async fn render(State(state): State<super::AdminState>) -> impl IntoResponse {
     let gateway = state.gateway;
     (

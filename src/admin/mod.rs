@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod metrics;
+mod openapi;
 mod registry;
 mod tokens;
 
@@ -18,13 +19,15 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use backstop_core::analysis::WindowSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What the admin handlers share: the gateway, the registry when the
 /// gateway has a data directory, and the access policy.
@@ -45,18 +48,9 @@ pub fn router(
         registry,
         access,
     };
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
-        .route("/metrics", get(metrics::render))
-        .route("/api/v1/models", get(list_models))
-        .route(
-            "/api/v1/models/{model}/routes",
-            get(get_routes).put(put_routes),
-        )
-        .route("/api/v1/models/{model}/stats", get(get_stats))
-        .route("/api/v1/events", get(get_events))
-        .merge(registry::routes())
-        .merge(tokens::routes())
+    let (routes, document) = api_routes().split_for_parts();
+    routes
+        .layer(Extension(openapi::Document::new(document)))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
@@ -66,6 +60,36 @@ pub fn router(
             auth::guard,
         ))
         .with_state(state)
+}
+
+/// Every endpoint with its OpenAPI operation: `routes!` registers a
+/// handler under the method and path of its `#[utoipa::path]`, so router
+/// and document come from the same list. Add routes only this way: the
+/// test `the_openapi_document_lists_every_route_the_router_serves` fails
+/// on a route the document lacks.
+fn api_routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::render))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(list_models))
+        .routes(routes!(get_routes, put_routes))
+        .routes(routes!(get_stats))
+        .routes(routes!(get_events))
+        .merge(registry::routes())
+        .merge(tokens::routes())
+}
+
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "gateway",
+    description = "Open: no token needed.",
+    responses((status = 200, description = "Alive: `{\"ok\": true}`", body = Value))
+)]
+async fn healthz() -> Json<Value> {
+    Json(json!({"ok": true}))
 }
 
 /// An API error: status, stable code, message and (for bad input) the field.
@@ -96,13 +120,33 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `model_not_found`, `invalid_json`, ...
+    pub code: String,
+    /// For people; may change between releases.
+    pub message: String,
+    /// The offending input field, for bad input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = Value::String(field);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -111,6 +155,8 @@ impl From<JsonRejection> for ApiError {
         let code = match rejection {
             JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
             JsonRejection::JsonDataError(_) => "invalid_field",
+            // Over the body limit (axum's `DefaultBodyLimit`, 2 MiB).
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             _ => "invalid_json",
         };
         Self::new(rejection.status(), code, rejection.body_text())
@@ -127,14 +173,14 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ModelSummary {
     model: String,
     generation: u64,
     versions: Vec<VersionSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct VersionSummary {
     name: String,
     weight: u32,
@@ -142,7 +188,7 @@ struct VersionSummary {
     endpoints: Vec<EndpointSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EndpointSummary {
     url: String,
     healthy: bool,
@@ -177,6 +223,18 @@ fn summarize(gateway: &Gateway, table: &crate::gateway::routing::ModelTable) -> 
     }
 }
 
+/// Routing tables of all models, with health.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "routing",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every model's table", body = [ModelSummary]),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+    )
+)]
 async fn list_models(
     State(AdminState { gateway, .. }): State<AdminState>,
 ) -> Json<Vec<ModelSummary>> {
@@ -186,6 +244,20 @@ async fn list_models(
     Json(models)
 }
 
+/// A model's routing table: its spec, generation and version health.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/routes",
+    tag = "routing",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "`{model, generation, spec, versions, swap_to_first_request_ns}`", body = Value),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`model_not_found`", body = ErrorBody),
+    )
+)]
 async fn get_routes(
     State(AdminState { gateway, .. }): State<AdminState>,
     Path(model): Path<String>,
@@ -203,13 +275,34 @@ async fn get_routes(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PutQuery {
     /// Refuse unless the current generation is this one (0: no table yet).
     if_generation: Option<u64>,
 }
 
+/// Replaces a model's routing table atomically (audited as `routes.replace`).
+#[utoipa::path(
+    put,
+    path = "/api/v1/models/{model}/routes",
+    tag = "routing",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), PutQuery),
+    request_body = ModelSpec,
+    responses(
+        (status = 200, description = "Swapped: `{model, generation}`", body = Value),
+        (status = 400, description = "`invalid_json`, `invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 409, description = "`generation_mismatch`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `invalid_routes` (with `field`)", body = ErrorBody),
+    )
+)]
 async fn put_routes(
     State(AdminState {
         gateway, registry, ..
@@ -274,8 +367,9 @@ fn routes_replaced(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatsQuery {
     /// Window length ending now, rounded up to whole buckets.
     window_ms: Option<u64>,
@@ -301,6 +395,21 @@ struct VersionWindow {
     shadow_dropped: u64,
 }
 
+/// Per-version request statistics over a window.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/stats",
+    tag = "routing",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), StatsQuery),
+    responses(
+        (status = 200, description = "Windows by version name", body = openapi::StatsResponse),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`model_not_found`", body = ErrorBody),
+    )
+)]
 async fn get_stats(
     State(AdminState { gateway, .. }): State<AdminState>,
     Path(model): Path<String>,
@@ -372,6 +481,18 @@ async fn get_stats(
     })))
 }
 
+/// Recent gateway events (ejections, swaps, health changes).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "gateway",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{events: [...]}`", body = Value),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+    )
+)]
 async fn get_events(State(AdminState { gateway, .. }): State<AdminState>) -> Json<Value> {
     Json(json!({ "events": gateway.events.recent() }))
 }
@@ -549,6 +670,166 @@ models:
         assert_eq!(
             (status, value["error"]["code"].as_str()),
             (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+    }
+
+    /// Every (method, path) the router serves, as the OpenAPI document
+    /// writes paths. `routes!` builds router and document from the same
+    /// handlers; this list catches a route added with plain `.route` (in
+    /// the router, not the document) or a document that lost one.
+    const ROUTES: &[(&str, &str)] = &[
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v1/models/{model}/routes"),
+        ("PUT", "/api/v1/models/{model}/routes"),
+        ("GET", "/api/v1/models/{model}/stats"),
+        ("GET", "/api/v1/events"),
+        ("PUT", "/api/v1/artifacts"),
+        ("POST", "/api/v1/artifacts/verify"),
+        ("GET", "/api/v1/models/{model}/versions"),
+        ("POST", "/api/v1/models/{model}/versions"),
+        ("GET", "/api/v1/models/{model}/versions/{id}"),
+        ("DELETE", "/api/v1/models/{model}/versions/{id}"),
+        ("POST", "/api/v1/models/{model}/versions/{id}/deprecate"),
+        ("GET", "/api/v1/models/{model}/versions/{id}/retain"),
+        ("POST", "/api/v1/models/{model}/versions/{id}/retain"),
+        ("DELETE", "/api/v1/models/{model}/versions/{id}/retain"),
+        ("GET", "/api/v1/models/{model}/bundles"),
+        ("POST", "/api/v1/models/{model}/bundles"),
+        ("GET", "/api/v1/models/{model}/bundles/{id}"),
+        ("POST", "/api/v1/models/{model}/promote"),
+        ("GET", "/api/v1/models/{model}/lkg"),
+        ("POST", "/api/v1/gc"),
+        ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/audit/verify"),
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/{id}"),
+    ];
+
+    async fn openapi_document(gateway: &Arc<Gateway>) -> Value {
+        let (status, document) = call(
+            gateway,
+            Request::get("/api/v1/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{document}");
+        document
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_lists_every_route_the_router_serves() {
+        let gateway = gateway();
+        let document = openapi_document(&gateway).await;
+        assert!(
+            document["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            document["openapi"]
+        );
+        let paths = document["paths"].as_object().unwrap();
+        let documented: usize = paths
+            .values()
+            .map(|item| item.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "operations in the document: {paths:?}"
+        );
+        for (method, path) in ROUTES {
+            let operation = &paths
+                .get(*path)
+                .unwrap_or_else(|| panic!("{path} is not in the document"))[method.to_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {path} is not in the document"
+            );
+            assert!(
+                operation["responses"]["200"].is_object()
+                    || operation["responses"]["201"].is_object(),
+                "{method} {path}"
+            );
+
+            // The router serves it (any answer but the fallback's).
+            let uri = path.replace("{model}", "m").replace("{id}", "x");
+            let request = Request::builder()
+                .method(*method)
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let (status, body) = call(&gateway, request).await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert_ne!(body["error"]["code"], "not_found", "{method} {uri}");
+
+            // Security and the role named agree with the access table.
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            let description = operation["description"].as_str().unwrap_or_default();
+            match crate::access::required(&method, &uri) {
+                crate::access::Need::Open => {
+                    assert!(operation.get("security").is_none(), "{method} {path}");
+                    assert!(
+                        description.contains("Open"),
+                        "{method} {path}: {description}"
+                    );
+                }
+                crate::access::Need::Role(role) => {
+                    assert_eq!(
+                        operation["security"],
+                        json!([{"bearer": []}]),
+                        "{method} {path}"
+                    );
+                    assert!(
+                        description.contains(&format!("Role: {role}.")),
+                        "{method} {path}: {description}"
+                    );
+                    assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+                }
+            }
+        }
+        let components = &document["components"];
+        let error = &components["schemas"]["ErrorBody"];
+        assert_eq!(error["required"], json!(["error"]), "{error}");
+        assert!(components["schemas"]["ErrorDetail"]["properties"]["field"].is_object());
+        assert_eq!(
+            components["schemas"]["ErrorDetail"]["required"],
+            json!(["code", "message"])
+        );
+        assert_eq!(components["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for schema in [
+            "ModelSpec",
+            "RegisterRequest",
+            "VersionRecord",
+            "BundleRecord",
+            "AuditEntry",
+            "TokenRecord",
+        ] {
+            assert!(components["schemas"][schema].is_object(), "{schema}");
+        }
+        assert!(
+            components["schemas"]["TokenRecord"]["properties"]
+                .get("hash")
+                .is_none(),
+            "token hashes are never served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_content_type_is_415() {
+        let gateway = gateway();
+        let request = Request::put("/api/v1/models/m/routes")
+            .body(Body::from(r#"{"versions":[]}"#))
+            .unwrap();
+        let (status, value) = call(&gateway, request).await;
+        assert_eq!(
+            (status, value["error"]["code"].as_str()),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("unsupported_media_type")
+            )
         );
     }
 

@@ -1,51 +1,106 @@
 //! Registry and audit endpoints of the admin API.
 
 use super::auth::Actor;
-use super::{AdminState, ApiError};
-use crate::registry::{BundleRequest, PromoteRequest, RegisterRequest, Registry, RegistryError};
-use crate::store::AuditFilter;
+use super::{AdminState, ApiError, ErrorBody};
+use crate::registry::{
+    AuditVerdict, BundleRequest, Deleted, GcReport, LkgView, PromoteRequest, RegisterRequest,
+    Registry, RegistryError,
+};
+use crate::store::artifacts::{Stored, VerifyReport};
+use crate::store::{AuditEntry, AuditFilter, BundleRecord, Retention, VersionRecord};
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/api/v1/artifacts", put(put_artifact))
-        .route("/api/v1/artifacts/verify", post(verify_artifacts))
-        .route(
-            "/api/v1/models/{model}/versions",
-            get(list_versions).post(register_version),
-        )
-        .route(
-            "/api/v1/models/{model}/versions/{id}",
-            get(get_version).delete(delete_version),
-        )
-        .route(
-            "/api/v1/models/{model}/versions/{id}/deprecate",
-            post(deprecate_version),
-        )
-        .route(
-            "/api/v1/models/{model}/versions/{id}/retain",
-            get(list_retentions)
-                .post(retain_version)
-                .delete(release_version),
-        )
-        .route(
-            "/api/v1/models/{model}/bundles",
-            get(list_bundles).post(create_bundle),
-        )
-        .route("/api/v1/models/{model}/bundles/{id}", get(get_bundle))
-        .route("/api/v1/models/{model}/promote", post(promote))
-        .route("/api/v1/models/{model}/lkg", get(get_lkg))
-        .route("/api/v1/gc", post(gc))
-        .route("/api/v1/audit", get(list_audit))
-        .route("/api/v1/audit/verify", get(verify_audit))
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(put_artifact))
+        .routes(routes!(verify_artifacts))
+        .routes(routes!(list_versions, register_version))
+        .routes(routes!(get_version, delete_version))
+        .routes(routes!(deprecate_version))
+        .routes(routes!(list_retentions, retain_version, release_version))
+        .routes(routes!(list_bundles, create_bundle))
+        .routes(routes!(get_bundle))
+        .routes(routes!(promote))
+        .routes(routes!(get_lkg))
+        .routes(routes!(gc))
+        .routes(routes!(list_audit))
+        .routes(routes!(verify_audit))
+}
+
+/// A version as registered, and whether this request registered it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RegisteredVersion {
+    #[serde(flatten)]
+    version: VersionRecord,
+    /// False when the same content was already registered (nothing changed).
+    created: bool,
+}
+
+/// A bundle as created, and whether this request created it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedBundle {
+    #[serde(flatten)]
+    bundle: BundleRecord,
+    /// False when the same members were already bundled (nothing changed).
+    created: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct VersionList {
+    model: String,
+    versions: Vec<VersionRecord>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct BundleList {
+    model: String,
+    bundles: Vec<BundleRecord>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct RetentionList {
+    model: String,
+    version: String,
+    retentions: Vec<Retention>,
+}
+
+/// A pin set or lifted.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PinChange {
+    model: String,
+    version: String,
+    reason: String,
+    /// Set: false when the pin already existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+    /// Lifted: false when there was no such pin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<bool>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditList {
+    /// Oldest first.
+    entries: Vec<AuditEntry>,
+}
+
+/// The last-known-good after a promotion, and what it was before.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PromotedLkg {
+    #[serde(flatten)]
+    lkg: LkgView,
+    /// The bundle that was last-known-good before, if any.
+    before: Option<String>,
+    /// False when the bundle already was the last-known-good.
+    changed: bool,
 }
 
 impl From<RegistryError> for ApiError {
@@ -110,11 +165,29 @@ fn registry(state: &AdminState) -> Result<&Arc<Registry>, ApiError> {
     })
 }
 
+/// Uploads an artifact (streamed, any content type); stored by its sha256 digest.
+#[utoipa::path(
+    put,
+    path = "/api/v1/artifacts",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored", body = Stored),
+        (status = 200, description = "Already stored", body = Stored),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn put_artifact(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Stored>), ApiError> {
     let registry = registry(&state)?;
     let stored = registry
         .put_artifact(body.into_data_stream(), &actor)
@@ -124,96 +197,221 @@ async fn put_artifact(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!(stored))))
+    Ok((status, Json(stored)))
 }
 
+/// Re-hashes stored artifacts and reports any that no longer match.
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts/verify",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Verification report", body = VerifyReport),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn verify_artifacts(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VerifyReport>, ApiError> {
     let report = registry(&state)?.verify_artifacts(&actor).await?;
-    Ok(Json(json!(report)))
+    Ok(Json(report))
 }
 
+/// Registers an immutable version; the same id and content again is idempotent.
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{model}/versions",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered: the version and `created: true`", body = RegisteredVersion),
+        (status = 200, description = "Already registered with the same content (`created: false`)", body = RegisteredVersion),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`artifact_not_found`", body = ErrorBody),
+        (status = 409, description = "`version_conflict`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (with `field`)", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn register_version(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(model): Path<String>,
     request: Result<Json<RegisterRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RegisteredVersion>), ApiError> {
     let registry = registry(&state)?;
     let Json(request) = request?;
     let (version, outcome) = registry.register(&model, request, &actor).await?;
     let created = outcome == crate::store::Registered::Created;
-    let mut body = json!(version);
-    body["created"] = json!(created);
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(body)))
+    Ok((status, Json(RegisteredVersion { version, created })))
 }
 
+/// A model's versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/versions",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The versions", body = VersionList),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn list_versions(
     State(state): State<AdminState>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionList>, ApiError> {
     let versions = registry(&state)?.versions(&model).await?;
-    Ok(Json(json!({ "model": model, "versions": versions })))
+    Ok(Json(VersionList { model, versions }))
 }
 
+/// One version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/versions/{id}",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    responses(
+        (status = 200, description = "The version", body = VersionRecord),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn get_version(
     State(state): State<AdminState>,
     Path((model, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionRecord>, ApiError> {
     let version = registry(&state)?.version(&model, &id).await?;
-    Ok(Json(json!(version)))
+    Ok(Json(version))
 }
 
 /// `{reason}`: why, for the audit log (or, for a pin, who holds it).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
     #[serde(default)]
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ReasonQuery {
+    /// Why, for the audit log.
     #[serde(default)]
     reason: String,
 }
 
+/// Marks a version deprecated (it stays registered).
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{model}/versions/{id}/deprecate",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The version", body = VersionRecord),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn deprecate_version(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((model, id)): Path<(String, String)>,
     body: Result<Json<ReasonBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionRecord>, ApiError> {
     let registry = registry(&state)?;
     let Json(body) = body?;
     let version = registry.deprecate(&model, &id, body.reason, &actor).await?;
-    Ok(Json(json!(version)))
+    Ok(Json(version))
 }
 
+/// Pins that keep a version from deletion.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/versions/{id}/retain",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    responses(
+        (status = 200, description = "The pins", body = RetentionList),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn list_retentions(
     State(state): State<AdminState>,
     Path((model, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RetentionList>, ApiError> {
     let retentions = registry(&state)?.retentions(&model, &id).await?;
-    Ok(Json(
-        json!({ "model": model, "version": id, "retentions": retentions }),
-    ))
+    Ok(Json(RetentionList {
+        model,
+        version: id,
+        retentions,
+    }))
 }
 
+/// Pins a version (`reason` names the holder, e.g. `rollout:<id>`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{model}/versions/{id}/retain",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    request_body = ReasonBody,
+    responses(
+        (status = 201, description = "Pinned (`created: true`)", body = PinChange),
+        (status = 200, description = "Already pinned for this reason (`created: false`)", body = PinChange),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn retain_version(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((model, id)): Path<(String, String)>,
     body: Result<Json<ReasonBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PinChange>), ApiError> {
     let registry = registry(&state)?;
     let Json(body) = body?;
     let reason = body.reason.clone();
@@ -225,120 +423,288 @@ async fn retain_version(
     };
     Ok((
         status,
-        Json(json!({ "model": model, "version": id, "reason": reason, "created": created })),
+        Json(PinChange {
+            model,
+            version: id,
+            reason,
+            created: Some(created),
+            removed: None,
+        }),
     ))
 }
 
+/// Lifts a pin.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/models/{model}/versions/{id}/retain",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "Lifted (`removed: false` when there was no such pin)", body = PinChange),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn release_version(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((model, id)): Path<(String, String)>,
     body: Result<Json<ReasonBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PinChange>, ApiError> {
     let registry = registry(&state)?;
     let Json(body) = body?;
     let reason = body.reason.clone();
     let removed = registry.release(&model, &id, body.reason, &actor).await?;
-    Ok(Json(
-        json!({ "model": model, "version": id, "reason": reason, "removed": removed }),
-    ))
+    Ok(Json(PinChange {
+        model,
+        version: id,
+        reason,
+        created: None,
+        removed: Some(removed),
+    }))
 }
 
+/// Deletes a version nothing references, and its artifact when no other version names it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/models/{model}/versions/{id}",
+    tag = "registry",
+    description = "Role: admin.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id"), ReasonQuery),
+    responses(
+        (status = 200, description = "What was deleted", body = Deleted),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 409, description = "`version_retained` (referenced by a last-known-good, bundle or pin)", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn delete_version(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path((model, id)): Path<(String, String)>,
     query: Result<Query<ReasonQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let registry = registry(&state)?;
     let Query(query) = query?;
     let deleted = registry
         .delete_version(&model, &id, query.reason, &actor)
         .await?;
-    Ok(Json(json!(deleted)))
+    Ok(Json(deleted))
 }
 
+/// Creates a bundle: versions that move together, checked to fit each other.
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{model}/bundles",
+    tag = "registry",
+    description = "Role: deployer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = BundleRequest,
+    responses(
+        (status = 201, description = "Created: the bundle and `created: true`", body = CreatedBundle),
+        (status = 200, description = "Already created with the same members", body = CreatedBundle),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`version_not_found`", body = ErrorBody),
+        (status = 409, description = "`bundle_conflict`, `version_deprecated`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `bundle_signature_mismatch` (with `field`)", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn create_bundle(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(model): Path<String>,
     request: Result<Json<BundleRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedBundle>), ApiError> {
     let registry = registry(&state)?;
     let Json(request) = request?;
     let (bundle, outcome) = registry.create_bundle(&model, request, &actor).await?;
     let created = outcome == crate::store::Registered::Created;
-    let mut body = json!(bundle);
-    body["created"] = json!(created);
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(body)))
+    Ok((status, Json(CreatedBundle { bundle, created })))
 }
 
+/// A model's bundles.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/bundles",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The bundles", body = BundleList),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn list_bundles(
     State(state): State<AdminState>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BundleList>, ApiError> {
     let bundles = registry(&state)?.bundles(&model).await?;
-    Ok(Json(json!({ "model": model, "bundles": bundles })))
+    Ok(Json(BundleList { model, bundles }))
 }
 
+/// One bundle.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/bundles/{id}",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Bundle id")),
+    responses(
+        (status = 200, description = "The bundle", body = BundleRecord),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`bundle_not_found`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn get_bundle(
     State(state): State<AdminState>,
     Path((model, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BundleRecord>, ApiError> {
     let bundle = registry(&state)?.bundle(&model, &id).await?;
-    Ok(Json(json!(bundle)))
+    Ok(Json(bundle))
 }
 
+/// Makes a bundle the model's last-known-good.
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{model}/promote",
+    tag = "registry",
+    description = "Role: approver.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = PromoteRequest,
+    responses(
+        (status = 200, description = "The last-known-good with `before` and `changed`", body = PromotedLkg),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`bundle_not_found`, `version_not_found`", body = ErrorBody),
+        (status = 409, description = "`version_deprecated`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn promote(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(model): Path<String>,
     request: Result<Json<PromoteRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PromotedLkg>, ApiError> {
     let registry = registry(&state)?;
     let Json(request) = request?;
     let promoted = registry.promote(&model, request, &actor).await?;
     let lkg = registry.lkg(&model).await?;
-    let mut body = json!(lkg);
-    body["before"] = json!(promoted.before);
-    body["changed"] = json!(promoted.changed);
-    Ok(Json(body))
+    Ok(Json(PromotedLkg {
+        lkg,
+        before: promoted.before,
+        changed: promoted.changed,
+    }))
 }
 
+/// A model's last-known-good bundle and its versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/lkg",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The last-known-good", body = LkgView),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`lkg_not_found`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn get_lkg(
     State(state): State<AdminState>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LkgView>, ApiError> {
     let lkg = registry(&state)?.lkg(&model).await?;
-    Ok(Json(json!(lkg)))
+    Ok(Json(lkg))
 }
 
+/// Removes artifacts no version names.
+#[utoipa::path(
+    post,
+    path = "/api/v1/gc",
+    tag = "registry",
+    description = "Role: admin.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was removed", body = GcReport),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn gc(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GcReport>, ApiError> {
     let report = registry(&state)?.gc(&actor).await?;
-    Ok(Json(json!(report)))
+    Ok(Json(report))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Entries about this model (target `model` or `model/...`).
     model: Option<String>,
     /// A duration back from now: `90s`, `15m`, `1h`, `7d`.
     since: Option<String>,
     limit: Option<usize>,
 }
 
+/// Audit entries, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The entries", body = AuditList),
+        (status = 400, description = "`invalid_query` (with `field`)", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn list_audit(
     State(state): State<AdminState>,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditList>, ApiError> {
     let Query(query) = query?;
     let since_ms = match &query.since {
         Some(text) => {
@@ -359,12 +725,25 @@ async fn list_audit(
             limit: query.limit,
         })
         .await?;
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(AuditList { entries }))
 }
 
-async fn verify_audit(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// Walks the audit hash chain and names the first entry altered or removed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/verify",
+    tag = "audit",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The verdict", body = AuditVerdict),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
+async fn verify_audit(State(state): State<AdminState>) -> Result<Json<AuditVerdict>, ApiError> {
     let verdict = registry(&state)?.verify_audit().await?;
-    Ok(Json(json!(verdict)))
+    Ok(Json(verdict))
 }
 
 #[cfg(test)]
@@ -372,7 +751,9 @@ mod tests {
     use super::*;
     use crate::admin::auth::{AccessPolicy, LOCAL_OPERATOR};
     use crate::gateway::Gateway;
+    use axum::Router;
     use http::Request;
+    use serde_json::{json, Value};
     use tower::ServiceExt;
 
     fn app(dir: &std::path::Path) -> Router {
@@ -501,6 +882,44 @@ mod tests {
             ),
             (Some(2), Some(0))
         );
+    }
+
+    #[tokio::test]
+    async fn oversized_json_is_413_and_a_missing_content_type_415() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        // A JSON body over axum's 2 MiB limit.
+        let huge = json!({
+            "id": "v1",
+            "digest": format!("sha256:{}", "0".repeat(64)),
+            "signature": {"padding": "x".repeat(3 << 20)},
+        });
+        let (status, error) = call(
+            &app,
+            json_request("POST", "/api/v1/models/m/versions", huge),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")),
+            "{error}"
+        );
+        let (status, error) = call(
+            &app,
+            Request::post("/api/v1/models/m/versions")
+                .body(Body::from(r#"{"id":"v1"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("unsupported_media_type")
+            )
+        );
+        let (_, listed) = call(&app, get("/api/v1/models/m/versions")).await;
+        assert_eq!(listed["versions"].as_array().unwrap().len(), 0);
     }
 
     #[tokio::test]

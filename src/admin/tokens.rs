@@ -2,25 +2,27 @@
 //! secrets, no hashes) and revoke. Admins only (see `access::required`).
 
 use super::auth::{blocking, on_blocking_pool, Actor};
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, ErrorBody};
 use crate::access::{self, Role, TokenError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TokenRecord};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
-use std::sync::Arc;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 
-pub fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{id}", delete(revoke_token))
+use std::sync::Arc;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     name: String,
@@ -73,11 +75,49 @@ fn token_store(state: &AdminState) -> Result<Arc<dyn Store>, ApiError> {
     })
 }
 
+/// A new token: its secret is here and nowhere else.
+#[derive(Serialize, ToSchema)]
+struct CreatedToken {
+    id: String,
+    name: String,
+    role: Role,
+    /// The secret (`bst_...`), shown once.
+    token: String,
+}
+
+/// The token list.
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    /// Revoked tokens too; no secrets, no hashes.
+    tokens: Vec<TokenRecord>,
+}
+
+/// Creates a token (audited as `token.create`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    description = "Role: admin.",
+    security(("bearer" = [])),
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created; the secret is shown only here", body = CreatedToken),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 409, description = "`token_conflict`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (with `field`)", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn create_token(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     request: Result<Json<CreateRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let store = token_store(&state)?;
     let Json(request) = request?;
     let now_ms = crate::gateway::unix_ms();
@@ -92,32 +132,62 @@ async fn create_token(
         )
     })
     .await??;
-    let record = &created.record;
+    let record = created.record;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": record.id,
-            "name": record.name,
-            "role": record.role,
-            "token": created.secret,
-        })),
+        Json(CreatedToken {
+            id: record.id,
+            name: record.name,
+            role: record.role,
+            token: created.secret,
+        }),
     ))
 }
 
-async fn list_tokens(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// All tokens, revoked ones included.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    description = "Role: admin.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The tokens", body = TokenList),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
+async fn list_tokens(State(state): State<AdminState>) -> Result<Json<TokenList>, ApiError> {
     let store = token_store(&state)?;
     let tokens = blocking(move || store.tokens()).await?;
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
+/// Revokes a token (audited as `token.revoke`).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    description = "Role: admin.",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Token id")),
+    responses(
+        (status = 200, description = "The revoked token", body = TokenRecord),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`token_not_found`", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
 async fn revoke_token(
     State(state): State<AdminState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenRecord>, ApiError> {
     let store = token_store(&state)?;
     let revoked = on_blocking_pool(move || access::revoke_token(store.as_ref(), &id, &actor, ""))
         .await?
         .map_err(store_error)?;
-    Ok(Json(json!(revoked)))
+    Ok(Json(revoked))
 }

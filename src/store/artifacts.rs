@@ -51,7 +51,7 @@ const WRITE_BATCH: usize = 1 << 20;
 const READ_BUF: usize = 1 << 20;
 
 /// An artifact now in the store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Stored {
     /// `sha256:<hex>`.
     pub digest: String,
@@ -61,7 +61,7 @@ pub struct Stored {
 }
 
 /// What [`ArtifactStore::verify`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     /// Artifacts examined (missing ones included).
     pub checked: u64,
@@ -69,7 +69,7 @@ pub struct VerifyReport {
     pub mismatched: Vec<Mismatch>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Mismatch {
     /// The name the artifact is stored under.
     pub digest: String,

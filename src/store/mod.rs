@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A registered, immutable model version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionRecord {
     pub model: String,
     pub id: String,
@@ -55,7 +55,7 @@ impl VersionRecord {
 }
 
 /// One version in a bundle, with the digest it had when the bundle was made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BundleMember {
     pub model: String,
     pub version: String,
@@ -64,7 +64,7 @@ pub struct BundleMember {
 
 /// Versions that must move together (model, feature encoder, config),
 /// stored under its home model. Immutable, like versions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BundleRecord {
     /// The home model: the one whose last-known-good it can become.
     pub model: String,
@@ -89,7 +89,7 @@ impl BundleRecord {
 }
 
 /// A model's last-known-good bundle.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lkg {
     pub model: String,
     pub bundle: String,
@@ -109,7 +109,7 @@ pub struct Promoted {
 
 /// A pin on a version that keeps it from deletion (`rollout:<id>`,
 /// `incident:<id>`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Retention {
     pub model: String,
     pub version: String,
@@ -130,11 +130,12 @@ pub enum Deletion {
 
 /// An admin API access token. The secret itself is never stored: `hash`
 /// is its SHA-256 (hex), and serialising a record leaves the hash out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     /// Short random public id (names the token in lists and revocations).
     pub id: String,
     #[serde(skip_serializing)]
+    #[schema(ignore)]
     pub hash: String,
     /// Who holds it; audit entries name the holder by it.
     pub name: String,
@@ -145,7 +146,7 @@ pub struct TokenRecord {
 }
 
 /// What an audited change did, who did it and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditDraft {
     pub actor: String,
     pub action: String,
@@ -156,7 +157,7 @@ pub struct AuditDraft {
 }
 
 /// A stored audit entry: the draft, its place in the chain and its hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     pub at_ms: u64,
