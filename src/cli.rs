@@ -799,3 +799,55 @@ pub fn token(command: TokenCommand, local: &Local) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the policy file's JSON Schema (generated from the code).
+    #[command(after_help = "Example:\n  backstop policy schema > policy.schema.json")]
+    Schema,
+    /// Validate a policy file without side effects: exit 0 and print
+    /// "FILE: ok", or exit 1 and print FILE:LINE:COLUMN: FIELD: problem.
+    #[command(after_help = "Example:\n  backstop policy check examples/policy.yaml --output json")]
+    Check {
+        file: PathBuf,
+        /// With json: `{"file","ok":true,"policy":{...}}` (normalized) or
+        /// `{"file","ok":false,"error":{"line","column","path","message"}}`.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// `policy` commands work on files only: nothing is started or changed.
+pub fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Schema => {
+            let schema = backstop_core::policy::schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Check { file, output } => {
+            let name = file.display().to_string();
+            let result = crate::policy::load(&file);
+            let ok = result.is_ok();
+            match (output, result) {
+                (Output::Text, Ok(_)) => println!("{name}: ok"),
+                (Output::Text, Err(error)) => eprintln!("{error}"),
+                (Output::Json, Ok(policy)) => {
+                    let answer = json!({"file": name, "ok": true, "policy": policy});
+                    println!("{}", serde_json::to_string_pretty(&answer)?);
+                }
+                (Output::Json, Err(error)) => {
+                    let answer = json!({"file": name, "ok": false, "error": error});
+                    println!("{}", serde_json::to_string_pretty(&answer)?);
+                }
+            }
+            // The exit code carries the verdict in both output modes, so
+            // scripts and CI can gate on it.
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -12,6 +12,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+// Shared with policy files; re-exported because the fuzz target calls it here.
+pub use crate::yaml::locate;
+use crate::yaml::strip_location;
+
 /// Whole gateway configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -670,101 +674,6 @@ pub fn parse_endpoint(text: &str) -> Result<http::Uri, String> {
         return Err(format!("{text:?}: an endpoint has no query string"));
     }
     Ok(uri)
-}
-
-/// The YAML parser puts the path in front of messages and "at line L
-/// column C" behind; we print both ourselves, once.
-fn strip_location(message: &str, path: &str) -> String {
-    let message = message
-        .strip_prefix(path)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(message);
-    match message.find(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// Finds the line and column of a dotted field path (`a.b[2].c`) in YAML
-/// text written in block style: good enough to point at the field a
-/// semantic check rejected. Returns `None` when it cannot tell.
-pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
-    let mut segments = Vec::new();
-    for part in path.split('.') {
-        let (key, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            segments.push(Segment::Key(key));
-        }
-        while let Some(end) = rest.find(']') {
-            if !rest.starts_with('[') {
-                break;
-            }
-            segments.push(Segment::Index(rest.get(1..end)?.parse().ok()?));
-            rest = &rest[end + 1..];
-        }
-    }
-    if segments.is_empty() {
-        return None;
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let (mut from, mut parent_indent, mut in_item) = (0usize, -1isize, false);
-    let mut found = None;
-    for segment in segments {
-        let mut hit = None;
-        let mut seen_items = 0usize;
-        for (n, line) in lines.iter().enumerate().skip(from) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = (line.len() - trimmed.len()) as isize;
-            let item_first_line = in_item && n == from;
-            // A list may sit at its key's indent (`key:\n- a`).
-            let sibling_item = matches!(segment, Segment::Index(_))
-                && indent == parent_indent
-                && trimmed.starts_with('-');
-            if indent <= parent_indent && !item_first_line && !sibling_item {
-                break;
-            }
-            match segment {
-                Segment::Key(key) => {
-                    let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-                    let body_indent = indent + (trimmed.len() - body.len()) as isize;
-                    let quoted = format!("\"{key}\":");
-                    if body.starts_with(&format!("{key}:")) || body.starts_with(&quoted) {
-                        hit = Some((n, body_indent));
-                        break;
-                    }
-                }
-                Segment::Index(index) => {
-                    if trimmed.starts_with("- ") || trimmed == "-" {
-                        if seen_items == index {
-                            hit = Some((n, indent));
-                            break;
-                        }
-                        seen_items += 1;
-                    }
-                }
-            }
-        }
-        // Not spelled out in block style (e.g. a flow mapping): point at the
-        // closest enclosing field found so far.
-        let Some((n, indent)) = hit else { break };
-        found = Some((n + 1, indent as usize + 1));
-        in_item = matches!(segment, Segment::Index(_));
-        // A list item's first key sits on the dash's own line.
-        from = if in_item { n } else { n + 1 };
-        parent_indent = indent;
-    }
-    found
-}
-
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
 }
 
 #[cfg(test)]

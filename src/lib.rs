@@ -14,6 +14,8 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod loadgen;
+pub mod policy;
 pub mod registry;
 pub mod store;
 pub mod toy;
+pub mod yaml;

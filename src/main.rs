@@ -79,6 +79,11 @@ enum Command {
         #[command(flatten)]
         local: cli::Local,
     },
+    /// Validate rollout policy files and print their JSON Schema.
+    Policy {
+        #[command(subcommand)]
+        command: cli::PolicyCommand,
+    },
     /// Check a config file without starting anything.
     Check {
         #[arg(long, default_value = "backstop.yaml")]
@@ -150,6 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Token { command, local } = cli.command {
         return cli::token(command, &local);
     }
+    // Pure file work: no runtime needed.
+    if let Command::Policy { command } = cli.command {
+        return cli::policy(command);
+    }
     if let Command::Serve { config } = &cli.command {
         init_logging("info");
         let mut config = backstop::config::Config::load(config)?;
@@ -161,7 +170,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime(None)?;
     match cli.command {
-        Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Token { .. } | Command::Policy { .. } => {
+            unreachable!("handled above")
+        }
         Command::Version { command, remote } => {
             return runtime.block_on(cli::version(command, &remote));
         }

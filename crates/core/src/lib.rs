@@ -1,5 +1,6 @@
 //! Backstop's pure core: the statistics the gateway records and the analysis
-//! reads, and (in later issues) the controller and its actions.
+//! reads, the rollout policies the controller will follow, and (in later
+//! issues) the controller and its actions.
 //!
 //! Nothing in this crate does I/O, sleeps, reads a clock or draws random
 //! numbers: callers pass time in. `clippy.toml` turns a stray `Instant::now`
@@ -7,3 +8,4 @@
 //! deterministic simulator.
 
 pub mod analysis;
+pub mod policy;
