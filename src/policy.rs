@@ -389,6 +389,32 @@ triggers:
         assert!(!policy.cohorts.is_empty());
     }
 
+    /// A deterministic stand-in for the fuzz target that runs with the
+    /// tests: every one-character edit of the example is an error or a
+    /// policy, never a panic, and accepted edits survive a round trip.
+    #[test]
+    fn edited_examples_never_panic() {
+        let example = include_str!("../examples/policy.yaml");
+        // Comments carry no meaning; edit the lines that do.
+        let text: String = example
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l)))
+            .collect();
+        let mut accepted = 0;
+        for (i, c) in text.char_indices() {
+            let next = i + c.len_utf8();
+            for replacement in ["", "x", "-", ":", "{", "[", "0", " ", "\n", "\"", "%"] {
+                let edited = format!("{}{replacement}{}", &text[..i], &text[next..]);
+                let Ok(policy) = parse(&edited) else { continue };
+                accepted += 1;
+                let yaml = serde_yaml_ng::to_string(&policy).unwrap();
+                assert_eq!(parse(&yaml).as_ref(), Ok(&policy), "{edited}");
+            }
+        }
+        assert!(accepted > 0);
+    }
+
     #[test]
     fn normalized_policies_parse_back_to_themselves() {
         let policy = parse(include_str!("../examples/policy.yaml")).unwrap();

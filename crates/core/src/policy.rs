@@ -55,6 +55,7 @@ pub struct Policy {
     /// Cap on automatic actions (rollback, pause) per model and hour, so a
     /// flapping signal cannot thrash traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_auto_actions_per_hour: Option<u32>,
     /// A step without its minimum sample reports "waiting for traffic";
     /// after this long it also notifies.
@@ -62,8 +63,10 @@ pub struct Policy {
     pub waiting_for_traffic_deadline: Option<Period>,
 }
 
-/// Exactly one strategy. Written as a one-key map (`{ canary: {...} }`):
-/// see [`StrategyFile`].
+// Written as a one-key map: see `StrategyFile`. (Doc comments here become
+// the schema's description, so this note is a plain comment.)
+/// Exactly one strategy, written as a map with one key, like
+/// `{ canary: { steps: [1, 5, 25, 50, 100], bake: 2m } }`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(try_from = "StrategyFile", into = "StrategyFile")]
 pub enum Strategy {
@@ -243,6 +246,7 @@ pub struct Trigger {
     /// Candidate requests needed before the trigger can decide anything:
     /// no data never counts as healthy.
     #[serde(default = "default_min_sample")]
+    #[schemars(range(min = 1))]
     pub min_sample: u64,
     #[serde(default)]
     pub severity: Severity,
@@ -548,7 +552,7 @@ impl fmt::Display for Period {
 /// Serde and schema for a type that users write as a string: parsed with
 /// `FromStr`, written back with `Display`, described by a pattern.
 macro_rules! string_form {
-    ($type:ty, $name:literal, $pattern:expr, $expected:expr, $examples:expr) => {
+    ($type:ty, $name:literal, $description:literal, $pattern:expr, $expected:expr, $examples:expr) => {
         impl Serialize for $type {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_str(self)
@@ -580,7 +584,7 @@ macro_rules! string_form {
                 json_schema!({
                     "type": "string",
                     "pattern": $pattern,
-                    "description": format!("{}.", $expected),
+                    "description": $description,
                     "examples": $examples,
                 })
             }
@@ -591,6 +595,7 @@ macro_rules! string_form {
 string_form!(
     Threshold,
     "Threshold",
+    "\"+30%\": change relative to the baseline (any metric); \"5%\": absolute rate; \"+2pp\": percentage points vs the baseline's rate (rates); \"250ms\" or \"1.5s\": absolute latency (latencies).",
     THRESHOLD_PATTERN,
     THRESHOLD_EXPECTED,
     ["+30%", "5%", "+2pp", "250ms"]
@@ -598,6 +603,7 @@ string_form!(
 string_form!(
     Period,
     "Duration",
+    "A duration: whole numbers with units ms, s, m, h, combinable (\"1m30s\"); at most 7 days.",
     PERIOD_PATTERN,
     PERIOD_EXPECTED,
     ["30s", "2m", "1h", "1m30s"]
