@@ -809,6 +809,7 @@ pub enum PolicyCommand {
     /// "FILE: ok", or exit 1 and print FILE:LINE:COLUMN: FIELD: problem.
     #[command(after_help = "Example:\n  backstop policy check examples/policy.yaml --output json")]
     Check {
+        /// The policy file (YAML).
         file: PathBuf,
         /// With json: `{"file","ok":true,"policy":{...}}` (normalized) or
         /// `{"file","ok":false,"error":{"line","column","path","message"}}`.

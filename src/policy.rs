@@ -87,11 +87,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
                 at = Some(field_at);
             }
         }
+        let mut message = strip_location(&e.inner().to_string(), &path);
+        // Serde speaks of enum "variants"; users wrote a metric name.
+        if path.ends_with(".metric") {
+            message = message.replacen("unknown variant", "unknown metric", 1);
+        }
         PolicyError {
             file: file.to_path_buf(),
             line: at.map(|(line, _)| line),
             column: at.map(|(_, column)| column),
-            message: strip_location(&e.inner().to_string(), &path),
+            message,
             path,
         }
     })?;
@@ -265,7 +270,11 @@ triggers:
     #[test]
     fn unknown_metrics_list_the_known_ones() {
         let text = GOOD.replace("latency_p95", "latency_p90");
-        let error = rejected(&text, "triggers[0].metric", "unknown variant `latency_p90`");
+        let error = rejected(
+            &text,
+            "triggers[0].metric",
+            "unknown metric `latency_p90`, expected one of",
+        );
         for known in Metric::ALL {
             assert!(error.message.contains(known.name()), "{error}");
         }
