@@ -373,6 +373,15 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
                 .with_context(|| format!("reading {}", signature.display()))?;
             let signature_value: Value = serde_yaml_ng::from_str(&text)
                 .map_err(|e| anyhow!("{}: {e}", signature.display()))?;
+            // Ask first: a refusal that arrives mid-upload would surface
+            // as a broken pipe instead of the 401/403 it is.
+            for (method, path) in [
+                ("PUT", "/api/v1/artifacts".to_string()),
+                ("POST", format!("/api/v1/models/{model}/versions")),
+            ] {
+                let check = format!("/api/v1/access/check?method={method}&path={path}");
+                ok(api.json(Method::GET, &check, None).await?)?;
+            }
             let stored = ok(api
                 .send(
                     Method::PUT,

@@ -190,6 +190,72 @@ pub(super) async fn blocking<T: Send + 'static>(
     })
 }
 
+/// A request to check, by method and path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    /// e.g. `PUT`
+    method: String,
+    /// e.g. `/api/v1/artifacts`
+    path: String,
+}
+
+/// The caller may make that request.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AccessCheck {
+    pub allowed: bool,
+    pub actor: String,
+    pub method: String,
+    pub path: String,
+}
+
+/// Whether the caller may make a request, without making it. Clients ask
+/// before a long upload: a refusal that arrives mid-upload reaches them as
+/// a broken pipe, not as the 401/403 it is.
+#[utoipa::path(
+    get,
+    path = "/api/v1/access/check",
+    tag = "access",
+    params(CheckQuery),
+    description = "Role: viewer. Answers 200 when the caller may make the request, or the 401/403 that request would get (audited like the request itself).",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Allowed", body = AccessCheck),
+        (status = 400, description = "`invalid_query`", body = super::ErrorBody),
+        (status = 401, description = "`unauthenticated`", body = super::ErrorBody),
+        (status = 403, description = "`forbidden`", body = super::ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = super::ErrorBody),
+    )
+)]
+pub async fn check(
+    State(state): State<AdminState>,
+    query: Result<axum::extract::Query<CheckQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<axum::Json<AccessCheck>, ApiError> {
+    let axum::extract::Query(query) = query?;
+    let method = Method::from_bytes(query.method.as_bytes()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("method: {:?} is not an HTTP method", query.method),
+        )
+    })?;
+    if !query.path.starts_with('/') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "path: must start with '/'",
+        ));
+    }
+    let Actor(actor) = authorize(&state.access, &method, &query.path, &headers).await?;
+    Ok(axum::Json(AccessCheck {
+        allowed: true,
+        actor,
+        method: method.to_string(),
+        path: query.path,
+    }))
+}
+
 /// The middleware: decides, audits refusals, and hands the handler its
 /// [`Actor`].
 pub async fn guard(State(state): State<AdminState>, mut request: Request, next: Next) -> Response {
@@ -1015,5 +1081,38 @@ models:
         assert_eq!(target(&Method::GET, "/api/v1/models"), "GET /api/v1/models");
         let long = format!("/{}", "é".repeat(500));
         assert!(target(&Method::GET, &long).len() <= 4 + TARGET_PATH_MAX_BYTES);
+    }
+
+    #[tokio::test]
+    async fn access_can_be_checked_before_a_request_is_made() {
+        let fixture = Fixture::new(true);
+        let viewer = fixture.token("bob", Role::Viewer);
+        let deployer = fixture.token("carol", Role::Deployer);
+        let check = "/api/v1/access/check?method=PUT&path=/api/v1/artifacts";
+        let (status, body, _) = fixture.call("GET", check, Some(&deployer), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (body["allowed"].as_bool(), body["actor"].as_str()),
+            (Some(true), Some("carol (deployer)"))
+        );
+        let (status, body, _) = fixture.call("GET", check, Some(&viewer), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+        let (status, _, _) = fixture.call("GET", check, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body, _) = fixture
+            .call(
+                "GET",
+                "/api/v1/access/check?method=P%20UT&path=/x",
+                Some(&viewer),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_query"))
+        );
     }
 }

@@ -76,6 +76,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(get_routes, put_routes))
         .routes(routes!(get_stats))
         .routes(routes!(get_events))
+        .routes(routes!(auth::check))
         .merge(registry::routes())
         .merge(tokens::routes())
 }
@@ -686,6 +687,7 @@ models:
         ("PUT", "/api/v1/models/{model}/routes"),
         ("GET", "/api/v1/models/{model}/stats"),
         ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/access/check"),
         ("PUT", "/api/v1/artifacts"),
         ("POST", "/api/v1/artifacts/verify"),
         ("GET", "/api/v1/models/{model}/versions"),
