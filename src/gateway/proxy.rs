@@ -326,11 +326,27 @@ pub fn outcome_of_status(status: StatusCode) -> Outcome {
     }
 }
 
+/// Whether a path has a `.` or `..` segment, literally or percent-encoded
+/// (`%2e`, either case). Allocation-free: it runs on every request.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
-        segment == "." || segment == ".."
-    })
+    path.split('/')
+        .any(|segment| is_dot_segment(segment.as_bytes()))
+}
+
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let (mut dots, mut at) = (0, 0);
+    while at < segment.len() {
+        match segment[at..] {
+            [b'.', ..] => at += 1,
+            [b'%', b'2', e, ..] if e.eq_ignore_ascii_case(&b'e') => at += 3,
+            _ => return false,
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -618,4 +634,36 @@ fn grpc_message_response(message: &[u8]) -> Response<GatewayBody> {
         HeaderValue::from_static("application/grpc"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for path in [
+            "/a/./b",
+            "/a/../b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/..",
+            "/models/m/%2E",
+        ] {
+            assert!(has_dot_segments(path), "{path}");
+        }
+        for path in [
+            "/a/b",
+            "/a/.../b",
+            "/a/.b",
+            "/a/b.",
+            "/v2/models/m/infer",
+            "/",
+            "",
+            "/%2f",
+            "/a/%2",
+        ] {
+            assert!(!has_dot_segments(path), "{path}");
+        }
+    }
 }
