@@ -155,6 +155,15 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+/// 201 for a new record, 200 when the same one was already there.
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn registry(state: &AdminState) -> Result<&Arc<Registry>, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -192,11 +201,7 @@ async fn put_artifact(
     let stored = registry
         .put_artifact(body.into_data_stream(), &actor)
         .await?;
-    let status = if stored.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(stored.created);
     Ok((status, Json(stored)))
 }
 
@@ -254,11 +259,7 @@ async fn register_version(
     let Json(request) = request?;
     let (version, outcome) = registry.register(&model, request, &actor).await?;
     let created = outcome == crate::store::Registered::Created;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(created);
     Ok((status, Json(RegisteredVersion { version, created })))
 }
 
@@ -416,11 +417,7 @@ async fn retain_version(
     let Json(body) = body?;
     let reason = body.reason.clone();
     let created = registry.retain(&model, &id, body.reason, &actor).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(created);
     Ok((
         status,
         Json(PinChange {
@@ -538,11 +535,7 @@ async fn create_bundle(
     let Json(request) = request?;
     let (bundle, outcome) = registry.create_bundle(&model, request, &actor).await?;
     let created = outcome == crate::store::Registered::Created;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(created);
     Ok((status, Json(CreatedBundle { bundle, created })))
 }
 
