@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 // Shared with policy files; re-exported because the fuzz target calls it here.
 pub use crate::yaml::locate;
-use crate::yaml::strip_location;
 
 /// Whole gateway configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -394,66 +393,22 @@ impl fmt::Display for FieldError {
 }
 
 /// A configuration file that could not be used.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let (Some(line), Some(column)) = (self.line, self.column) {
-            write!(f, ":{line}:{column}")?;
-        }
-        if !self.path.is_empty() && self.path != "." {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub type ConfigError = crate::yaml::FileError;
 
 impl Config {
     /// Reads, parses and checks a config file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::whole_file(file, format!("cannot read: {e}")))?;
         Self::parse(file, &text)
     }
 
     /// Parses and checks config text; `file` only names it in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let location = e.inner().location();
-            ConfigError {
-                file: file.to_path_buf(),
-                line: location.as_ref().map(|l| l.line()),
-                column: location.as_ref().map(|l| l.column()),
-                message: strip_location(&e.inner().to_string(), &e.path().to_string()),
-                path: e.path().to_string(),
-            }
-        })?;
-        config.check().map_err(|e| {
-            let (line, column) = locate(text, &e.path).unzip();
-            ConfigError {
-                file: file.to_path_buf(),
-                line,
-                column,
-                path: e.path,
-                message: e.message,
-            }
-        })?;
+        let config: Config = crate::yaml::deserialize(file, text)?;
+        config
+            .check()
+            .map_err(|e| ConfigError::at_field(file, text, e.path, e.message))?;
         Ok(config)
     }
 

@@ -7,53 +7,20 @@
 //! `rollout start` share this path, so a broken policy is refused before
 //! anything starts or changes.
 
-use crate::yaml::{locate, strip_location};
 use backstop_core::policy::Policy;
-use serde::Serialize;
-use std::fmt;
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 
 /// Largest policy file read: a policy is a page of YAML, and the bound keeps
 /// a wrong path (a model artifact) from being read into memory.
 pub const POLICY_FILE_MAX_BYTES: u64 = 1024 * 1024;
 
 /// A policy file that could not be used.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PolicyError {
-    #[serde(skip)]
-    pub file: PathBuf,
-    /// 1-based; absent when the parser could not tell (e.g. unreadable file).
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// The field path, like `triggers[1].above`; empty for the whole file.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let (Some(line), Some(column)) = (self.line, self.column) {
-            write!(f, ":{line}:{column}")?;
-        }
-        if !self.path.is_empty() && self.path != "." {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for PolicyError {}
+pub type PolicyError = crate::yaml::FileError;
 
 /// Reads, parses and checks a policy file.
 pub fn load(file: &Path) -> Result<Policy, PolicyError> {
-    let whole_file = |message: String| PolicyError {
-        file: file.to_path_buf(),
-        line: None,
-        column: None,
-        path: String::new(),
-        message,
-    };
+    let whole_file = |message: String| PolicyError::whole_file(file, message);
     let size = std::fs::metadata(file)
         .map_err(|e| whole_file(format!("cannot read: {e}")))?
         .len();
@@ -70,46 +37,16 @@ pub fn load(file: &Path) -> Result<Policy, PolicyError> {
 /// Parses and checks policy text; `file` only names it in errors. Returns
 /// the normalized policy (implied fields spelled out).
 pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-    let policy: Policy = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let location = e.inner().location();
-        let path = match e.path().to_string() {
-            // The whole document; "." would read like a field.
-            root if root == "." => String::new(),
-            path => path,
-        };
-        let mut at = location.map(|l| (l.line(), l.column()));
-        // Errors raised after a whole value was read (the strategy's "exactly
-        // one of") carry the parser's position at the time, which can be
-        // before the field itself; an error about a field is never before it.
-        if let Some(field_at) = locate(text, &path) {
-            if at.is_none_or(|at| at < field_at) {
-                at = Some(field_at);
-            }
-        }
-        let mut message = strip_location(&e.inner().to_string(), &path);
+    let policy: Policy = crate::yaml::deserialize(file, text).map_err(|mut e| {
         // Serde speaks of enum "variants"; users wrote a metric name.
-        if path.ends_with(".metric") {
-            message = message.replacen("unknown variant", "unknown metric", 1);
+        if e.path.ends_with(".metric") {
+            e.message = e.message.replacen("unknown variant", "unknown metric", 1);
         }
-        PolicyError {
-            file: file.to_path_buf(),
-            line: at.map(|(line, _)| line),
-            column: at.map(|(_, column)| column),
-            message,
-            path,
-        }
+        e
     })?;
-    policy.check().map_err(|e| {
-        let (line, column) = locate(text, &e.path).unzip();
-        PolicyError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            path: e.path,
-            message: e.message,
-        }
-    })?;
+    policy
+        .check()
+        .map_err(|e| PolicyError::at_field(file, text, e.path, e.message))?;
     Ok(policy.normalized())
 }
 

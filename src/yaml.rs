@@ -1,9 +1,98 @@
 //! Shared by the YAML files Backstop reads (`backstop.yaml`, policies):
 //! turning parser messages and field paths into `file:line:column` errors.
 
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A YAML file that could not be used: where, which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileError {
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// 1-based; absent when the parser could not tell (e.g. unreadable file).
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The field path, like `triggers[1].above`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl FileError {
+    /// An error about the file as a whole (unreadable, too big).
+    pub fn whole_file(file: &Path, message: String) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            path: String::new(),
+            message,
+        }
+    }
+
+    /// An error about the field at `path`, located in `text`.
+    pub fn at_field(file: &Path, text: &str, path: String, message: String) -> Self {
+        let (line, column) = locate(text, &path).unzip();
+        Self {
+            file: file.to_path_buf(),
+            line,
+            column,
+            path,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.path.is_empty() && self.path != "." {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for FileError {}
+
+/// Deserializes YAML `text`; a type error names the file, line, column and
+/// field path.
+pub fn deserialize<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, FileError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = match e.path().to_string() {
+            // The whole document; "." would read like a field.
+            root if root == "." => String::new(),
+            path => path,
+        };
+        let mut at = e.inner().location().map(|l| (l.line(), l.column()));
+        // Errors raised after a whole value was read (an "exactly one of")
+        // carry the parser's position at the time, which can be before the
+        // field itself; an error about a field is never before it.
+        if let Some(field_at) = locate(text, &path) {
+            if at.is_none_or(|at| at < field_at) {
+                at = Some(field_at);
+            }
+        }
+        FileError {
+            file: file.to_path_buf(),
+            line: at.map(|(line, _)| line),
+            column: at.map(|(_, column)| column),
+            message: strip_location(&e.inner().to_string(), &path),
+            path,
+        }
+    })
+}
+
 /// The YAML parser puts the path in front of messages and "at line L
 /// column C" behind; we print both ourselves, once.
-pub(crate) fn strip_location(message: &str, path: &str) -> String {
+fn strip_location(message: &str, path: &str) -> String {
     // The parser's own path may stop short of ours (for an unknown field it
     // names the map, we name the field): strip any prefix of our path.
     let message = match message.split_once(": ") {
