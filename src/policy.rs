@@ -107,7 +107,7 @@ triggers:
         for strategy in [
             "{ canary: { steps: [0.5, 100], bake: 30s, approval: [100] } }",
             "{ blue_green: { warmup: 30s, bake: 5m } }",
-            "{ shadow: { percent: 10, duration: 10m, then: canary } }",
+            "{ shadow: { percent: 10, duration: 10m } }",
             "{ shadow: { percent: 10, duration: 10m } }",
             "{ linear: { step: 10, interval: 1m } }",
         ] {

@@ -4,7 +4,7 @@
 
 use super::{
     AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Lkg, Promoted, Registered,
-    Retention, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
+    Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -157,5 +157,32 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn referenced_digests(&self) -> StoreResult<BTreeSet<String>> {
         self.inner.referenced_digests()
+    }
+
+    fn create_rollout(&self, rollout: &RolloutRecord, audit: AuditDraft) -> StoreResult<()> {
+        self.fail("create_rollout commit")?;
+        self.inner.create_rollout(rollout, audit)
+    }
+
+    fn update_rollout(
+        &self,
+        rollout: &RolloutRecord,
+        audit: Option<AuditDraft>,
+    ) -> StoreResult<()> {
+        self.fail("update_rollout commit")?;
+        self.inner.update_rollout(rollout, audit)
+    }
+
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
+        self.inner.rollout(id)
+    }
+
+    fn rollouts(
+        &self,
+        model: Option<&str>,
+        open_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<RolloutRecord>> {
+        self.inner.rollouts(model, open_only, limit)
     }
 }

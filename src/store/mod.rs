@@ -1,4 +1,4 @@
-//! The store: registry, audit log (and later rollout state and incidents)
+//! The store: registry, audit log, rollout state (and later incidents)
 //! behind one interface.
 //!
 //! [`Store`] is synchronous: the embedded SQLite engine is, and callers on
@@ -143,6 +143,27 @@ pub struct TokenRecord {
     pub created_at_ms: u64,
     pub created_by: String,
     pub revoked: bool,
+}
+
+/// One rollout as stored: the policy as the user wrote it and the
+/// controller's state (JSON), both opaque here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Chosen by the caller, e.g. `ro-<hex>`.
+    pub id: String,
+    pub model: String,
+    pub candidate: String,
+    pub baseline: String,
+    /// `running`, `paused`, `awaiting_approval`, `promoted`, `rolled_back`,
+    /// `aborted`, `shadow_passed`, `rejected`: opaque text to the store.
+    pub phase: String,
+    /// Open until it reaches a final phase; at most one open rollout per
+    /// model.
+    pub open: bool,
+    pub policy_json: String,
+    pub state_json: String,
+    pub created_unix_ms: u64,
+    pub updated_unix_ms: u64,
 }
 
 /// What an audited change did, who did it and why.
@@ -303,4 +324,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every artifact digest a version names (what GC must keep).
     fn referenced_digests(&self) -> StoreResult<BTreeSet<String>>;
+
+    /// Stores a new rollout with its audit entry. A [`StoreError::Conflict`]
+    /// when the id is taken, or when the rollout is open and its model
+    /// already has an open one (the message names that rollout's id);
+    /// nothing is written or audited then.
+    fn create_rollout(&self, rollout: &RolloutRecord, audit: AuditDraft) -> StoreResult<()>;
+
+    /// Replaces the phase, `open`, state and update time of the stored
+    /// rollout with this id (its other fields are immutable and ignored
+    /// here), with the audit entry, if any, in the same transaction. A
+    /// [`StoreError::NotFound`] for an unknown id; a
+    /// [`StoreError::Conflict`] when reopening it would make a second open
+    /// rollout of its model.
+    fn update_rollout(&self, rollout: &RolloutRecord, audit: Option<AuditDraft>)
+        -> StoreResult<()>;
+
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
+
+    /// At most `limit` rollouts, newest (by creation time) first, of one
+    /// model or of all, and only open ones when `open_only`.
+    fn rollouts(
+        &self,
+        model: Option<&str>,
+        open_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<RolloutRecord>>;
 }

@@ -9,7 +9,8 @@
 use super::audit::entry_hash;
 use super::{
     AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, Lkg, Promoted,
-    Registered, Retention, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
+    Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
+    VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeSet;
@@ -105,6 +106,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (model, version, reason),
         FOREIGN KEY (model, version) REFERENCES versions (model, id)
     );
+    "#,
+    // 4: rollouts (the controller's state per rollout), so a restarted
+    // process finds the open ones. The partial unique index keeps a model
+    // to one open rollout whatever the code above does.
+    r#"
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        baseline TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        open INTEGER NOT NULL CHECK (open IN (0, 1)),
+        policy_json TEXT NOT NULL,
+        state_json TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        updated_unix_ms INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX rollouts_open_model ON rollouts (model) WHERE open = 1;
+    CREATE INDEX rollouts_model_created ON rollouts (model, created_unix_ms);
     "#,
 ];
 
@@ -892,6 +912,97 @@ impl Store for SqliteStore {
             .into_iter()
             .collect())
     }
+
+    fn create_rollout(&self, rollout: &RolloutRecord, audit: AuditDraft) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        if rollout_in(&tx, &rollout.id)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "a rollout with id {} exists",
+                rollout.id
+            )));
+        }
+        if rollout.open {
+            refuse_second_open(&tx, &rollout.model, &rollout.id)?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollouts ({ROLLOUT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                rollout.id,
+                rollout.model,
+                rollout.candidate,
+                rollout.baseline,
+                rollout.phase,
+                rollout.open as i64,
+                rollout.policy_json,
+                rollout.state_json,
+                rollout.created_unix_ms,
+                rollout.updated_unix_ms
+            ],
+        )
+        .map_err(|e| constraint_or_unavailable(e, "the rollout's id or open model is taken"))?;
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    fn update_rollout(
+        &self,
+        rollout: &RolloutRecord,
+        audit: Option<AuditDraft>,
+    ) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let stored = rollout_in(&tx, &rollout.id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no rollout {}", rollout.id)))?;
+        if rollout.open {
+            refuse_second_open(&tx, &stored.model, &stored.id)?;
+        }
+        tx.execute(
+            "UPDATE rollouts SET phase = ?2, open = ?3, state_json = ?4, updated_unix_ms = ?5
+             WHERE id = ?1",
+            params![
+                rollout.id,
+                rollout.phase,
+                rollout.open as i64,
+                rollout.state_json,
+                rollout.updated_unix_ms
+            ],
+        )
+        .map_err(|e| constraint_or_unavailable(e, "the model has another open rollout"))?;
+        if let Some(audit) = audit {
+            append(&tx, audit)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
+        rollout_in(&self.lock(), id)
+    }
+
+    fn rollouts(
+        &self,
+        model: Option<&str>,
+        open_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<RolloutRecord>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+                 WHERE (?1 IS NULL OR model = ?1) AND (?2 = 0 OR open = 1)
+                 ORDER BY created_unix_ms DESC, rowid DESC
+                 LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![model, open_only as i64, limit], read_rollout)
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
 }
 
 /// The last-known-good of `model`, inside `conn`.
@@ -910,6 +1021,54 @@ fn lkg_in(conn: &Connection, model: &str) -> StoreResult<Option<Lkg>> {
     )
     .optional()
     .map_err(unavailable)
+}
+
+const ROLLOUT_COLUMNS: &str = "id, model, candidate, baseline, phase, open, policy_json, \
+                               state_json, created_unix_ms, updated_unix_ms";
+
+fn read_rollout(row: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: row.get(0)?,
+        model: row.get(1)?,
+        candidate: row.get(2)?,
+        baseline: row.get(3)?,
+        phase: row.get(4)?,
+        open: row.get::<_, i64>(5)? != 0,
+        policy_json: row.get(6)?,
+        state_json: row.get(7)?,
+        created_unix_ms: row.get(8)?,
+        updated_unix_ms: row.get(9)?,
+    })
+}
+
+/// The rollout with this id, inside `conn`.
+fn rollout_in(conn: &Connection, id: &str) -> StoreResult<Option<RolloutRecord>> {
+    conn.query_row(
+        &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"),
+        params![id],
+        read_rollout,
+    )
+    .optional()
+    .map_err(unavailable)
+}
+
+/// Refuses to make `id` a second open rollout of `model`: a conflict naming
+/// the open one, checked inside the write's transaction.
+fn refuse_second_open(conn: &Connection, model: &str, id: &str) -> StoreResult<()> {
+    let open: Option<String> = conn
+        .query_row(
+            "SELECT id FROM rollouts WHERE model = ?1 AND open = 1 AND id <> ?2",
+            params![model, id],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    match open {
+        Some(open) => Err(StoreError::Conflict(format!(
+            "model {model:?} already has an open rollout {open}; finish or abort it first"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What [`write_versions`] did.
@@ -1233,25 +1392,35 @@ mod tests {
         assert_eq!(actions, ["token.create", "token.revoke", "token.create"]);
     }
 
+    /// A store file as an older backstop left it: the first `version`
+    /// migrations applied, and `prepare` run on it.
+    fn at_schema(version: usize, prepare: impl FnOnce(&Connection)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("backstop.db")).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version).unwrap();
+        prepare(&conn);
+        dir
+    }
+
+    fn schema_version(store: &SqliteStore) -> usize {
+        store
+            .lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn a_store_from_before_tokens_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("backstop.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-        }
-        let store = SqliteStore::open(&path).unwrap();
+        let dir = at_schema(1, |_| {});
+        let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
         assert!(!store.has_tokens().unwrap());
         store
             .create_token(&token("a1", "alice"), token_draft("token.create", "a1"))
             .unwrap();
-        let version: usize = store
-            .lock()
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .unwrap();
-        assert_eq!(version, MIGRATIONS.len());
+        assert_eq!(schema_version(&store), MIGRATIONS.len());
     }
 
     fn bundle(model: &str, id: &str, members: &[(&str, &str)]) -> BundleRecord {
@@ -1498,5 +1667,235 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    fn rollout(id: &str, model: &str, created: u64) -> RolloutRecord {
+        RolloutRecord {
+            id: id.into(),
+            model: model.into(),
+            candidate: "v2".into(),
+            baseline: "v1".into(),
+            phase: "running".into(),
+            open: true,
+            policy_json: r#"{"steps":[1,5,25,100]}"#.into(),
+            state_json: r#"{"step":0}"#.into(),
+            created_unix_ms: created,
+            updated_unix_ms: created,
+        }
+    }
+
+    fn rollout_draft(action: &str, id: &str) -> AuditDraft {
+        AuditDraft {
+            actor: "alice".into(),
+            action: action.into(),
+            target: format!("fraud/rollout:{id}"),
+            ..Default::default()
+        }
+    }
+
+    fn ids(rollouts: Vec<RolloutRecord>) -> Vec<String> {
+        rollouts.into_iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn rollouts_round_trip_list_newest_first_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backstop.db");
+        let r1 = rollout("ro-1", "fraud", 10);
+        let r2 = rollout("ro-2", "churn", 20);
+        let r3 = RolloutRecord {
+            open: false,
+            phase: "aborted".into(),
+            ..rollout("ro-3", "fraud", 5)
+        };
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for r in [&r1, &r2, &r3] {
+                store
+                    .create_rollout(r, rollout_draft("rollout.create", &r.id))
+                    .unwrap();
+            }
+            assert_eq!(store.rollout("ro-1").unwrap(), Some(r1.clone()));
+            assert_eq!(store.rollout("ro-9").unwrap(), None);
+            let updated = RolloutRecord {
+                phase: "paused".into(),
+                state_json: r#"{"step":2}"#.into(),
+                updated_unix_ms: 30,
+                // Immutable fields are not the update's to change.
+                candidate: "v9".into(),
+                ..r1.clone()
+            };
+            store.update_rollout(&updated, None).unwrap();
+            store
+                .update_rollout(&updated, Some(rollout_draft("rollout.pause", "ro-1")))
+                .unwrap();
+        }
+        // A restarted process finds the open rollouts and their state.
+        let store = SqliteStore::open(&path).unwrap();
+        let stored = store.rollout("ro-1").unwrap().unwrap();
+        assert_eq!(
+            stored,
+            RolloutRecord {
+                phase: "paused".into(),
+                state_json: r#"{"step":2}"#.into(),
+                updated_unix_ms: 30,
+                ..r1
+            }
+        );
+        assert_eq!(
+            ids(store.rollouts(None, false, 10).unwrap()),
+            ["ro-2", "ro-1", "ro-3"]
+        );
+        assert_eq!(
+            ids(store.rollouts(None, true, 10).unwrap()),
+            ["ro-2", "ro-1"]
+        );
+        assert_eq!(
+            ids(store.rollouts(Some("fraud"), false, 10).unwrap()),
+            ["ro-1", "ro-3"]
+        );
+        assert_eq!(
+            ids(store.rollouts(Some("fraud"), true, 10).unwrap()),
+            ["ro-1"]
+        );
+        assert_eq!(ids(store.rollouts(None, false, 1).unwrap()), ["ro-2"]);
+        assert_eq!(store.rollouts(Some("none"), false, 10).unwrap(), vec![]);
+        assert_eq!(store.rollouts(None, false, usize::MAX).unwrap().len(), 3);
+        assert_eq!(
+            actions(&store),
+            [
+                "rollout.create",
+                "rollout.create",
+                "rollout.create",
+                "rollout.pause"
+            ]
+        );
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_second_open_rollout_of_a_model_is_refused_until_the_first_closes() {
+        let (_dir, store) = open();
+        let r1 = rollout("ro-1", "fraud", 10);
+        store
+            .create_rollout(&r1, rollout_draft("rollout.create", "ro-1"))
+            .unwrap();
+        let r2 = rollout("ro-2", "fraud", 20);
+        let error = store
+            .create_rollout(&r2, rollout_draft("rollout.create", "ro-2"))
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Conflict(m) if m.contains("ro-1")),
+            "{error}"
+        );
+        // A duplicate id is refused too, open or not.
+        let duplicate = RolloutRecord {
+            model: "churn".into(),
+            open: false,
+            ..r1.clone()
+        };
+        let error = store
+            .create_rollout(&duplicate, rollout_draft("rollout.create", "ro-1"))
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+        // Nothing changed and nothing was audited.
+        assert_eq!(store.rollout("ro-2").unwrap(), None);
+        assert_eq!(store.rollout("ro-1").unwrap(), Some(r1.clone()));
+        assert_eq!(actions(&store), ["rollout.create"]);
+
+        let closed = RolloutRecord {
+            phase: "rolled_back".into(),
+            open: false,
+            updated_unix_ms: 15,
+            ..r1.clone()
+        };
+        store
+            .update_rollout(&closed, Some(rollout_draft("rollout.rollback", "ro-1")))
+            .unwrap();
+        store
+            .create_rollout(&r2, rollout_draft("rollout.create", "ro-2"))
+            .unwrap();
+        // Reopening the closed one would make two open: refused, unaudited.
+        let error = store
+            .update_rollout(&r1, Some(rollout_draft("rollout.resume", "ro-1")))
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Conflict(m) if m.contains("ro-2")),
+            "{error}"
+        );
+        assert_eq!(store.rollout("ro-1").unwrap(), Some(closed));
+        // The index holds even against a write that skips the check.
+        let raw = store
+            .lock()
+            .execute("UPDATE rollouts SET open = 1 WHERE id = 'ro-1'", []);
+        assert!(raw.is_err());
+        // An open rollout may be updated and stay open.
+        store
+            .update_rollout(
+                &RolloutRecord {
+                    state_json: r#"{"step":1}"#.into(),
+                    ..r2.clone()
+                },
+                Some(rollout_draft("rollout.step", "ro-2")),
+            )
+            .unwrap();
+        let all = store.audit(&AuditFilter::default()).unwrap();
+        assert_eq!(
+            actions(&store),
+            [
+                "rollout.create",
+                "rollout.rollback",
+                "rollout.create",
+                "rollout.step"
+            ]
+        );
+        assert_eq!(audit::verify(&all), Ok(4));
+    }
+
+    #[test]
+    fn updating_an_unknown_rollout_is_not_found_and_unaudited() {
+        let (_dir, store) = open();
+        let error = store
+            .update_rollout(
+                &rollout("ro-9", "fraud", 1),
+                Some(rollout_draft("rollout.step", "ro-9")),
+            )
+            .unwrap_err();
+        assert!(matches!(error, StoreError::NotFound(_)), "{error}");
+        assert_eq!(store.rollout("ro-9").unwrap(), None);
+        assert!(actions(&store).is_empty());
+    }
+
+    #[test]
+    fn a_store_from_before_rollouts_is_migrated() {
+        let dir = at_schema(3, |conn| {
+            conn.execute(
+                "INSERT INTO audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)
+                 VALUES (1, 1, 'alice', 'login.failed', 'api', '', '', 'x')",
+                [],
+            )
+            .unwrap();
+        });
+        let path = dir.path().join("backstop.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(schema_version(&store), MIGRATIONS.len());
+            assert_eq!(store.rollouts(None, false, 10).unwrap(), vec![]);
+            store
+                .create_rollout(
+                    &rollout("ro-1", "fraud", 1),
+                    rollout_draft("rollout.create", "ro-1"),
+                )
+                .unwrap();
+            // The older rows are still there, the new entry chained to them.
+            let all = store.audit(&AuditFilter::default()).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[1].prev_hash, "x");
+        }
+        // Opening again runs no migration twice.
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema_version(&store), MIGRATIONS.len());
+        assert_eq!(ids(store.rollouts(None, true, 10).unwrap()), ["ro-1"]);
+        assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 }

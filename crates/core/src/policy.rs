@@ -61,7 +61,15 @@ pub struct Policy {
     /// after this long it also notifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for_traffic_deadline: Option<Period>,
+    /// Chance that a healthy candidate completes without any trigger
+    /// acting, over the whole rollout however often it is checked (each
+    /// trigger gets an equal share of the rest). Default 0.99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
+
+/// The default [`Policy::confidence`].
+pub const CONFIDENCE_DEFAULT: f64 = 0.99;
 
 // Written as a one-key map: see `StrategyFile`. (Doc comments here become
 // the schema's description, so this note is a plain comment.)
@@ -173,9 +181,6 @@ pub struct Shadow {
     pub percent: f64,
     /// How long to compare before the verdict.
     pub duration: Period,
-    /// What a clean shadow run leads to.
-    #[serde(default)]
-    pub then: ShadowThen,
 }
 
 /// Add `step` percent every `interval` until 100.
@@ -185,17 +190,6 @@ pub struct Linear {
     /// Percent added per interval, in (0, 100].
     pub step: f64,
     pub interval: Period,
-}
-
-/// The verdict of a clean shadow run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ShadowThen {
-    /// Go on with a canary.
-    Canary,
-    /// Stop there: shadow-only evaluation (the safe default).
-    #[default]
-    Reject,
 }
 
 /// Where the sticky key comes from: exactly one of `header` or `cookie`.
@@ -698,6 +692,14 @@ impl Policy {
                 "must be at least 1 (0 would forbid the automatic rollback)",
             ));
         }
+        if let Some(confidence) = self.confidence {
+            if !(0.5..=0.999_999).contains(&confidence) {
+                return Err(FieldError::new(
+                    "confidence",
+                    "expected a probability between 0.5 and 0.999999, like 0.99",
+                ));
+            }
+        }
         if self.waiting_for_traffic_deadline == Some(Period::from_ms(0)) {
             return Err(FieldError::new(
                 "waiting_for_traffic_deadline",
@@ -716,6 +718,13 @@ impl Policy {
             }
         }
         self
+    }
+
+    /// Each trigger's share of the false-action budget `1 − confidence`
+    /// (Bonferroni: the shares add up to the whole).
+    pub fn alpha_per_trigger(&self) -> f64 {
+        let confidence = self.confidence.unwrap_or(CONFIDENCE_DEFAULT);
+        (1.0 - confidence) / self.triggers.len().max(1) as f64
     }
 
     /// Returns the failing field below `cohorts[i]` (e.g. `.version`).

@@ -122,6 +122,14 @@ impl HistogramSnapshot {
         self.counts[bucket_index(value_us)] += 1;
     }
 
+    /// Records one value known only by its bucket index (as from
+    /// [`bucket_index`]): what the simulator draws. Panics if
+    /// `index >= BUCKETS`.
+    #[inline]
+    pub fn record_bucket(&mut self, index: usize) {
+        self.counts[index] += 1;
+    }
+
     pub fn merge(&mut self, other: &HistogramSnapshot) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;

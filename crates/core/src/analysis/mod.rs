@@ -5,7 +5,10 @@
 //! [`WindowSnapshot`]s over the windows they ask for.
 
 pub mod histogram;
+pub mod sequential;
+pub mod trigger;
 pub mod window;
 
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
+pub use trigger::Sample;
 pub use window::{Outcome, VersionStats, WindowSnapshot};

@@ -47,7 +47,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: &Counts) {
+    pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.successes += other.successes;
         self.server_errors += other.server_errors;

@@ -1,0 +1,255 @@
+//! An always-valid sequential test, checked as often as the caller likes.
+//!
+//! Every trigger reduces to one question about a per-request event `E` (a
+//! failure, a timeout, a latency above a bound): is `P(E)` on the candidate
+//! above `p0`? `H0: p ≤ p0` is "healthy"; rejecting it is the verdict.
+//!
+//! For each tilt `θ > 0` the product over requests of
+//! `exp(θ·x − ln(1 − p0 + p0·e^θ))` (x = 1 when the event happened) is a
+//! non-negative supermartingale under every `p ≤ p0`, because
+//! `E[e^{θx}] = 1 − p + p·e^θ` grows with `p`. An equal-weight mixture over
+//! a grid of tilts is one too, so by Ville's inequality the chance that it
+//! *ever* reaches `1/α` under `H0` is at most `α`, however often it is
+//! looked at. That is what lets Backstop check every second without
+//! inflating false rollbacks (a mixture SPRT, as in Lindon et al.,
+//! arXiv:2205.14762, with a discrete mixture in place of a conjugate prior so
+//! that `p0` may change from one observation to the next: the baseline it is
+//! derived from keeps moving).
+//!
+//! Counts arrive per tick (`x` events in `n` requests, all under the same
+//! `p0`): the product over those `n` requests collapses to one update.
+
+use serde::{Deserialize, Serialize};
+
+/// Tilts on the log-odds scale: `θ = 1` tests a candidate whose odds of the
+/// event are e (2.7×) those allowed. Wide enough for a barely-worse and a
+/// completely broken candidate; 8 points cost `ln 8 ≈ 2.1` nats of evidence.
+const TILTS: [f64; 8] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0];
+
+/// Smallest `p0` used: an "above 0%" rule (or a baseline with no events)
+/// still needs a few events before it acts, not a single one.
+const P0_MIN: f64 = 1e-4;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SequentialTest {
+    /// `ln` of each tilt's running product.
+    log_products: [f64; TILTS.len()],
+    /// Events and requests observed so far (for reports).
+    pub events: u64,
+    pub requests: u64,
+}
+
+impl Default for SequentialTest {
+    fn default() -> Self {
+        Self {
+            log_products: [0.0; TILTS.len()],
+            events: 0,
+            requests: 0,
+        }
+    }
+}
+
+impl SequentialTest {
+    /// Adds `events` out of `requests`, each of which had at most `p0`
+    /// chance of the event under `H0`. A `p0` of 1 or more (nothing could
+    /// count as evidence) or an empty tick changes nothing.
+    pub fn observe(&mut self, events: u64, requests: u64, p0: f64) {
+        let events = events.min(requests);
+        if requests == 0 || p0.is_nan() || p0 >= 1.0 {
+            return;
+        }
+        let p0 = p0.max(P0_MIN);
+        let (x, n) = (events as f64, requests as f64);
+        for (log_product, theta) in self.log_products.iter_mut().zip(TILTS) {
+            // ln(1 − p0 + p0·e^θ), accurate for small p0.
+            let normaliser = (p0 * theta.exp_m1()).ln_1p();
+            *log_product += theta * x - n * normaliser;
+        }
+        self.events += events;
+        self.requests += requests;
+    }
+
+    /// `ln` of the mixture: the evidence against `H0`, in nats.
+    pub fn log_e_value(&self) -> f64 {
+        let max = self
+            .log_products
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = self.log_products.iter().map(|l| (l - max).exp()).sum();
+        max + (sum / TILTS.len() as f64).ln()
+    }
+
+    /// The e-value: `H0` is rejected at level `α` once this reaches `1/α`.
+    pub fn e_value(&self) -> f64 {
+        self.log_e_value().exp()
+    }
+
+    pub fn rejects(&self, alpha: f64) -> bool {
+        self.log_e_value() >= -alpha.ln()
+    }
+}
+
+/// z for the confidence bounds on the baseline (one-sided, ~0.1%). The
+/// bound moves a little with every look; a wide z keeps the chance that it
+/// ever undershoots the truth small (the simulator measures the total).
+pub const BASELINE_Z: f64 = 3.0;
+
+/// Wilson score upper bound on a rate from `events` of `requests`.
+/// `None` without data.
+pub fn rate_upper(events: u64, requests: u64, z: f64) -> Option<f64> {
+    wilson(events, requests, z).map(|(_, high)| high)
+}
+
+/// Wilson score lower bound on a rate.
+pub fn rate_lower(events: u64, requests: u64, z: f64) -> Option<f64> {
+    wilson(events, requests, z).map(|(low, _)| low)
+}
+
+fn wilson(events: u64, requests: u64, z: f64) -> Option<(f64, f64)> {
+    if requests == 0 {
+        return None;
+    }
+    let n = requests as f64;
+    let p = events.min(requests) as f64 / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// The quantile whose sample value bounds the `q`-quantile from above
+/// (distribution-free, from the binomial count of samples below it):
+/// rank `n·q + z·√(n·q·(1−q)) + 1`, as a quantile of `n` samples. `None`
+/// when no sample is high enough to bound it.
+pub fn quantile_upper_rank(q: f64, n: u64, z: f64) -> Option<f64> {
+    if n == 0 {
+        return None;
+    }
+    let n = n as f64;
+    let rank = n * q + z * (n * q * (1.0 - q)).sqrt() + 1.0;
+    (rank <= n).then_some(rank / n)
+}
+
+/// The mirror image of [`quantile_upper_rank`]: a quantile of the sample
+/// that bounds the `q`-quantile from below.
+pub fn quantile_lower_rank(q: f64, n: u64, z: f64) -> Option<f64> {
+    if n == 0 {
+        return None;
+    }
+    let n = n as f64;
+    let rank = n * q - z * (n * q * (1.0 - q)).sqrt() - 1.0;
+    (rank >= 1.0).then_some(rank / n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic Bernoulli draws without a dependency: a 64-bit LCG.
+    struct Draws(u64);
+    impl Draws {
+        fn next_unit(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn events(&mut self, n: u64, p: f64) -> u64 {
+            (0..n).filter(|_| self.next_unit() < p).count() as u64
+        }
+    }
+
+    #[test]
+    fn starts_with_no_evidence() {
+        let test = SequentialTest::default();
+        assert!((test.e_value() - 1.0).abs() < 1e-12);
+        assert!(!test.rejects(0.01));
+    }
+
+    #[test]
+    fn one_update_of_n_equals_n_updates_of_one() {
+        let mut batch = SequentialTest::default();
+        batch.observe(3, 10, 0.05);
+        let mut single = SequentialTest::default();
+        for i in 0..10 {
+            single.observe(u64::from(i < 3), 1, 0.05);
+        }
+        assert!((batch.log_e_value() - single.log_e_value()).abs() < 1e-9);
+        assert_eq!((batch.events, batch.requests), (3, 10));
+    }
+
+    #[test]
+    fn detects_a_clearly_worse_rate() {
+        let mut draws = Draws(7);
+        let mut test = SequentialTest::default();
+        let mut requests = 0;
+        while !test.rejects(0.01) {
+            test.observe(draws.events(50, 0.06), 50, 0.015);
+            requests += 50;
+            assert!(requests < 5_000, "not detected after {requests}");
+        }
+        // KL(6% ‖ 1.5%) ≈ 0.032 nats per request: a few hundred requests.
+        assert!(requests <= 1_000, "took {requests}");
+    }
+
+    #[test]
+    fn healthy_streams_rarely_reject_however_often_checked() {
+        // 400 healthy streams at exactly p0 (the hardest null), checked
+        // after every request for 2,000 requests: Ville bounds the share
+        // that ever rejects at alpha = 5%.
+        let mut draws = Draws(11);
+        let mut rejected = 0;
+        for _ in 0..400 {
+            let mut test = SequentialTest::default();
+            for _ in 0..2_000 {
+                test.observe(draws.events(1, 0.02), 1, 0.02);
+                if test.rejects(0.05) {
+                    rejected += 1;
+                    break;
+                }
+            }
+        }
+        assert!(rejected <= 20, "{rejected} of 400 rejected at alpha 5%");
+    }
+
+    #[test]
+    fn below_the_null_evidence_shrinks() {
+        let mut test = SequentialTest::default();
+        test.observe(0, 1_000, 0.05);
+        assert!(test.e_value() < 1.0);
+    }
+
+    #[test]
+    fn degenerate_inputs_change_nothing_or_stay_finite() {
+        let mut test = SequentialTest::default();
+        test.observe(5, 0, 0.1);
+        test.observe(5, 10, 1.0);
+        test.observe(5, 10, f64::NAN);
+        assert_eq!(test, SequentialTest::default());
+        test.observe(10, 10, 0.0);
+        assert!(test.log_e_value().is_finite());
+        test.observe(20, 10, 0.5);
+        assert_eq!(test.events, 20, "events are capped at requests");
+    }
+
+    #[test]
+    fn wilson_bounds_bracket_the_rate() {
+        let (low, high) = wilson(10, 1_000, 3.0).unwrap();
+        assert!(low < 0.01 && 0.01 < high);
+        assert!(rate_upper(0, 1_000, 3.0).unwrap() > 0.0);
+        assert_eq!(rate_upper(0, 0, 3.0), None);
+        assert!(rate_lower(0, 100, 3.0).unwrap() == 0.0);
+    }
+
+    #[test]
+    fn quantile_ranks_widen_with_little_data() {
+        let high = quantile_upper_rank(0.95, 10_000, 3.0).unwrap();
+        assert!(high > 0.95 && high < 0.97);
+        assert_eq!(quantile_upper_rank(0.95, 20, 3.0), None);
+        let low = quantile_lower_rank(0.95, 10_000, 3.0).unwrap();
+        assert!(low < 0.95 && low > 0.93);
+        assert_eq!(quantile_lower_rank(0.5, 2, 3.0), None);
+    }
+}

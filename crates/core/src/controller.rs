@@ -1,0 +1,1124 @@
+//! The rollout controller: a pure state machine.
+//!
+//! [`Rollout::step`] takes the time and one [`Input`] (a tick of gateway
+//! statistics, an operator command, a restart) and returns the [`Action`]s
+//! the runtime must carry out. No sockets, no sleeping, no clock: the live
+//! runtime and the simulator drive the same code, and a [`Rollout`] is plain
+//! data that serializes whole (it survives a restart in the store).
+//!
+//! Every strategy is a list of [`Stage`]s: a canary step, a linear
+//! increment, a blue/green warm-up then flip, a shadow run. A stage is held
+//! for its time *and* until the triggers have their minimum sample (no
+//! traffic never counts as healthy); the last stage either promotes the
+//! candidate or, for shadow, ends with the verdict "promote to canary".
+//!
+//! Invariants (property-tested below): a rolled-back or rejected candidate
+//! is never routed traffic again; routed shares stay within 0..=100.
+
+use crate::analysis::trigger::{Sample, TriggerEval, TriggerStatus};
+use crate::policy::{self, FieldError, Policy, Severity, Strategy};
+use serde::{Deserialize, Serialize};
+
+/// One hour, for the anti-flap cap.
+const HOUR_MS: u64 = 3_600_000;
+/// Notify that a step lacks traffic after this long, unless the policy says.
+const WAITING_DEADLINE_DEFAULT_MS: u64 = 10 * 60_000;
+
+/// A step of the plan: the candidate's share and how long it is held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// Share of user traffic the candidate answers, percent.
+    pub candidate_percent: f64,
+    /// Share of requests copied to the candidate (shadow), percent.
+    pub shadow_percent: f64,
+    pub hold_ms: u64,
+    /// Waits for `rollout approve` before it starts.
+    pub approval: bool,
+    /// Blue/green warm-up: the candidate must be healthy to move on.
+    pub warmup: bool,
+}
+
+/// The stages a strategy walks through.
+pub fn plan(strategy: &Strategy) -> Vec<Stage> {
+    let stage = |candidate_percent: f64, hold_ms: u64| Stage {
+        candidate_percent,
+        shadow_percent: 0.0,
+        hold_ms,
+        approval: false,
+        warmup: false,
+    };
+    match strategy {
+        Strategy::Canary(canary) => canary
+            .steps
+            .iter()
+            .map(|&percent| Stage {
+                approval: canary.approval.contains(&percent),
+                ..stage(percent, canary.bake.as_ms())
+            })
+            .collect(),
+        Strategy::Linear(linear) => {
+            let mut stages = Vec::new();
+            let mut percent: f64 = 0.0;
+            while percent < 100.0 && stages.len() < policy::STEPS_MAX {
+                percent = (percent + linear.step).min(100.0);
+                stages.push(stage(percent, linear.interval.as_ms()));
+            }
+            if percent < 100.0 {
+                stages.push(stage(100.0, linear.interval.as_ms()));
+            }
+            stages
+        }
+        Strategy::BlueGreen(blue_green) => vec![
+            Stage {
+                warmup: true,
+                ..stage(0.0, blue_green.warmup.as_ms())
+            },
+            stage(100.0, blue_green.bake.as_ms()),
+        ],
+        Strategy::Shadow(shadow) => vec![Stage {
+            shadow_percent: shadow.percent,
+            ..stage(0.0, shadow.duration.as_ms())
+        }],
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    AwaitingApproval,
+    Paused,
+    /// The candidate is the new last-known-good.
+    Promoted,
+    /// A trigger or an operator put all traffic back: condemned.
+    RolledBack,
+    /// An operator stopped it; the candidate is not condemned.
+    Aborted,
+    /// Shadow run clean: the verdict is "promote to canary".
+    ShadowPassed,
+    /// Shadow run failed a trigger: condemned.
+    Rejected,
+}
+
+impl Phase {
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            Phase::Running | Phase::AwaitingApproval | Phase::Paused
+        )
+    }
+
+    /// The candidate may not get traffic again without a human.
+    pub fn condemns(self) -> bool {
+        matches!(self, Phase::RolledBack | Phase::Rejected)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+            Phase::ShadowPassed => "shadow_passed",
+            Phase::Rejected => "rejected",
+        }
+    }
+}
+
+/// Why a rollout is paused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    Operator,
+    /// A `pause` trigger fired (its index).
+    Trigger(usize),
+    /// The process restarted during the rollout: traffic is on the
+    /// baseline until an operator resumes.
+    Restart,
+}
+
+/// What the controller is told.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Requests that finished since the previous tick, per version.
+    Tick(Observation),
+    Command(Command),
+    /// The process came back with this rollout open.
+    Restarted,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub candidate: Sample,
+    pub baseline: Sample,
+    /// Whether the candidate's endpoints pass their health checks.
+    pub candidate_healthy: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Pause,
+    Resume,
+    Approve,
+    Promote,
+    Abort,
+    Rollback,
+}
+
+impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Approve => "approve",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
+            Command::Rollback => "rollback",
+        }
+    }
+}
+
+/// What the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Set the candidate's share of traffic and of mirrored copies.
+    Route {
+        candidate_percent: f64,
+        shadow_percent: f64,
+    },
+    /// All traffic to the baseline *first* (one table swap), then record
+    /// the verdict durably: safety is never delayed by I/O.
+    Rollback {
+        verdict: Verdict,
+    },
+    /// All traffic to the candidate, which becomes the last-known-good.
+    Promote,
+    Notify {
+        severity: Severity,
+        message: String,
+    },
+    /// A transition for the audit log.
+    Record {
+        kind: String,
+        detail: String,
+    },
+}
+
+/// Why traffic went back, with the numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub at_ms: u64,
+    /// `trigger` or `operator`.
+    pub by: String,
+    /// The trigger and its figures at the verdict (none for an operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerStatus>,
+    /// From the candidate's first request to the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection_ms: Option<u64>,
+    pub stage: usize,
+    pub candidate_percent: f64,
+    /// The window the values cover: the current stage.
+    pub window_from_ms: u64,
+    pub window_to_ms: u64,
+}
+
+/// An operator command that does not apply now; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub message: String,
+}
+
+/// Where a rollout stands: what `rollout status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    pub model: String,
+    pub candidate: String,
+    pub baseline: String,
+    pub strategy: String,
+    pub phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<PauseReason>,
+    pub stage: usize,
+    pub stages: usize,
+    pub candidate_percent: f64,
+    pub shadow_percent: f64,
+    pub stage_elapsed_ms: u64,
+    pub stage_hold_ms: u64,
+    /// The stage's time is up but a trigger lacks its minimum sample.
+    pub waiting_for_traffic: bool,
+    pub triggers: Vec<TriggerStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    /// Normalized, with the baseline resolved.
+    pub policy: Policy,
+    pub stages: Vec<Stage>,
+    pub phase: Phase,
+    pub paused_by: Option<PauseReason>,
+    pub stage: usize,
+    /// An operator approved the current (gated) stage.
+    stage_approved: bool,
+    stage_started_ms: u64,
+    /// What is routed now (the last `Route` the runtime was asked for).
+    pub routed: (f64, f64),
+    triggers: Vec<TriggerEval>,
+    /// The baseline since the rollout started: what relative rules judge
+    /// against (up to the previous tick).
+    reference: Sample,
+    /// This stage's requests, for the values shown.
+    stage_candidate: Sample,
+    stage_baseline: Sample,
+    candidate_first_ms: Option<u64>,
+    /// Times of automatic pauses and notices within the last hour.
+    auto_actions_ms: Vec<u64>,
+    waiting_notified: bool,
+    pub verdict: Option<Verdict>,
+}
+
+impl Rollout {
+    /// Starts a rollout of a checked policy whose baseline is resolved.
+    /// A broken policy starts nothing.
+    pub fn start(
+        id: &str,
+        policy: Policy,
+        now_ms: u64,
+    ) -> Result<(Rollout, Vec<Action>), FieldError> {
+        policy.check()?;
+        if policy.baseline.is_none() {
+            return Err(FieldError {
+                path: "baseline".into(),
+                message: "no baseline: the model has no last-known-good to return to".into(),
+            });
+        }
+        let policy = policy.normalized();
+        let alpha = policy.alpha_per_trigger();
+        let triggers = policy
+            .triggers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TriggerEval::new(i, t.clone(), alpha))
+            .collect();
+        let mut rollout = Rollout {
+            id: id.to_string(),
+            stages: plan(&policy.strategy),
+            policy,
+            phase: Phase::Running,
+            paused_by: None,
+            stage: 0,
+            stage_approved: false,
+            stage_started_ms: now_ms,
+            routed: (0.0, 0.0),
+            triggers,
+            reference: Sample::default(),
+            stage_candidate: Sample::default(),
+            stage_baseline: Sample::default(),
+            candidate_first_ms: None,
+            auto_actions_ms: Vec::new(),
+            waiting_notified: false,
+            verdict: None,
+        };
+        let mut actions = vec![record(
+            "rollout.start",
+            format!(
+                "{} → {} of {}, {} stage(s)",
+                rollout.baseline(),
+                rollout.policy.candidate,
+                rollout.policy.model,
+                rollout.stages.len()
+            ),
+        )];
+        rollout.enter_stage(0, now_ms, &mut actions);
+        Ok((rollout, actions))
+    }
+
+    pub fn baseline(&self) -> &str {
+        self.policy.baseline.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.phase.is_final()
+    }
+
+    /// One input; the actions to carry out in order. Commands that do not
+    /// apply now are refused and change nothing.
+    pub fn step(&mut self, now_ms: u64, input: Input) -> Result<Vec<Action>, Refused> {
+        let mut actions = Vec::new();
+        match input {
+            Input::Tick(observation) => self.tick(now_ms, observation, &mut actions),
+            Input::Command(command) => self.command(now_ms, command, &mut actions)?,
+            Input::Restarted => {
+                if self.is_open() {
+                    self.phase = Phase::Paused;
+                    self.paused_by = Some(PauseReason::Restart);
+                    self.route(0.0, 0.0, &mut actions);
+                    actions.push(record(
+                        "rollout.pause",
+                        "process restarted: all traffic on the baseline until resumed".into(),
+                    ));
+                }
+            }
+        }
+        Ok(actions)
+    }
+
+    fn tick(&mut self, now_ms: u64, observation: Observation, actions: &mut Vec<Action>) {
+        if !self.is_open() {
+            return;
+        }
+        if observation.candidate.counts.requests > 0 {
+            self.candidate_first_ms.get_or_insert(now_ms);
+        }
+        // Judge this tick against the baseline *before* it: the bound is
+        // fixed before the data it judges.
+        let fired: Vec<usize> = self
+            .triggers
+            .iter_mut()
+            .filter_map(|t| {
+                t.observe(now_ms, &observation.candidate, &self.reference)
+                    .then_some(t.index)
+            })
+            .collect();
+        self.reference.merge(&observation.baseline);
+        self.stage_candidate.merge(&observation.candidate);
+        self.stage_baseline.merge(&observation.baseline);
+
+        for index in fired {
+            let status = self.trigger_status(index);
+            let trigger = &self.triggers[index].trigger;
+            match trigger.action {
+                policy::Action::Rollback => {
+                    let verdict = self.verdict(now_ms, "trigger", Some(status));
+                    self.roll_back(verdict, actions);
+                    return;
+                }
+                policy::Action::Pause | policy::Action::Notify => {
+                    let severity = trigger.severity;
+                    let pause = trigger.action == policy::Action::Pause;
+                    let message = describe(&status);
+                    if !self.take_auto_action(now_ms) {
+                        actions.push(record(
+                            "rollout.rate_limited",
+                            format!("{message}: not acted on, max_auto_actions_per_hour reached"),
+                        ));
+                        continue;
+                    }
+                    if pause && self.phase != Phase::Paused {
+                        self.phase = Phase::Paused;
+                        self.paused_by = Some(PauseReason::Trigger(index));
+                        actions.push(record("rollout.pause", message.clone()));
+                    }
+                    actions.push(Action::Notify { severity, message });
+                }
+            }
+        }
+
+        if self.phase == Phase::Running {
+            self.maybe_advance(now_ms, observation.candidate_healthy, actions);
+        }
+    }
+
+    /// Moves to the next stage when this one has been held long enough,
+    /// has its sample, and no trigger is gathering a verdict.
+    fn maybe_advance(&mut self, now_ms: u64, candidate_healthy: bool, actions: &mut Vec<Action>) {
+        let stage = &self.stages[self.stage];
+        let elapsed = now_ms.saturating_sub(self.stage_started_ms);
+        if elapsed < stage.hold_ms {
+            return;
+        }
+        if stage.warmup {
+            if !candidate_healthy {
+                return;
+            }
+        } else if self.waiting_for_traffic() {
+            let deadline = self
+                .policy
+                .waiting_for_traffic_deadline
+                .map_or(WAITING_DEADLINE_DEFAULT_MS, |p| p.as_ms());
+            if elapsed >= stage.hold_ms + deadline && !self.waiting_notified {
+                self.waiting_notified = true;
+                actions.push(Action::Notify {
+                    severity: Severity::Warning,
+                    message: format!(
+                        "rollout {} is waiting for traffic: stage {} has {} candidate requests, the triggers need {}",
+                        self.id,
+                        self.stage + 1,
+                        self.stage_candidate.judged(),
+                        self.min_sample()
+                    ),
+                });
+            }
+            return;
+        }
+        if self.triggers.iter().any(|t| t.breaching()) {
+            return;
+        }
+        if self.stage + 1 < self.stages.len() {
+            self.enter_stage(self.stage + 1, now_ms, actions);
+        } else if stage.shadow_percent > 0.0 {
+            self.phase = Phase::ShadowPassed;
+            self.route(0.0, 0.0, actions);
+            actions.push(record(
+                "rollout.shadow_passed",
+                "no trigger fired over the shadow run: verdict promote to canary".into(),
+            ));
+        } else {
+            self.promote(actions);
+        }
+    }
+
+    fn min_sample(&self) -> u64 {
+        self.triggers
+            .iter()
+            .map(|t| t.trigger.min_sample)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn waiting_for_traffic(&self) -> bool {
+        self.stage_candidate.judged() < self.min_sample()
+    }
+
+    /// Starts stage `index` (again, after a pause); a gated stage waits for
+    /// approval unless it has it.
+    fn enter_stage(&mut self, index: usize, now_ms: u64, actions: &mut Vec<Action>) {
+        if index != self.stage {
+            self.stage_approved = false;
+        }
+        self.stage = index;
+        self.stage_started_ms = now_ms;
+        self.stage_candidate = Sample::default();
+        self.stage_baseline = Sample::default();
+        self.waiting_notified = false;
+        let stage = self.stages[index].clone();
+        if stage.approval && !self.stage_approved {
+            self.phase = Phase::AwaitingApproval;
+            actions.push(record(
+                "rollout.awaiting_approval",
+                format!(
+                    "stage {} ({}%) waits for `rollout approve`",
+                    index + 1,
+                    stage.candidate_percent
+                ),
+            ));
+            actions.push(Action::Notify {
+                severity: Severity::Warning,
+                message: format!(
+                    "rollout {} of {} waits for approval before {}%",
+                    self.id, self.policy.model, stage.candidate_percent
+                ),
+            });
+            return;
+        }
+        self.phase = Phase::Running;
+        self.route(stage.candidate_percent, stage.shadow_percent, actions);
+        actions.push(record(
+            "rollout.stage",
+            format!(
+                "stage {}/{}: candidate {}%{}",
+                index + 1,
+                self.stages.len(),
+                stage.candidate_percent,
+                if stage.shadow_percent > 0.0 {
+                    format!(", shadow {}%", stage.shadow_percent)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+
+    fn route(&mut self, candidate_percent: f64, shadow_percent: f64, actions: &mut Vec<Action>) {
+        self.routed = (candidate_percent, shadow_percent);
+        actions.push(Action::Route {
+            candidate_percent,
+            shadow_percent,
+        });
+    }
+
+    fn promote(&mut self, actions: &mut Vec<Action>) {
+        self.phase = Phase::Promoted;
+        self.routed = (100.0, 0.0);
+        actions.push(Action::Promote);
+        actions.push(record(
+            "rollout.promote",
+            format!(
+                "{} is the last-known-good of {}",
+                self.policy.candidate, self.policy.model
+            ),
+        ));
+    }
+
+    fn roll_back(&mut self, verdict: Verdict, actions: &mut Vec<Action>) {
+        let shadow = self.stages[self.stage].shadow_percent > 0.0;
+        self.phase = if shadow {
+            Phase::Rejected
+        } else {
+            Phase::RolledBack
+        };
+        self.paused_by = None;
+        self.routed = (0.0, 0.0);
+        let what = match &verdict.trigger {
+            Some(status) => describe(status),
+            None => "operator rollback".to_string(),
+        };
+        actions.push(Action::Rollback {
+            verdict: verdict.clone(),
+        });
+        actions.push(record(
+            if shadow {
+                "rollout.reject"
+            } else {
+                "rollout.rollback"
+            },
+            what.clone(),
+        ));
+        actions.push(Action::Notify {
+            severity: Severity::Critical,
+            message: format!(
+                "{} {} of {}: {what}",
+                if shadow { "rejected" } else { "rolled back" },
+                self.policy.candidate,
+                self.policy.model
+            ),
+        });
+        self.verdict = Some(verdict);
+    }
+
+    fn verdict(&self, now_ms: u64, by: &str, trigger: Option<TriggerStatus>) -> Verdict {
+        Verdict {
+            at_ms: now_ms,
+            by: by.to_string(),
+            trigger,
+            detection_ms: self
+                .candidate_first_ms
+                .map(|first| now_ms.saturating_sub(first)),
+            stage: self.stage,
+            candidate_percent: self.routed.0,
+            window_from_ms: self.stage_started_ms,
+            window_to_ms: now_ms,
+        }
+    }
+
+    /// Counts an automatic pause or notice against the hourly cap; false
+    /// when the cap is reached. Rollbacks are never capped: going back to
+    /// the baseline is the safe direction, and it ends the rollout.
+    fn take_auto_action(&mut self, now_ms: u64) -> bool {
+        self.auto_actions_ms
+            .retain(|&at| now_ms.saturating_sub(at) < HOUR_MS);
+        let cap = self
+            .policy
+            .max_auto_actions_per_hour
+            .map_or(u32::MAX, |c| c);
+        if self.auto_actions_ms.len() >= cap as usize {
+            return false;
+        }
+        self.auto_actions_ms.push(now_ms);
+        true
+    }
+
+    fn command(
+        &mut self,
+        now_ms: u64,
+        command: Command,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
+        let refuse = |why: &str| {
+            Err(Refused {
+                message: format!(
+                    "cannot {} rollout {}: {why} (phase {})",
+                    command.name(),
+                    self.id,
+                    self.phase.name()
+                ),
+            })
+        };
+        if !self.is_open() {
+            return refuse("it is finished");
+        }
+        match command {
+            Command::Pause => {
+                if self.phase == Phase::Paused {
+                    return refuse("it is already paused");
+                }
+                self.phase = Phase::Paused;
+                self.paused_by = Some(PauseReason::Operator);
+                actions.push(record("rollout.pause", "operator pause".into()));
+            }
+            Command::Resume => {
+                if self.phase != Phase::Paused {
+                    return refuse("it is not paused");
+                }
+                self.paused_by = None;
+                actions.push(record("rollout.resume", "operator resume".into()));
+                // The stage starts over: a fresh hold, on the stage's shares.
+                self.phase = Phase::Running;
+                self.enter_stage(self.stage, now_ms, actions);
+            }
+            Command::Approve => {
+                if self.phase != Phase::AwaitingApproval {
+                    return refuse("no stage is waiting for approval");
+                }
+                actions.push(record(
+                    "rollout.approve",
+                    format!("stage {} approved", self.stage + 1),
+                ));
+                self.stage_approved = true;
+                self.enter_stage(self.stage, now_ms, actions);
+            }
+            Command::Promote => {
+                actions.push(record("rollout.promote_now", "operator promotion".into()));
+                self.promote(actions);
+            }
+            Command::Abort => {
+                self.phase = Phase::Aborted;
+                self.paused_by = None;
+                self.route(0.0, 0.0, actions);
+                actions.push(record(
+                    "rollout.abort",
+                    "operator abort: all traffic on the baseline".into(),
+                ));
+            }
+            Command::Rollback => {
+                let verdict = self.verdict(now_ms, "operator", None);
+                self.roll_back(verdict, actions);
+            }
+        }
+        Ok(())
+    }
+
+    fn trigger_status(&self, index: usize) -> TriggerStatus {
+        self.triggers[index].status(&self.stage_candidate, &self.stage_baseline, &self.reference)
+    }
+
+    pub fn status(&self, now_ms: u64) -> Status {
+        let stage = &self.stages[self.stage];
+        Status {
+            id: self.id.clone(),
+            model: self.policy.model.clone(),
+            candidate: self.policy.candidate.clone(),
+            baseline: self.baseline().to_string(),
+            strategy: strategy_name(&self.policy.strategy).to_string(),
+            phase: self.phase,
+            paused_by: self.paused_by.clone(),
+            stage: self.stage,
+            stages: self.stages.len(),
+            candidate_percent: self.routed.0,
+            shadow_percent: self.routed.1,
+            stage_elapsed_ms: now_ms.saturating_sub(self.stage_started_ms),
+            stage_hold_ms: stage.hold_ms,
+            waiting_for_traffic: self.is_open() && !stage.warmup && self.waiting_for_traffic(),
+            triggers: (0..self.triggers.len())
+                .map(|i| self.trigger_status(i))
+                .collect(),
+            verdict: self.verdict.clone(),
+        }
+    }
+}
+
+pub fn strategy_name(strategy: &Strategy) -> &'static str {
+    match strategy {
+        Strategy::Canary(_) => "canary",
+        Strategy::BlueGreen(_) => "blue_green",
+        Strategy::Shadow(_) => "shadow",
+        Strategy::Linear(_) => "linear",
+    }
+}
+
+fn record(kind: &str, detail: String) -> Action {
+    Action::Record {
+        kind: kind.to_string(),
+        detail,
+    }
+}
+
+/// `latency_p95 above +30% vs baseline: candidate 41.2 ms vs baseline
+/// 20.1 ms (limit 26.9 ms), 412 vs 7,803 requests, e-value 312 ≥ 300`.
+pub fn describe(status: &TriggerStatus) -> String {
+    let value = |v: Option<f64>| match (v, status.unit) {
+        (None, _) => "-".to_string(),
+        (Some(v), crate::analysis::trigger::Unit::Ms) => format!("{v:.1} ms"),
+        (Some(v), crate::analysis::trigger::Unit::Ratio) => format!("{:.2}%", v * 100.0),
+    };
+    format!(
+        "{}: candidate {} vs baseline {} (limit {}), {} vs {} requests, e-value {:.0} ≥ {:.0}",
+        status.rule,
+        value(status.candidate_value),
+        value(status.baseline_value),
+        value(status.limit),
+        status.candidate_requests,
+        status.baseline_requests,
+        status.e_value.min(1e12),
+        status.e_value_needed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::trigger::TriggerState;
+
+    fn policy(strategy: serde_json::Value, triggers: serde_json::Value) -> Policy {
+        serde_json::from_value(serde_json::json!({
+            "model": "fraud-scorer",
+            "candidate": "v2",
+            "baseline": "v1",
+            "strategy": strategy,
+            "triggers": triggers,
+        }))
+        .unwrap()
+    }
+
+    fn canary() -> Policy {
+        policy(
+            serde_json::json!({ "canary": { "steps": [5, 50, 100], "bake": "10s" } }),
+            serde_json::json!([
+                { "metric": "error_rate", "above": "+1pp", "action": "rollback" },
+                { "metric": "latency_p95", "above": "+30%", "action": "rollback" }
+            ]),
+        )
+    }
+
+    /// `n` requests, `failures` of them 5xx, all answered in `latency_us`.
+    fn sample(n: u64, failures: u64, latency_us: u64) -> Sample {
+        let mut s = Sample::default();
+        s.counts.requests = n;
+        s.counts.server_errors = failures;
+        s.counts.successes = n - failures;
+        for _ in 0..n {
+            s.latency_us.record(latency_us);
+        }
+        s
+    }
+
+    /// One second of traffic at 1,000 req/s split by the routed share.
+    fn second(
+        rollout: &Rollout,
+        candidate_errors_per_mille: u64,
+        candidate_latency_us: u64,
+    ) -> Observation {
+        let on_candidate = (rollout.routed.0 * 10.0) as u64;
+        let errors = on_candidate * candidate_errors_per_mille / 1000;
+        Observation {
+            candidate: sample(on_candidate, errors, candidate_latency_us),
+            baseline: sample(1000 - on_candidate, (1000 - on_candidate) / 200, 10_000),
+            candidate_healthy: true,
+        }
+    }
+
+    fn routes(actions: &[Action]) -> Vec<(f64, f64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Route {
+                    candidate_percent,
+                    shadow_percent,
+                } => Some((*candidate_percent, *shadow_percent)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_canary_walks_every_step_and_promotes() {
+        let (mut rollout, actions) = Rollout::start("ro-1", canary(), 0).unwrap();
+        assert_eq!(routes(&actions), vec![(5.0, 0.0)]);
+        let mut seen = vec![];
+        for t in 1..=40 {
+            let obs = second(&rollout, 5, 10_000);
+            let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+            seen.extend(routes(&actions));
+            if actions.contains(&Action::Promote) {
+                break;
+            }
+        }
+        assert_eq!(seen, vec![(50.0, 0.0), (100.0, 0.0)]);
+        assert_eq!(rollout.phase, Phase::Promoted);
+        assert!(rollout.verdict.is_none());
+    }
+
+    #[test]
+    fn more_errors_roll_back_with_the_numbers() {
+        let (mut rollout, _) = Rollout::start("ro-1", canary(), 0).unwrap();
+        let mut verdict = None;
+        for t in 1..=30 {
+            let obs = second(&rollout, 55, 10_000);
+            for action in rollout.step(t * 1000, Input::Tick(obs)).unwrap() {
+                if let Action::Rollback { verdict: v } = action {
+                    verdict = Some(v);
+                }
+            }
+            if verdict.is_some() {
+                break;
+            }
+        }
+        let verdict = verdict.expect("rolled back");
+        let trigger = verdict.trigger.as_ref().unwrap();
+        assert_eq!(trigger.index, 0);
+        assert_eq!(trigger.state, TriggerState::Fired);
+        assert!(trigger.candidate_value.unwrap() > 0.04);
+        assert!(trigger.baseline_value.unwrap() < 0.01);
+        assert!(trigger.e_value >= trigger.e_value_needed);
+        assert!(verdict.detection_ms.unwrap() <= 10_000, "{verdict:?}");
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert_eq!(rollout.routed, (0.0, 0.0));
+        // Condemned: no command brings traffic back.
+        for command in [Command::Resume, Command::Approve, Command::Promote] {
+            assert!(rollout.step(99_000, Input::Command(command)).is_err());
+        }
+    }
+
+    #[test]
+    fn slower_candidate_rolls_back_on_latency() {
+        let (mut rollout, _) = Rollout::start("ro-1", canary(), 0).unwrap();
+        for t in 1..=30 {
+            let obs = second(&rollout, 5, 20_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        let verdict = rollout.verdict.expect("rolled back");
+        assert_eq!(verdict.trigger.unwrap().metric, policy::Metric::LatencyP95);
+    }
+
+    #[test]
+    fn no_traffic_never_advances_and_notifies_after_the_deadline() {
+        let mut p = canary();
+        p.waiting_for_traffic_deadline = Some("30s".parse().unwrap());
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        let mut notified = 0;
+        for t in 1..=120 {
+            let actions = rollout
+                .step(t * 1000, Input::Tick(Observation::default()))
+                .unwrap();
+            assert!(routes(&actions).is_empty(), "advanced without traffic");
+            notified += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Notify { .. }))
+                .count();
+        }
+        assert_eq!(notified, 1);
+        let status = rollout.status(120_000);
+        assert!(status.waiting_for_traffic);
+        assert_eq!(status.triggers[0].state, TriggerState::WaitingForTraffic);
+    }
+
+    #[test]
+    fn approval_gates_wait_for_a_human() {
+        let p = policy(
+            serde_json::json!({ "canary": { "steps": [5, 100], "bake": "1s", "approval": [100] } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "5%", "action": "rollback" }]),
+        );
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        for t in 1..=5 {
+            let obs = second(&rollout, 0, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.phase, Phase::AwaitingApproval);
+        assert_eq!(rollout.routed, (5.0, 0.0));
+        let actions = rollout
+            .step(6_000, Input::Command(Command::Approve))
+            .unwrap();
+        assert_eq!(routes(&actions), vec![(100.0, 0.0)]);
+        assert_eq!(rollout.phase, Phase::Running);
+    }
+
+    #[test]
+    fn blue_green_warms_up_flips_and_flips_back() {
+        let p = policy(
+            serde_json::json!({ "blue_green": { "warmup": "5s", "bake": "30s" } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "+1pp", "action": "rollback" }]),
+        );
+        let (mut rollout, actions) = Rollout::start("ro-1", p, 0).unwrap();
+        assert_eq!(routes(&actions), vec![(0.0, 0.0)]);
+        // Unhealthy during warm-up: no flip.
+        for t in 1..=8 {
+            let mut obs = second(&rollout, 0, 10_000);
+            obs.candidate_healthy = false;
+            assert!(routes(&rollout.step(t * 1000, Input::Tick(obs)).unwrap()).is_empty());
+        }
+        let obs = second(&rollout, 0, 10_000);
+        let actions = rollout.step(9_000, Input::Tick(obs)).unwrap();
+        assert_eq!(routes(&actions), vec![(100.0, 0.0)]);
+        // After the flip the baseline serves nothing; its warm-up traffic
+        // is the reference, and a failing candidate flips back.
+        for t in 10..=40 {
+            let obs = second(&rollout, 100, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert_eq!(rollout.routed, (0.0, 0.0));
+    }
+
+    #[test]
+    fn shadow_rejects_or_passes() {
+        let p = policy(
+            serde_json::json!({ "shadow": { "percent": 20, "duration": "20s" } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "+1pp", "action": "rollback" }]),
+        );
+        let shadow_second = |errors: u64| Observation {
+            candidate: sample(200, errors, 10_000),
+            baseline: sample(1000, 5, 10_000),
+            candidate_healthy: true,
+        };
+        let (mut clean, actions) = Rollout::start("ro-1", p.clone(), 0).unwrap();
+        assert_eq!(routes(&actions), vec![(0.0, 20.0)]);
+        for t in 1..=25 {
+            clean.step(t * 1000, Input::Tick(shadow_second(1))).unwrap();
+        }
+        assert_eq!(clean.phase, Phase::ShadowPassed);
+        let (mut bad, _) = Rollout::start("ro-2", p, 0).unwrap();
+        for t in 1..=25 {
+            bad.step(t * 1000, Input::Tick(shadow_second(30))).unwrap();
+        }
+        assert_eq!(bad.phase, Phase::Rejected);
+        assert!(bad.phase.condemns());
+    }
+
+    #[test]
+    fn restart_puts_traffic_on_the_baseline_until_resumed() {
+        let (mut rollout, _) = Rollout::start("ro-1", canary(), 0).unwrap();
+        // Persisted and reloaded, as the runtime does.
+        let json = serde_json::to_string(&rollout).unwrap();
+        rollout = serde_json::from_str(&json).unwrap();
+        let actions = rollout.step(5_000, Input::Restarted).unwrap();
+        assert_eq!(routes(&actions), vec![(0.0, 0.0)]);
+        assert_eq!(rollout.paused_by, Some(PauseReason::Restart));
+        // Ticks while paused never advance.
+        for t in 6..=30 {
+            let obs = second(&rollout, 0, 10_000);
+            assert!(routes(&rollout.step(t * 1000, Input::Tick(obs)).unwrap()).is_empty());
+        }
+        let actions = rollout
+            .step(31_000, Input::Command(Command::Resume))
+            .unwrap();
+        assert_eq!(routes(&actions), vec![(5.0, 0.0)]);
+    }
+
+    #[test]
+    fn pause_triggers_are_capped_per_hour() {
+        let mut p = policy(
+            serde_json::json!({ "linear": { "step": 25, "interval": "1s" } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "1%", "action": "pause" }]),
+        );
+        p.max_auto_actions_per_hour = Some(1);
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        assert_eq!(rollout.stages.len(), 4);
+        let mut paused = 0;
+        for t in 1..=20 {
+            let obs = second(&rollout, 200, 10_000);
+            let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+            paused += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Record { kind, .. } if kind == "rollout.pause"))
+                .count();
+        }
+        assert_eq!(paused, 1);
+        assert_eq!(rollout.paused_by, Some(PauseReason::Trigger(0)));
+    }
+
+    #[test]
+    fn commands_that_do_not_apply_are_refused_and_change_nothing() {
+        let (mut rollout, _) = Rollout::start("ro-1", canary(), 0).unwrap();
+        let before = rollout.clone();
+        assert!(rollout.step(1, Input::Command(Command::Resume)).is_err());
+        assert!(rollout.step(1, Input::Command(Command::Approve)).is_err());
+        assert_eq!(rollout, before);
+        rollout.step(2, Input::Command(Command::Abort)).unwrap();
+        assert_eq!(rollout.phase, Phase::Aborted);
+        assert!(!rollout.phase.condemns());
+        assert!(rollout.step(3, Input::Command(Command::Rollback)).is_err());
+    }
+
+    #[test]
+    fn a_broken_policy_starts_nothing() {
+        let mut p = canary();
+        p.baseline = None;
+        assert_eq!(Rollout::start("ro-1", p, 0).unwrap_err().path, "baseline");
+        let mut p = canary();
+        p.triggers.clear();
+        assert_eq!(Rollout::start("ro-1", p, 0).unwrap_err().path, "triggers");
+    }
+
+    /// Random sequences of ticks, commands and restarts: a condemned
+    /// candidate never gets traffic back, shares stay within 0..=100, and
+    /// what is routed always matches the last routing action.
+    #[test]
+    fn no_sequence_of_inputs_breaks_the_invariants() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let strategies = [
+            serde_json::json!({ "canary": { "steps": [1, 5, 25, 50, 100], "bake": "3s", "approval": [50] } }),
+            serde_json::json!({ "linear": { "step": 30, "interval": "2s" } }),
+            serde_json::json!({ "blue_green": { "warmup": "2s", "bake": "5s" } }),
+            serde_json::json!({ "shadow": { "percent": 10, "duration": "5s" } }),
+        ];
+        let commands = [
+            Command::Pause,
+            Command::Resume,
+            Command::Approve,
+            Command::Promote,
+            Command::Abort,
+            Command::Rollback,
+        ];
+        for round in 0..400 {
+            let p = policy(
+                strategies[round % strategies.len()].clone(),
+                serde_json::json!([
+                    { "metric": "error_rate", "above": "+1pp", "action": "rollback", "min_sample": 20 },
+                    { "metric": "latency_p95", "above": "+30%", "action": "pause", "min_sample": 20 }
+                ]),
+            );
+            let (mut rollout, actions) = Rollout::start("ro", p, 0).unwrap();
+            let mut routed = routes(&actions).last().copied().unwrap_or((0.0, 0.0));
+            let mut condemned = false;
+            for t in 1..200u64 {
+                let input = match rng.u32(0..20) {
+                    0 => Input::Command(commands[rng.usize(0..commands.len())]),
+                    1 => Input::Restarted,
+                    _ => {
+                        let mut obs = second(&rollout, rng.u64(0..120), rng.u64(5_000..20_000));
+                        obs.candidate_healthy = rng.bool();
+                        Input::Tick(obs)
+                    }
+                };
+                let Ok(actions) = rollout.step(t * 500, input) else {
+                    continue;
+                };
+                for action in &actions {
+                    match action {
+                        Action::Route {
+                            candidate_percent,
+                            shadow_percent,
+                        } => {
+                            assert!((0.0..=100.0).contains(candidate_percent));
+                            assert!((0.0..=100.0).contains(shadow_percent));
+                            assert!(
+                                !condemned || (*candidate_percent == 0.0 && *shadow_percent == 0.0),
+                                "condemned candidate routed again"
+                            );
+                            routed = (*candidate_percent, *shadow_percent);
+                        }
+                        Action::Rollback { .. } => {
+                            condemned = true;
+                            routed = (0.0, 0.0);
+                        }
+                        Action::Promote => {
+                            assert!(!condemned, "condemned candidate promoted");
+                            routed = (100.0, 0.0);
+                        }
+                        _ => {}
+                    }
+                }
+                assert_eq!(rollout.routed, routed);
+                assert_eq!(condemned, rollout.phase.condemns());
+            }
+        }
+    }
+}
