@@ -180,6 +180,40 @@ const RULES: &[(On, &str, Need)] = &[
         "/api/v1/models/*/promote",
         Need::Role(Role::Approver),
     ),
+    // Rollouts: deployers start and steer them, and may always send
+    // traffic back (breakglass too); widening past a gate or promoting
+    // now is the approver's call.
+    (On::Post, "/api/v1/rollouts", Need::Role(Role::Deployer)),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/pause",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/resume",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/abort",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/rollback",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/approve",
+        Need::Role(Role::Approver),
+    ),
+    (
+        On::Post,
+        "/api/v1/rollouts/*/promote",
+        Need::Role(Role::Approver),
+    ),
     // Deleting versions and collecting artifacts destroy data: admin only
     // (also the default; named here so the table says so).
     (
@@ -421,6 +455,35 @@ mod tests {
             (Method::GET, "/api/v1/tokens", R(Role::Admin)),
             (Method::POST, "/api/v1/tokens", R(Role::Admin)),
             (Method::DELETE, "/api/v1/tokens/abc", R(Role::Admin)),
+            (Method::GET, "/api/v1/rollouts", R(Role::Viewer)),
+            (Method::GET, "/api/v1/rollouts/ro-1", R(Role::Viewer)),
+            (Method::POST, "/api/v1/rollouts", R(Role::Deployer)),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/pause",
+                R(Role::Deployer),
+            ),
+            (Method::POST, "/api/v1/rollouts/m/resume", R(Role::Deployer)),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/abort",
+                R(Role::Deployer),
+            ),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/rollback",
+                R(Role::Deployer),
+            ),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/approve",
+                R(Role::Approver),
+            ),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/promote",
+                R(Role::Approver),
+            ),
             // Not in the table: closed to all but admins.
             (Method::DELETE, "/api/v1/models/m", R(Role::Admin)),
             (
@@ -433,9 +496,45 @@ mod tests {
             (Method::PUT, "/api/v1/models/m/routes/x", R(Role::Admin)),
             (Method::PUT, "/api/v1/artifacts/", R(Role::Admin)),
             (Method::PATCH, "/api/v1/models/m/routes", R(Role::Admin)),
+            (
+                Method::POST,
+                "/api/v1/rollouts/ro-1/explode",
+                R(Role::Admin),
+            ),
+            (Method::POST, "/api/v1/rollouts//pause", R(Role::Admin)),
+            (Method::DELETE, "/api/v1/rollouts/ro-1", R(Role::Admin)),
+            (Method::PUT, "/api/v1/rollouts", R(Role::Admin)),
         ];
         for (method, path, need) in cases {
             assert_eq!(needs(method.clone(), path), need, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn deployers_steer_rollouts_and_approvers_widen_them() {
+        let may = |role: Role, command: &str| {
+            let path = format!("/api/v1/rollouts/ro-1/{command}");
+            match needs(Method::POST, &path) {
+                Need::Role(needed) => role.allows(needed),
+                Need::Open => panic!("{path} is open"),
+            }
+        };
+        for command in ["pause", "resume", "abort", "rollback"] {
+            for role in [
+                Role::Deployer,
+                Role::Breakglass,
+                Role::Approver,
+                Role::Admin,
+            ] {
+                assert!(may(role, command), "{role} {command}");
+            }
+            assert!(!may(Role::Viewer, command), "viewer {command}");
+        }
+        for command in ["approve", "promote"] {
+            for role in [Role::Viewer, Role::Deployer, Role::Breakglass] {
+                assert!(!may(role, command), "{role} {command}");
+            }
+            assert!(may(Role::Approver, command) && may(Role::Admin, command));
         }
     }
 

@@ -841,15 +841,11 @@ pub fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             let ok = result.is_ok();
             match (output, result) {
                 (Output::Text, Ok(_)) => println!("{name}: ok"),
-                (Output::Text, Err(error)) => eprintln!("{error}"),
                 (Output::Json, Ok(policy)) => {
                     let answer = json!({"file": name, "ok": true, "policy": policy});
                     println!("{}", serde_json::to_string_pretty(&answer)?);
                 }
-                (Output::Json, Err(error)) => {
-                    let answer = json!({"file": name, "ok": false, "error": error});
-                    println!("{}", serde_json::to_string_pretty(&answer)?);
-                }
+                (output, Err(error)) => print_policy_error(output, &name, &error)?,
             }
             // The exit code carries the verdict in both output modes, so
             // scripts and CI can gate on it.
@@ -859,5 +855,600 @@ pub fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// A policy file that cannot be used, as `policy check` reports it:
+/// `FILE:LINE:COLUMN: FIELD: problem` on stderr, or its JSON on stdout.
+fn print_policy_error(
+    output: Output,
+    name: &str,
+    error: &crate::policy::PolicyError,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Text => eprintln!("{error}"),
+        Output::Json => {
+            let answer = json!({"file": name, "ok": false, "error": error});
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Start a rollout from a policy file (deployer). The file is checked
+    /// here first, as `backstop policy check` checks it: a broken one
+    /// exits 2 and nothing is sent.
+    #[command(
+        after_help = "Examples:\n  backstop rollout start canary.yaml\n  backstop rollout start canary.yaml --force    # retry a candidate rolled back before\n  backstop rollout start canary.yaml --output json"
+    )]
+    Start {
+        /// The policy file (YAML).
+        file: PathBuf,
+        /// Start even though the candidate was rolled back or rejected
+        /// before.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a rollout: phase, stage, traffic, each trigger's figures and
+    /// the verdict. Without an id or model, the open rollouts.
+    #[command(
+        after_help = "Examples:\n  backstop rollout status fraud-scorer --watch\n  backstop rollout status ro-3f9a0c1b2e7d --output json\n  backstop rollout status --watch --interval 5s\n  backstop rollout status fraud-scorer --watch --output json   # one JSON object per line per frame"
+    )]
+    Status {
+        /// Rollout id, or a model name for its open rollout.
+        rollout: Option<String>,
+        /// Redraw every --interval until the rollout is no longer open (or
+        /// Ctrl-C); exits 0 however it ended, with the final phase shown.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws: 500ms, 1s, 5s.
+        #[arg(long, default_value = "1s", value_parser = watch_interval)]
+        interval: std::time::Duration,
+    },
+    /// List rollouts, newest first: the open ones, or all with --all.
+    #[command(
+        after_help = "Example:\n  backstop rollout list --model fraud-scorer --all --output json"
+    )]
+    List {
+        #[arg(long)]
+        model: Option<String>,
+        /// Finished rollouts too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Hold the current traffic shares; triggers keep judging (deployer).
+    #[command(after_help = "Example:\n  backstop rollout pause fraud-scorer")]
+    Pause(RolloutTarget),
+    /// Resume a paused rollout; its stage starts over (deployer).
+    #[command(after_help = "Example:\n  backstop rollout resume ro-3f9a0c1b2e7d")]
+    Resume(RolloutTarget),
+    /// Let the stage that waits for approval start (approver).
+    #[command(after_help = "Example:\n  backstop rollout approve fraud-scorer")]
+    Approve(RolloutTarget),
+    /// Skip the remaining stages: the candidate takes all traffic and
+    /// becomes the last-known-good (approver).
+    #[command(after_help = "Example:\n  backstop rollout promote fraud-scorer")]
+    Promote(RolloutTarget),
+    /// All traffic back to the baseline; the candidate is not condemned
+    /// (deployer).
+    #[command(after_help = "Example:\n  backstop rollout abort fraud-scorer")]
+    Abort(RolloutTarget),
+    /// All traffic back to the baseline; the candidate is condemned, and
+    /// starting it again needs --force (deployer).
+    #[command(after_help = "Example:\n  backstop rollout rollback fraud-scorer --output json")]
+    Rollback(RolloutTarget),
+}
+
+#[derive(Args, Debug)]
+pub struct RolloutTarget {
+    /// Rollout id, or a model name for its open rollout.
+    rollout: String,
+}
+
+fn watch_interval(text: &str) -> Result<std::time::Duration, String> {
+    let period: backstop_core::policy::Period = text.parse()?;
+    if period.as_ms() < 100 {
+        return Err(format!("{text:?} is too short: at least 100ms"));
+    }
+    Ok(std::time::Duration::from_millis(period.as_ms()))
+}
+
+pub async fn rollout(command: RolloutCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let api = Api::new(remote);
+    let (command, target, done) = match command {
+        RolloutCommand::Start { file, force } => {
+            return rollout_start(&api, remote, &file, force).await
+        }
+        RolloutCommand::Status {
+            rollout,
+            watch,
+            interval,
+        } => return rollout_status(&api, remote, rollout, watch, interval).await,
+        RolloutCommand::List { model, all } => {
+            let mut query = vec![format!("open={}", !all)];
+            query.extend(model.map(|m| format!("model={}", query_value(&m))));
+            let path = format!("/api/v1/rollouts?{}", query.join("&"));
+            let listed = ok(api.json(Method::GET, &path, None).await?)?;
+            print(remote, &listed, |v| print!("{}", rollout_table(v)));
+            return Ok(ExitCode::SUCCESS);
+        }
+        RolloutCommand::Pause(target) => ("pause", target, "paused"),
+        RolloutCommand::Resume(target) => ("resume", target, "resumed"),
+        RolloutCommand::Approve(target) => ("approve", target, "approved"),
+        RolloutCommand::Promote(target) => ("promote", target, "promoted"),
+        RolloutCommand::Abort(target) => ("abort", target, "aborted"),
+        RolloutCommand::Rollback(target) => ("rollback", target, "rolled back"),
+    };
+    let path = format!(
+        "/api/v1/rollouts/{}/{command}",
+        query_value(&target.rollout)
+    );
+    let view = ok(api.json(Method::POST, &path, None).await?)?;
+    print(remote, &view, |v| {
+        println!(
+            "{done} {}: phase {}, candidate {}",
+            rollout_name(v),
+            v["phase"].as_str().unwrap_or("?"),
+            percent(v["candidate_percent"].as_f64().unwrap_or(0.0))
+        );
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ro-3f9a0c1b2e7d (fraud-scorer: v2 vs baseline v1)`.
+fn rollout_name(view: &Value) -> String {
+    format!(
+        "{} ({}: {} vs baseline {})",
+        view["id"].as_str().unwrap_or("?"),
+        view["model"].as_str().unwrap_or("?"),
+        view["candidate"].as_str().unwrap_or("?"),
+        view["baseline"].as_str().unwrap_or("?")
+    )
+}
+
+async fn rollout_start(
+    api: &Api,
+    remote: &Remote,
+    file: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = file.display().to_string();
+    let policy = match crate::policy::load(file) {
+        Ok(policy) => policy,
+        Err(error) => {
+            print_policy_error(remote.output, &name, &error)?;
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // The text as written, so the gateway's errors point into the file.
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {name}"))?;
+    let body = json!({ "policy": text, "file": name, "force": force });
+    let view = ok(api
+        .json(Method::POST, "/api/v1/rollouts", Some(body))
+        .await?)?;
+    print(remote, &view, |v| {
+        println!(
+            "started {}, {} in {} stage(s)",
+            rollout_name(v),
+            v["strategy"].as_str().unwrap_or("?"),
+            v["stages"]
+        );
+        if let Some(stage) = backstop_core::controller::plan(&policy.strategy).first() {
+            let share = if stage.shadow_percent > 0.0 {
+                format!("shadow {}", percent(stage.shadow_percent))
+            } else {
+                format!("candidate {}", percent(stage.candidate_percent))
+            };
+            println!(
+                "first stage: {share} for {}{} (phase {})",
+                backstop_core::policy::Period::from_ms(stage.hold_ms),
+                if stage.approval {
+                    ", after `backstop rollout approve`"
+                } else {
+                    ""
+                },
+                v["phase"].as_str().unwrap_or("?")
+            );
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rollout_status(
+    api: &Api,
+    remote: &Remote,
+    mut target: Option<String>,
+    watch: bool,
+    interval: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let redraw = watch && remote.output == Output::Text && std::io::stdout().is_terminal();
+    // One Ctrl-C listener for the whole watch, so a press during a request
+    // is not lost; none without --watch (Ctrl-C then just ends the process).
+    let interrupted = async {
+        if watch {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
+    loop {
+        let path = match &target {
+            Some(id) => format!("/api/v1/rollouts/{}", query_value(id)),
+            None => "/api/v1/rollouts?open=true".to_string(),
+        };
+        let frame = tokio::select! {
+            answer = api.json(Method::GET, &path, None) => ok(answer?)?,
+            () = &mut interrupted => break,
+        };
+        let finished = match &target {
+            Some(_) => {
+                // A model name finds only its open rollout: follow the id,
+                // so the rollout still shows once it has ended.
+                target = frame["id"].as_str().map(str::to_string);
+                frame["open"] != true
+            }
+            None => frame["rollouts"].as_array().is_none_or(Vec::is_empty),
+        };
+        let text = match remote.output {
+            Output::Json if watch => format!("{frame}\n"),
+            Output::Json => format!("{}\n", serde_json::to_string_pretty(&frame)?),
+            Output::Text if target.is_some() => rollout_details(&frame)?,
+            Output::Text => rollout_table(&frame),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if redraw {
+            write!(stdout, "\x1b[2J\x1b[H")?;
+        }
+        write!(stdout, "{text}")?;
+        if watch && remote.output == Output::Text {
+            match (&target, finished) {
+                (Some(_), true) => writeln!(
+                    stdout,
+                    "ended: {}",
+                    frame["phase"].as_str().unwrap_or("?").replace('_', " ")
+                )?,
+                (None, true) => {}
+                _ if !redraw => writeln!(stdout)?,
+                _ => {}
+            }
+        }
+        stdout.flush()?;
+        if !watch || finished {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = &mut interrupted => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A share of traffic or a rate, in percent: `5.00%`.
+fn percent(value: f64) -> String {
+    format!("{value:.2}%")
+}
+
+/// A trigger's figure in its unit: rates in percent, latencies in ms.
+fn figure(value: Option<f64>, unit: backstop_core::analysis::trigger::Unit) -> String {
+    use backstop_core::analysis::trigger::Unit;
+    match (value, unit) {
+        (None, _) => "-".into(),
+        (Some(v), Unit::Ratio) => percent(v * 100.0),
+        (Some(v), Unit::Ms) => format!("{v:.1} ms"),
+    }
+}
+
+/// A span for people: `850ms`, `12.5s`, `2m05s`, `1h30m`.
+fn span(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// An e-value, readable however large it grows.
+fn evidence(e_value: f64) -> String {
+    if e_value >= 1e6 {
+        format!("{e_value:.1e}")
+    } else {
+        format!("{e_value:.1}")
+    }
+}
+
+/// The rollout as `rollout status ID` shows it.
+fn rollout_details(view: &Value) -> anyhow::Result<String> {
+    use backstop_core::analysis::trigger::TriggerState;
+    use backstop_core::controller::{describe, PauseReason, Phase, Status};
+    use std::fmt::Write;
+    let status: Status =
+        serde_json::from_value(view.clone()).context("the rollout's JSON is not as expected")?;
+    let mut out = String::new();
+    writeln!(out, "{}, {}", rollout_name(view), status.strategy)?;
+    writeln!(out, "phase      {}", status.phase.name().replace('_', " "))?;
+    if let Some(reason) = &status.paused_by {
+        let why = match reason {
+            PauseReason::Operator => "an operator".to_string(),
+            PauseReason::Trigger(i) => match status.triggers.get(*i) {
+                Some(trigger) => format!("trigger {}: {}", i + 1, trigger.rule),
+                None => format!("trigger {}", i + 1),
+            },
+            PauseReason::Restart => "a restart (traffic on the baseline until resumed)".to_string(),
+        };
+        writeln!(out, "paused by  {why}")?;
+    }
+    let mut traffic = format!("candidate {}", percent(status.candidate_percent));
+    if status.shadow_percent > 0.0 {
+        write!(traffic, ", shadow {}", percent(status.shadow_percent))?;
+    }
+    writeln!(
+        out,
+        "stage      {}/{}, {traffic}",
+        status.stage + 1,
+        status.stages
+    )?;
+    if status.phase.is_final() {
+        writeln!(out, "stage held {}", span(status.stage_elapsed_ms))?;
+    } else {
+        writeln!(
+            out,
+            "stage held {} of {}{}",
+            span(status.stage_elapsed_ms),
+            span(status.stage_hold_ms),
+            if status.waiting_for_traffic {
+                ", waiting for traffic"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let rows: Vec<[String; 7]> = status
+        .triggers
+        .iter()
+        .map(|t| {
+            [
+                t.rule.clone(),
+                figure(t.candidate_value, t.unit),
+                figure(t.baseline_value, t.unit),
+                figure(t.limit, t.unit),
+                match t.state {
+                    TriggerState::WaitingForTraffic => "waiting for traffic",
+                    TriggerState::Ok => "ok",
+                    TriggerState::Breaching => "breaching",
+                    TriggerState::Fired => "fired",
+                }
+                .to_string(),
+                format!("{} / {}", evidence(t.e_value), evidence(t.e_value_needed)),
+                format!("{} vs {}", t.candidate_requests, t.baseline_requests),
+            ]
+        })
+        .collect();
+    let header = [
+        "TRIGGER",
+        "CANDIDATE",
+        "BASELINE",
+        "LIMIT",
+        "STATE",
+        "E-VALUE / NEEDED",
+        "REQUESTS (CANDIDATE VS BASELINE)",
+    ]
+    .map(str::to_string);
+    table(&mut out, &header, &rows)?;
+    if let Some(verdict) = &status.verdict {
+        let what = if status.phase == Phase::Rejected {
+            "rejected"
+        } else {
+            "rolled back"
+        };
+        write!(
+            out,
+            "verdict    {what} by {} at stage {} ({})",
+            verdict.by,
+            verdict.stage + 1,
+            percent(verdict.candidate_percent)
+        )?;
+        if let Some(ms) = verdict.detection_ms {
+            write!(out, ", {} after the candidate's first request", span(ms))?;
+        }
+        writeln!(out)?;
+        if let Some(trigger) = &verdict.trigger {
+            writeln!(out, "           {}", describe(trigger))?;
+        }
+    }
+    let timing = &view["rollback_timing"];
+    if let Some(swap_us) = timing["verdict_to_swap_us"].as_f64() {
+        write!(
+            out,
+            "rollback   baseline routed {swap_us:.1} µs after the verdict"
+        )?;
+        if let Some(first_us) = timing["swap_to_first_request_us"].as_f64() {
+            write!(out, ", first request on it {first_us:.1} µs later")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(out)
+}
+
+/// Rollouts one per line, as `rollout list` and `rollout status` without
+/// an id show them.
+fn rollout_table(listed: &Value) -> String {
+    let rollouts = listed["rollouts"].as_array().cloned().unwrap_or_default();
+    if rollouts.is_empty() {
+        return "no rollouts\n".to_string();
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let rows: Vec<[String; 7]> = rollouts
+        .iter()
+        .map(|r| {
+            [
+                text(&r["id"]),
+                text(&r["model"]),
+                format!("{} vs {}", text(&r["candidate"]), text(&r["baseline"])),
+                text(&r["strategy"]),
+                text(&r["phase"]),
+                format!(
+                    "{}/{}",
+                    r["stage"].as_u64().unwrap_or(0) + 1,
+                    r["stages"].as_u64().unwrap_or(0)
+                ),
+                percent(r["candidate_percent"].as_f64().unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "MODEL",
+        "CANDIDATE VS BASELINE",
+        "STRATEGY",
+        "PHASE",
+        "STAGE",
+        "CANDIDATE",
+    ]
+    .map(str::to_string);
+    let mut out = String::new();
+    let _ = table(&mut out, &header, &rows);
+    out
+}
+
+/// Left-aligned columns as wide as their widest cell.
+fn table<const N: usize>(
+    out: &mut String,
+    header: &[String; N],
+    rows: &[[String; N]],
+) -> std::fmt::Result {
+    use std::fmt::Write;
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(widths) {
+            write!(line, "{cell:<width$}  ")?;
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> Value {
+        json!({
+            "id": "ro-1", "model": "m", "candidate": "v2", "baseline": "v1",
+            "strategy": "canary", "phase": "rolled_back", "stage": 1, "stages": 3,
+            "candidate_percent": 0.0, "shadow_percent": 0.0,
+            "stage_elapsed_ms": 72_000, "stage_hold_ms": 120_000,
+            "waiting_for_traffic": false,
+            "triggers": [{
+                "index": 0, "rule": "latency_p95 above +30% vs baseline",
+                "metric": "latency_p95", "unit": "ms",
+                "candidate_value": 41.234, "baseline_value": 20.1, "limit": 26.9,
+                "candidate_requests": 412, "baseline_requests": 7803,
+                "e_value": 312.0, "e_value_needed": 300.0, "state": "fired"
+            }, {
+                "index": 1, "rule": "error_rate above 5%",
+                "metric": "error_rate", "unit": "ratio",
+                "candidate_value": 0.0123, "baseline_value": null, "limit": 0.05,
+                "candidate_requests": 412, "baseline_requests": 7803,
+                "e_value": 0.5, "e_value_needed": 200.0, "state": "ok"
+            }],
+            "verdict": {
+                "at_ms": 5, "by": "trigger", "detection_ms": 41_000, "stage": 1,
+                "candidate_percent": 5.0, "window_from_ms": 1, "window_to_ms": 5,
+                "trigger": {
+                    "index": 0, "rule": "latency_p95 above +30% vs baseline",
+                    "metric": "latency_p95", "unit": "ms",
+                    "candidate_value": 41.2, "baseline_value": 20.1, "limit": 26.9,
+                    "candidate_requests": 412, "baseline_requests": 7803,
+                    "e_value": 312.0, "e_value_needed": 300.0, "state": "fired"
+                }
+            },
+            "open": false, "created_unix_ms": 1, "updated_unix_ms": 5,
+            "rollback_timing": {"verdict_to_swap_us": 12.34, "swap_to_first_request_us": 980.0}
+        })
+    }
+
+    #[test]
+    fn status_shows_each_trigger_in_its_unit_and_the_verdict() {
+        let text = rollout_details(&view()).unwrap();
+        for expected in [
+            "ro-1 (m: v2 vs baseline v1), canary",
+            "phase      rolled back",
+            "stage      2/3, candidate 0.00%",
+            "stage held 1m12s\n",
+            "41.2 ms",
+            "1.23%",
+            "5.00%",
+            "312.0 / 300.0",
+            "412 vs 7803",
+            "fired",
+            "verdict    rolled back by trigger at stage 2 (5.00%), 41.0s after",
+            "e-value 312 ≥ 300",
+            "baseline routed 12.3 µs after the verdict, first request on it 980.0 µs later",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" vs 7803")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(
+            rows[0].find("41.2 ms"),
+            rows[1].find("1.23%"),
+            "columns line up:\n{text}"
+        );
+    }
+
+    #[test]
+    fn an_open_rollout_shows_its_hold_and_waiting() {
+        let mut view = view();
+        view["phase"] = json!("paused");
+        view["paused_by"] = json!("operator");
+        view["open"] = json!(true);
+        view["waiting_for_traffic"] = json!(true);
+        view["shadow_percent"] = json!(10.0);
+        view["verdict"] = Value::Null;
+        view["rollback_timing"] = Value::Null;
+        let text = rollout_details(&view).unwrap();
+        assert!(text.contains("paused by  an operator"), "{text}");
+        assert!(text.contains(", shadow 10.00%"), "{text}");
+        assert!(
+            text.contains("stage held 1m12s of 2m00s, waiting for traffic"),
+            "{text}"
+        );
+        assert!(!text.contains("verdict"), "{text}");
+    }
+
+    #[test]
+    fn lists_are_tables() {
+        let text = rollout_table(&json!({ "rollouts": [view()] }));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("ID  "), "{text}");
+        assert!(
+            lines[1].contains("v2 vs v1") && lines[1].contains("rolled_back"),
+            "{text}"
+        );
+        assert_eq!(rollout_table(&json!({ "rollouts": [] })), "no rollouts\n");
+    }
+
+    #[test]
+    fn spans_and_intervals() {
+        assert_eq!(span(850), "850ms");
+        assert_eq!(span(12_500), "12.5s");
+        assert_eq!(span(125_000), "2m05s");
+        assert_eq!(span(5_400_000), "1h30m");
+        assert_eq!(watch_interval("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert!(watch_interval("50ms").is_err());
+        assert!(watch_interval("1").is_err());
     }
 }

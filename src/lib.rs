@@ -16,6 +16,8 @@ pub mod gateway;
 pub mod loadgen;
 pub mod policy;
 pub mod registry;
+pub mod rollout;
+pub mod sim;
 pub mod store;
 pub mod toy;
 pub mod yaml;

@@ -46,6 +46,14 @@ enum Command {
         #[command(flatten)]
         remote: cli::Remote,
     },
+    /// Start, watch and steer rollouts: canary, linear, blue/green,
+    /// shadow.
+    Rollout {
+        #[command(subcommand)]
+        command: cli::RolloutCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
     /// Make a bundle a model's last-known-good (approver).
     #[command(
         after_help = "Example:\n  backstop promote fraud-scorer b7 --reason \"clean week in production\""
@@ -97,6 +105,26 @@ enum Command {
         /// Requests per second, open loop.
         #[arg(long, default_value_t = 400)]
         rate: u64,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run thousands of rollouts of the real controller on a virtual clock:
+    /// false rollbacks, missed regressions, detection delay.
+    #[command(
+        after_help = "Examples:\n  backstop sim\n  backstop sim --seed 7 --runs 200 --output json\n  backstop sim --policy my-policy.yaml --only errors"
+    )]
+    Sim {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Rollouts per scenario.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Policy file to evaluate (default: the embedded examples/sim-policy.yaml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Only scenarios whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -155,6 +183,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Token { command, local } = cli.command {
         return cli::token(command, &local);
     }
+    if let Command::Sim {
+        seed,
+        runs,
+        policy,
+        only,
+        output,
+    } = cli.command
+    {
+        let report = backstop::sim::run(&backstop::sim::SimOptions {
+            seed,
+            runs,
+            policy,
+            only,
+        })?;
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Output::Text => backstop::sim::print_human(&report),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // Pure file work: no runtime needed.
     if let Command::Policy { command } = cli.command {
         return cli::policy(command);
@@ -170,7 +218,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime(None)?;
     match cli.command {
-        Command::Serve { .. } | Command::Token { .. } | Command::Policy { .. } => {
+        Command::Serve { .. }
+        | Command::Token { .. }
+        | Command::Policy { .. }
+        | Command::Sim { .. } => {
             unreachable!("handled above")
         }
         Command::Version { command, remote } => {
@@ -191,6 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return runtime.block_on(cli::promote(&model, &bundle, &reason, &remote));
         }
         Command::Gc { remote } => return runtime.block_on(cli::gc(&remote)),
+        Command::Rollout { command, remote } => {
+            return runtime.block_on(cli::rollout(command, &remote));
+        }
         Command::Check { config } => {
             backstop::config::Config::load(&config)?;
             println!("{}: ok", config.display());

@@ -430,7 +430,8 @@ models:
             let registry = Arc::new(Registry::open(dir.path(), 1024).unwrap());
             let store = registry.store();
             let access = AccessPolicy::new(Some(store.clone()), loopback);
-            let app = super::super::router(Gateway::new(config).unwrap(), Some(registry), access);
+            let app =
+                super::super::router(Gateway::new(config).unwrap(), Some(registry), None, access);
             Fixture {
                 _dir: dir,
                 app,
@@ -952,6 +953,7 @@ models:
         let app = super::super::router(
             Gateway::new(config).unwrap(),
             None,
+            None,
             AccessPolicy::new(Some(store), true),
         );
         let request = axum::http::Request::get("/api/v1/models")
@@ -1040,6 +1042,7 @@ models:
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
         let app = super::super::router(
             Gateway::new(config).unwrap(),
+            None,
             None,
             AccessPolicy::new(None, false),
         );

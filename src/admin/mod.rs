@@ -1,6 +1,6 @@
 //! The admin API (JSON, under `/api/v1`) and `/metrics`.
 //!
-//! `router(gateway, registry, access)` builds the whole API, access control
+//! `router(gateway, registry, rollouts, access)` builds the whole API, access control
 //! included, so tests drive it with `oneshot` without a server. Errors are
 //! `{"error":{"code","message","field"?}}` with a stable code; a refused
 //! change changes nothing.
@@ -9,6 +9,7 @@ pub mod auth;
 mod metrics;
 mod openapi;
 mod registry;
+mod rollouts;
 mod tokens;
 
 use crate::config::ModelSpec;
@@ -35,17 +36,21 @@ use utoipa_axum::routes;
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub registry: Option<Arc<crate::registry::Registry>>,
+    /// The rollout runtime, which needs the registry's store.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     pub access: Arc<AccessPolicy>,
 }
 
 pub fn router(
     gateway: Arc<Gateway>,
     registry: Option<Arc<crate::registry::Registry>>,
+    rollouts: Option<Arc<crate::rollout::Rollouts>>,
     access: Arc<AccessPolicy>,
 ) -> Router {
     let state = AdminState {
         gateway,
         registry,
+        rollouts,
         access,
     };
     let (routes, document) = api_routes().split_for_parts();
@@ -78,6 +83,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(get_events))
         .routes(routes!(auth::check))
         .merge(registry::routes())
+        .merge(rollouts::routes())
         .merge(tokens::routes())
 }
 
@@ -520,7 +526,7 @@ models:
     }
 
     fn open_router(gateway: &Arc<Gateway>) -> Router {
-        router(gateway.clone(), None, AccessPolicy::new(None, true))
+        router(gateway.clone(), None, None, AccessPolicy::new(None, true))
     }
 
     async fn call(gateway: &Arc<Gateway>, request: Request<Body>) -> (StatusCode, Value) {
@@ -709,6 +715,15 @@ models:
         ("GET", "/api/v1/tokens"),
         ("POST", "/api/v1/tokens"),
         ("DELETE", "/api/v1/tokens/{id}"),
+        ("GET", "/api/v1/rollouts"),
+        ("POST", "/api/v1/rollouts"),
+        ("GET", "/api/v1/rollouts/{id}"),
+        ("POST", "/api/v1/rollouts/{id}/pause"),
+        ("POST", "/api/v1/rollouts/{id}/resume"),
+        ("POST", "/api/v1/rollouts/{id}/approve"),
+        ("POST", "/api/v1/rollouts/{id}/promote"),
+        ("POST", "/api/v1/rollouts/{id}/abort"),
+        ("POST", "/api/v1/rollouts/{id}/rollback"),
     ];
 
     async fn openapi_document(gateway: &Arc<Gateway>) -> Value {

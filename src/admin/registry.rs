@@ -753,7 +753,7 @@ mod tests {
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
         let registry = Arc::new(Registry::open(dir, 1024).unwrap());
         let access = AccessPolicy::new(Some(registry.store()), true);
-        super::super::router(Gateway::new(config).unwrap(), Some(registry), access)
+        super::super::router(Gateway::new(config).unwrap(), Some(registry), None, access)
     }
 
     async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -1496,7 +1496,7 @@ mod tests {
         let registry = Arc::new(Registry::new(store.clone(), artifacts, 1024));
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
         let access = AccessPolicy::new(None, true);
-        let app = super::super::router(Gateway::new(config).unwrap(), Some(registry), access);
+        let app = super::super::router(Gateway::new(config).unwrap(), Some(registry), None, access);
         register(&app, "m", "v1", "one", json!({})).await;
         let (status, _) = create_bundle(&app, "m", "b1", &["m/v1"]).await;
         assert_eq!(status, StatusCode::CREATED);
@@ -1529,7 +1529,7 @@ mod tests {
     async fn without_a_data_dir_the_registry_says_so() {
         let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), "{}").unwrap();
         let access = AccessPolicy::new(None, true);
-        let app = super::super::router(Gateway::new(config).unwrap(), None, access);
+        let app = super::super::router(Gateway::new(config).unwrap(), None, None, access);
         let (status, error) = call(&app, get("/api/v1/models/fraud/versions")).await;
         assert_eq!(
             (status, error["error"]["code"].as_str()),

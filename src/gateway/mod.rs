@@ -342,6 +342,8 @@ impl Gateway {
 /// A started gateway: listeners bound, background tasks running.
 pub struct Running {
     pub gateway: Arc<Gateway>,
+    /// The rollout runtime (with a data directory only).
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     pub data_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     shutdown: listener::Shutdown,
@@ -393,6 +395,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr.ip().is_loopback(),
     );
     access.log_startup(admin_addr);
+    // Rollouts need the store: without a data directory there are none.
+    let rollouts = match &registry {
+        Some(registry) => {
+            let rollouts = crate::rollout::Rollouts::new(gateway.clone(), registry.clone());
+            let reopened = rollouts
+                .recover()
+                .await
+                .map_err(|e| anyhow::anyhow!("loading open rollouts: {e}"))?;
+            if reopened > 0 {
+                tracing::warn!(
+                    reopened,
+                    "Open rollouts found at startup: paused, traffic on their baselines."
+                );
+            }
+            Some(rollouts)
+        }
+        None => None,
+    };
     let shutdown = listener::Shutdown::new();
     let listeners = vec![
         tokio::spawn(listener::serve_data(
@@ -404,13 +424,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(listener::serve_admin(
             admin,
             admin_tls,
-            crate::admin::router(gateway.clone(), registry, access),
+            crate::admin::router(gateway.clone(), registry, rollouts.clone(), access),
             shutdown.clone(),
         )),
     ];
+    let mut background = spawn_background(&gateway);
+    background.extend(rollouts.as_ref().map(|r| r.spawn()));
     Ok(Running {
-        background: spawn_background(&gateway),
+        background,
         gateway,
+        rollouts,
         data_addr,
         admin_addr,
         shutdown,

@@ -1,6 +1,6 @@
 //! Backstop's pure core: the statistics the gateway records and the analysis
-//! reads, the rollout policies the controller will follow, and (in later
-//! issues) the controller and its actions.
+//! reads, the rollout policies, the sequential tests behind triggers, the
+//! rollout controller, and the simulator that drives it on a virtual clock.
 //!
 //! Nothing in this crate does I/O, sleeps, reads a clock or draws random
 //! numbers: callers pass time in. `clippy.toml` turns a stray `Instant::now`
@@ -8,4 +8,6 @@
 //! deterministic simulator.
 
 pub mod analysis;
+pub mod controller;
 pub mod policy;
+pub mod sim;

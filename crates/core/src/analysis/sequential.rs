@@ -93,7 +93,7 @@ impl SequentialTest {
 /// z for the confidence bounds on the baseline (one-sided, ~0.1%). The
 /// bound moves a little with every look; a wide z keeps the chance that it
 /// ever undershoots the truth small (the simulator measures the total).
-pub const BASELINE_Z: f64 = 3.0;
+pub const BASELINE_Z: f64 = 2.0;
 
 /// Wilson score upper bound on a rate from `events` of `requests`.
 /// `None` without data.

@@ -1,0 +1,649 @@
+//! The live rollout runtime: feeds the pure controller
+//! (`backstop_core::controller`) with the gateway's statistics and operator
+//! commands, and carries out its actions.
+//!
+//! Order matters on the way back: a rollback swaps the routing table to
+//! the baseline first (in memory, one pointer swap), and only then writes
+//! the durable record; safety is never delayed by I/O. Every other
+//! transition is stored (state and audit entry, fsynced) as it happens.
+//!
+//! On startup, open rollouts are loaded from the store, their traffic is
+//! put back on the baseline and they are paused until an operator resumes:
+//! a half-finished rollout never continues unattended after a crash.
+
+use crate::config::{ModelSpec, ShadowSpec};
+use crate::gateway::{unix_ms, Event, Gateway};
+use crate::registry::{PromoteRequest, Registry};
+use crate::store::{AuditDraft, RolloutRecord, Store, StoreError};
+use backstop_core::analysis::Sample;
+use backstop_core::controller::{Action, Command, Input, Observation, Rollout, Status};
+use backstop_core::policy::Policy;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Weights are written in basis points so fractional steps (0.5%) route.
+const WEIGHT_TOTAL: f64 = 10_000.0;
+/// Save the controller's evidence at least this often while nothing else
+/// changes, so a restart loses little of it.
+const PERSIST_EVERY_MS: u64 = 10_000;
+
+/// Why a rollout request was refused; nothing changed.
+#[derive(Debug)]
+pub enum RolloutError {
+    NotFound(String),
+    /// Another open rollout, or a command that does not apply now.
+    Conflict(String),
+    /// The policy, or what it names, is wrong: the field and why.
+    Invalid {
+        field: String,
+        message: String,
+    },
+    /// The candidate was rolled back before; `force` acknowledges it.
+    Condemned(String),
+    Store(String),
+}
+
+impl std::fmt::Display for RolloutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RolloutError::NotFound(m)
+            | RolloutError::Conflict(m)
+            | RolloutError::Condemned(m)
+            | RolloutError::Store(m) => f.write_str(m),
+            RolloutError::Invalid { field, message } => write!(f, "{field}: {message}"),
+        }
+    }
+}
+
+impl From<StoreError> for RolloutError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(m) => RolloutError::Conflict(m),
+            StoreError::NotFound(m) => RolloutError::NotFound(m),
+            other => RolloutError::Store(other.to_string()),
+        }
+    }
+}
+
+/// How fast the last rollback took effect.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RollbackTiming {
+    /// From the controller's verdict to the baseline table being installed.
+    pub verdict_to_swap_us: f64,
+    /// From the install to the first request routed by the new table
+    /// (absent until a request arrives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_to_first_request_us: Option<f64>,
+}
+
+/// A rollout as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub status: Status,
+    pub open: bool,
+    pub created_unix_ms: u64,
+    pub updated_unix_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_timing: Option<RollbackTiming>,
+}
+
+struct Active {
+    rollout: Rollout,
+    record: RolloutRecord,
+    /// Last statistics bucket fed to the controller.
+    last_epoch: u64,
+    persisted_ms: u64,
+    rollback: Option<RollbackTiming>,
+}
+
+pub struct Rollouts {
+    gateway: Arc<Gateway>,
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    /// Open rollouts (and those that finished in this process, for status).
+    active: tokio::sync::Mutex<BTreeMap<String, Active>>,
+}
+
+impl Rollouts {
+    pub fn new(gateway: Arc<Gateway>, registry: Arc<Registry>) -> Arc<Rollouts> {
+        Arc::new(Rollouts {
+            store: registry.store(),
+            gateway,
+            registry,
+            active: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Loads open rollouts after a restart: baseline gets all traffic, the
+    /// rollout waits paused for an operator.
+    pub async fn recover(&self) -> Result<usize, RolloutError> {
+        let store = self.store.clone();
+        let open = blocking(move || store.rollouts(None, true, usize::MAX)).await?;
+        let mut active = self.active.lock().await;
+        let now = unix_ms();
+        for record in open {
+            let rollout: Rollout = match serde_json::from_str(&record.state_json) {
+                Ok(rollout) => rollout,
+                Err(e) => {
+                    tracing::error!(id = record.id, "Stored rollout state is unreadable ({e}); routing its model to the baseline.");
+                    let _ =
+                        self.route(&record.model, &record.candidate, &record.baseline, 0.0, 0.0);
+                    continue;
+                }
+            };
+            let mut entry = Active {
+                last_epoch: self.current_epoch(),
+                persisted_ms: now,
+                rollout,
+                record,
+                rollback: None,
+            };
+            let actions = entry
+                .rollout
+                .step(now, Input::Restarted)
+                .map_err(|r| RolloutError::Conflict(r.message))?;
+            self.carry_out(&mut entry, actions, "controller", now).await;
+            tracing::warn!(
+                id = entry.record.id,
+                model = entry.record.model,
+                "Rollout was open at restart: all traffic is on the baseline; it stays paused until `backstop rollout resume`."
+            );
+            active.insert(entry.record.id.clone(), entry);
+        }
+        Ok(active.len())
+    }
+
+    /// Starts a rollout of a checked policy (as text, for the record).
+    pub async fn start(
+        &self,
+        mut policy: Policy,
+        force: bool,
+        actor: &str,
+    ) -> Result<RolloutView, RolloutError> {
+        let invalid = |field: &str, message: String| RolloutError::Invalid {
+            field: field.to_string(),
+            message,
+        };
+        policy.check().map_err(|e| invalid(&e.path, e.message))?;
+        let model = policy.model.clone();
+        let table = self
+            .gateway
+            .table(&model)
+            .ok_or_else(|| invalid("model", format!("the gateway routes no model {model:?}")))?;
+        if policy.baseline.is_none() {
+            policy.baseline = Some(self.resolve_baseline(&model, &table.spec).await?);
+        }
+        let baseline = policy.baseline.clone().unwrap_or_default();
+        for (field, name) in [("candidate", &policy.candidate), ("baseline", &baseline)] {
+            if !table.spec.versions.iter().any(|v| &v.name == name) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{model} has no version {name:?} in its routing table (it has: {})",
+                        table
+                            .spec
+                            .versions
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let store = self.store.clone();
+        let m = model.clone();
+        let past = blocking(move || store.rollouts(Some(&m), false, 1000)).await?;
+        if let Some(open) = past.iter().find(|r| r.open) {
+            return Err(RolloutError::Conflict(format!(
+                "{model} already has an open rollout {}: finish or abort it first",
+                open.id
+            )));
+        }
+        if let Some(condemned) = past.iter().find(|r| {
+            r.candidate == policy.candidate && (r.phase == "rolled_back" || r.phase == "rejected")
+        }) {
+            if !force {
+                return Err(RolloutError::Condemned(format!(
+                    "{} of {model} was {} by rollout {}; start again with force to retry it",
+                    policy.candidate,
+                    condemned.phase.replace('_', " "),
+                    condemned.id
+                )));
+            }
+        }
+
+        let id = new_id();
+        let now = unix_ms();
+        let policy_json =
+            serde_json::to_string(&policy).map_err(|e| RolloutError::Store(e.to_string()))?;
+        let (rollout, actions) =
+            Rollout::start(&id, policy, now).map_err(|e| invalid(&e.path, e.message))?;
+        let record = RolloutRecord {
+            id: id.clone(),
+            model: model.clone(),
+            candidate: rollout.policy.candidate.clone(),
+            baseline,
+            phase: rollout.phase.name().to_string(),
+            open: true,
+            policy_json,
+            state_json: state_json(&rollout),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+        };
+        let draft = AuditDraft {
+            actor: actor.to_string(),
+            action: "rollout.create".into(),
+            target: format!("{model}/{id}"),
+            reason: if force {
+                "force: retrying a condemned candidate".into()
+            } else {
+                String::new()
+            },
+            before: None,
+            after: Some(
+                serde_json::json!({"candidate": record.candidate, "baseline": record.baseline}),
+            ),
+        };
+        let store = self.store.clone();
+        let created = record.clone();
+        blocking(move || store.create_rollout(&created, draft)).await?;
+        let mut active = self.active.lock().await;
+        let mut entry = Active {
+            last_epoch: self.current_epoch(),
+            persisted_ms: now,
+            rollout,
+            record,
+            rollback: None,
+        };
+        self.carry_out(&mut entry, actions, actor, now).await;
+        let view = self.view(&entry);
+        active.insert(id, entry);
+        Ok(view)
+    }
+
+    /// The baseline when the policy names none: the version of the
+    /// model's last-known-good bundle, or else the one taking most traffic.
+    async fn resolve_baseline(
+        &self,
+        model: &str,
+        spec: &ModelSpec,
+    ) -> Result<String, RolloutError> {
+        if let Ok(lkg) = self.registry.lkg(model).await {
+            if let Some(member) = lkg.members.iter().find(|m| m.model == model) {
+                return Ok(member.version.clone());
+            }
+        }
+        spec.versions
+            .iter()
+            .max_by_key(|v| v.weight)
+            .map(|v| v.name.clone())
+            .ok_or_else(|| RolloutError::Invalid {
+                field: "baseline".into(),
+                message: format!("{model} has no last-known-good and no versions"),
+            })
+    }
+
+    /// An operator command on rollout `id` (or the open rollout of model `id`).
+    pub async fn command(
+        &self,
+        id: &str,
+        command: Command,
+        actor: &str,
+    ) -> Result<RolloutView, RolloutError> {
+        let mut active = self.active.lock().await;
+        let key = find_key(&active, id)
+            .ok_or_else(|| RolloutError::NotFound(format!("no open rollout {id:?}")))?;
+        let entry = active.get_mut(&key).expect("key was found");
+        let now = unix_ms();
+        let actions = entry
+            .rollout
+            .step(now, Input::Command(command))
+            .map_err(|r| RolloutError::Conflict(r.message))?;
+        self.carry_out(entry, actions, actor, now).await;
+        Ok(self.view(entry))
+    }
+
+    pub async fn status(&self, id: &str) -> Result<RolloutView, RolloutError> {
+        {
+            let active = self.active.lock().await;
+            if let Some(key) = find_key(&active, id) {
+                return Ok(self.view(&active[&key]));
+            }
+        }
+        let store = self.store.clone();
+        let key = id.to_string();
+        let record = blocking(move || store.rollout(&key))
+            .await?
+            .ok_or_else(|| RolloutError::NotFound(format!("no rollout {id:?}")))?;
+        stored_view(&record)
+    }
+
+    pub async fn list(
+        &self,
+        model: Option<String>,
+        open_only: bool,
+    ) -> Result<Vec<RolloutView>, RolloutError> {
+        let store = self.store.clone();
+        let records = blocking(move || store.rollouts(model.as_deref(), open_only, 200)).await?;
+        let active = self.active.lock().await;
+        records
+            .iter()
+            .map(|r| match active.get(&r.id) {
+                Some(entry) => Ok(self.view(entry)),
+                None => stored_view(r),
+            })
+            .collect()
+    }
+
+    /// One controller tick for every open rollout: the buckets completed
+    /// since the last tick, per version.
+    pub async fn tick(&self) {
+        let mut active = self.active.lock().await;
+        let epoch = self.current_epoch();
+        let now = unix_ms();
+        for entry in active.values_mut().filter(|e| e.rollout.is_open()) {
+            let (from, to) = (entry.last_epoch + 1, epoch.saturating_sub(1));
+            if to < from {
+                continue;
+            }
+            entry.last_epoch = to;
+            let observation = self.observe(&entry.rollout, from, to);
+            let actions = match entry.rollout.step(now, Input::Tick(observation)) {
+                Ok(actions) => actions,
+                Err(refused) => {
+                    tracing::error!(id = entry.record.id, "Tick refused: {}", refused.message);
+                    continue;
+                }
+            };
+            if actions.is_empty() && now.saturating_sub(entry.persisted_ms) < PERSIST_EVERY_MS {
+                continue;
+            }
+            self.carry_out(entry, actions, "controller", now).await;
+        }
+    }
+
+    fn current_epoch(&self) -> u64 {
+        unix_ms() / self.gateway.config.stats.bucket_ms
+    }
+
+    fn observe(&self, rollout: &Rollout, from: u64, to: u64) -> Observation {
+        let Some(table) = self.gateway.table(&rollout.policy.model) else {
+            return Observation::default();
+        };
+        let now_ms = self.gateway.now_ms();
+        let sample = |name: &str| {
+            table
+                .versions
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| {
+                    let window = v.state.stats.range(from, to);
+                    Sample {
+                        counts: window.counts,
+                        latency_us: window.latency_us,
+                    }
+                })
+                .unwrap_or_default()
+        };
+        Observation {
+            candidate: sample(&rollout.policy.candidate),
+            baseline: sample(rollout.baseline()),
+            candidate_healthy: table
+                .versions
+                .iter()
+                .any(|v| v.name == rollout.policy.candidate && v.is_healthy(now_ms)),
+        }
+    }
+
+    /// Carries out the controller's actions in order, then stores the new
+    /// state with one audit entry per recorded transition.
+    async fn carry_out(&self, entry: &mut Active, actions: Vec<Action>, actor: &str, now: u64) {
+        let started = Instant::now();
+        let (model, candidate, baseline) = (
+            entry.record.model.clone(),
+            entry.record.candidate.clone(),
+            entry.record.baseline.clone(),
+        );
+        let mut audits = Vec::new();
+        for action in actions {
+            match action {
+                Action::Route {
+                    candidate_percent,
+                    shadow_percent,
+                } => {
+                    if let Err(e) = self.route(
+                        &model,
+                        &candidate,
+                        &baseline,
+                        candidate_percent,
+                        shadow_percent,
+                    ) {
+                        tracing::error!(model, "Could not route the rollout: {e}");
+                    }
+                }
+                Action::Rollback { verdict } => {
+                    // Safety first: the swap, before any I/O.
+                    let swapped = self.route(&model, &candidate, &baseline, 0.0, 0.0);
+                    let verdict_to_swap_us = started.elapsed().as_secs_f64() * 1e6;
+                    match swapped {
+                        Ok(()) => {
+                            entry.rollback = Some(RollbackTiming {
+                                verdict_to_swap_us,
+                                swap_to_first_request_us: None,
+                            })
+                        }
+                        Err(e) => tracing::error!(model, "Rollback swap failed: {e}"),
+                    }
+                    audits.push(AuditDraft {
+                        actor: actor.to_string(),
+                        action: "rollout.verdict".into(),
+                        target: format!("{model}/{}", entry.record.id),
+                        reason: verdict.trigger.as_ref().map_or_else(
+                            || "operator rollback".into(),
+                            backstop_core::controller::describe,
+                        ),
+                        before: None,
+                        after: serde_json::to_value(&verdict).ok(),
+                    });
+                }
+                Action::Promote => {
+                    if let Err(e) = self.route(&model, &candidate, &baseline, 100.0, 0.0) {
+                        tracing::error!(model, "Could not route the promotion: {e}");
+                    }
+                    self.promote_in_registry(&model, &candidate, actor).await;
+                }
+                Action::Notify { severity, message } => {
+                    tracing::warn!(model, ?severity, "{message}");
+                    self.gateway.events.push(Event {
+                        kind: "rollout_notice",
+                        model: Some(model.clone()),
+                        version: Some(candidate.clone()),
+                        detail: message,
+                        ..Event::default()
+                    });
+                }
+                Action::Record { kind, detail } => audits.push(AuditDraft {
+                    actor: actor.to_string(),
+                    action: kind,
+                    target: format!("{model}/{}", entry.record.id),
+                    reason: detail,
+                    before: None,
+                    after: None,
+                }),
+            }
+        }
+        entry.record.phase = entry.rollout.phase.name().to_string();
+        entry.record.open = entry.rollout.is_open();
+        entry.record.state_json = state_json(&entry.rollout);
+        entry.record.updated_unix_ms = now;
+        entry.persisted_ms = now;
+        let store = self.store.clone();
+        let record = entry.record.clone();
+        let result = blocking(move || {
+            let mut audits = audits.into_iter();
+            store.update_rollout(&record, audits.next())?;
+            for draft in audits {
+                store.append_audit(draft)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(id = entry.record.id, "Could not store the rollout: {e}");
+        }
+    }
+
+    /// Rewrites the model's weights: the candidate gets `candidate_percent`,
+    /// the baseline the rest, other versions nothing (pins still reach them).
+    fn route(
+        &self,
+        model: &str,
+        candidate: &str,
+        baseline: &str,
+        candidate_percent: f64,
+        shadow_percent: f64,
+    ) -> Result<(), String> {
+        let table = self
+            .gateway
+            .table(model)
+            .ok_or_else(|| format!("no model {model}"))?;
+        let mut spec = table.spec.clone();
+        let candidate_weight =
+            (candidate_percent.clamp(0.0, 100.0) / 100.0 * WEIGHT_TOTAL).round() as u32;
+        for version in &mut spec.versions {
+            version.weight = if version.name == candidate {
+                candidate_weight
+            } else if version.name == baseline {
+                WEIGHT_TOTAL as u32 - candidate_weight
+            } else {
+                0
+            };
+        }
+        spec.shadow = (shadow_percent > 0.0).then(|| ShadowSpec {
+            version: candidate.to_string(),
+            percent: shadow_percent,
+        });
+        self.gateway
+            .replace_model(model, spec, None)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Makes the candidate the registry's last-known-good when it is (in) a
+    /// registered bundle; a version only the routing table knows is routed,
+    /// not registered.
+    async fn promote_in_registry(&self, model: &str, candidate: &str, actor: &str) {
+        let bundle = match self.registry.bundle(model, candidate).await {
+            Ok(bundle) => Some(bundle.id),
+            Err(_) => self.registry.bundles(model).await.ok().and_then(|bundles| {
+                bundles
+                    .into_iter()
+                    .rev()
+                    .find(|b| {
+                        b.members
+                            .iter()
+                            .any(|m| m.model == model && m.version == candidate)
+                    })
+                    .map(|b| b.id)
+            }),
+        };
+        let Some(bundle) = bundle else {
+            tracing::info!(
+                model,
+                candidate,
+                "Promoted in the routing table; no registered bundle holds it."
+            );
+            return;
+        };
+        let request = PromoteRequest {
+            bundle,
+            reason: "rollout completed".into(),
+        };
+        if let Err(e) = self.registry.promote(model, request, actor).await {
+            tracing::error!(model, candidate, "Registry promotion failed: {e}");
+        }
+    }
+
+    fn view(&self, entry: &Active) -> RolloutView {
+        let mut rollback = entry.rollback;
+        if let (Some(timing), Some(table)) =
+            (rollback.as_mut(), self.gateway.table(&entry.record.model))
+        {
+            timing.swap_to_first_request_us = table
+                .swap_to_first_request_ns()
+                .map(|ns| ns as f64 / 1000.0);
+        }
+        RolloutView {
+            status: entry.rollout.status(unix_ms()),
+            open: entry.record.open,
+            created_unix_ms: entry.record.created_unix_ms,
+            updated_unix_ms: entry.record.updated_unix_ms,
+            rollback_timing: rollback,
+        }
+    }
+
+    /// Runs the controller every statistics bucket until the task is dropped.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let rollouts = self.clone();
+        tokio::spawn(async move {
+            let bucket = Duration::from_millis(rollouts.gateway.config.stats.bucket_ms);
+            let mut interval = tokio::time::interval(bucket);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                rollouts.tick().await;
+            }
+        })
+    }
+}
+
+/// A rollout from the store alone (finished before this process started).
+fn stored_view(record: &RolloutRecord) -> Result<RolloutView, RolloutError> {
+    let rollout: Rollout = serde_json::from_str(&record.state_json).map_err(|e| {
+        RolloutError::Store(format!("rollout {} state is unreadable: {e}", record.id))
+    })?;
+    Ok(RolloutView {
+        status: rollout.status(record.updated_unix_ms),
+        open: record.open,
+        created_unix_ms: record.created_unix_ms,
+        updated_unix_ms: record.updated_unix_ms,
+        rollback_timing: None,
+    })
+}
+
+/// The rollout with this id, or the open rollout of the model named `id`.
+fn find_key(active: &BTreeMap<String, Active>, id: &str) -> Option<String> {
+    if active.contains_key(id) {
+        return Some(id.to_string());
+    }
+    active
+        .values()
+        .find(|e| e.record.model == id && e.rollout.is_open())
+        .map(|e| e.record.id.clone())
+}
+
+fn state_json(rollout: &Rollout) -> String {
+    serde_json::to_string(rollout).expect("a rollout serializes")
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    format!(
+        "ro-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, RolloutError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| RolloutError::Store(format!("store task failed: {e}")))?
+        .map_err(RolloutError::from)
+}
