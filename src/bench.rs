@@ -562,6 +562,7 @@ fn rotated(count: usize, round: usize) -> impl Iterator<Item = usize> {
 
 fn spec(target: SocketAddr, connections: usize, duration: Duration, mode: Mode) -> LoadSpec {
     LoadSpec {
+        stop: None,
         target,
         method: Method::POST,
         path: MODEL_PATH.to_string(),

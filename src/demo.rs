@@ -1,72 +1,77 @@
-//! `backstop demo`: the gateway on loopback in front of two built-in toy
-//! model servers, a stable `v1` and a worse candidate `v2` (slower, 5% of
-//! its answers fail), split 90/10 under open-loop load, with live
-//! per-version figures read from the gateway's own statistics.
+//! `backstop demo`: the whole story on loopback, nothing else installed.
 //!
-//! The canary controller that would notice `v2` and roll it back is not
-//! built yet; for now the demo shows the split and what the analysis sees.
+//! Two built-in toy model servers (`v1` healthy; `v2` slower and failing
+//! 5% of requests once it carries traffic), the gateway with a data
+//! directory, open-loop load, and a canary 1 → 5 → 25 → 50 → 100 run by
+//! the real controller (`examples/demo-policy.yaml`). The candidate is
+//! caught, traffic swaps back to `v1`, and the summary gives the verdict's
+//! numbers, how fast it acted and how many requests were lost (none).
 
 use crate::config::{Config, ModelSpec, StickySpec, VersionSpec};
-use crate::loadgen::{self, LoadSpec, Mode};
+use crate::loadgen::{self, LoadReport, LoadSpec, Mode};
+use crate::store::AuditFilter;
 use crate::toy::ToyServer;
-use backstop_core::analysis::WindowSnapshot;
+use backstop_core::controller::Phase;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The rollout the demo runs, embedded so the demo needs no files.
+pub const DEMO_POLICY: &str = include_str!("../examples/demo-policy.yaml");
+
 pub struct DemoOptions {
+    /// Longest the load runs; it stops a few seconds after the verdict.
     pub duration: Duration,
     pub rate_per_s: u64,
-    /// Print only the final JSON report (no live table).
+    /// Print only the final JSON report (no live progress).
     pub json: bool,
 }
 
-/// Final figures: per version as the gateway saw them, and as the client did.
+/// The summary; `demo --output json` prints it. Field names are how the
+/// figures are checked: keep them stable.
 #[derive(Serialize)]
 pub struct DemoReport {
-    pub duration_s: f64,
-    pub rate_rps: u64,
-    pub weights: BTreeMap<String, u32>,
-    pub versions: BTreeMap<String, VersionFigures>,
-    pub client: loadgen::LoadReport,
-}
-
-#[derive(Serialize)]
-pub struct VersionFigures {
-    pub requests: u64,
-    /// Share of all requests this version answered.
-    pub share: f64,
-    pub p50_us: Option<u64>,
-    pub p95_us: Option<u64>,
-    pub p99_us: Option<u64>,
-    /// Server-side failures per request.
-    pub error_rate: f64,
-}
-
-impl VersionFigures {
-    fn from_window(window: &WindowSnapshot, total: u64) -> Self {
-        let requests = window.counts.requests;
-        Self {
-            requests,
-            share: ratio(requests, total),
-            p50_us: window.latency_quantile_us(0.5),
-            p95_us: window.latency_quantile_us(0.95),
-            p99_us: window.latency_quantile_us(0.99),
-            error_rate: ratio(window.counts.failures(), requests),
-        }
-    }
-}
-
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
+    /// The canary was rolled back by a trigger (what the demo is for).
+    pub rolled_back: bool,
+    pub phase: String,
+    pub rollout_id: String,
+    /// The rule that fired, as written: `latency_p95 above +10% vs baseline`.
+    pub trigger: Option<String>,
+    pub metric: Option<String>,
+    pub unit: Option<String>,
+    pub candidate_value: Option<f64>,
+    pub baseline_value: Option<f64>,
+    pub limit: Option<f64>,
+    pub e_value: Option<f64>,
+    pub e_value_needed: Option<f64>,
+    pub candidate_percent_at_verdict: Option<f64>,
+    /// From the candidate's first request to the verdict.
+    pub detection_s: Option<f64>,
+    /// From the verdict to the baseline's table being installed.
+    pub verdict_to_swap_us: Option<f64>,
+    /// From the install to the first request it routed.
+    pub swap_to_first_request_us: Option<f64>,
+    pub requests_sent: u64,
+    /// Requests that got no answer from a model server: transport errors
+    /// and the gateway's own 502/503/504. Must be 0.
+    pub requests_lost: u64,
+    /// Requests `v2` answered after the rollback (in buckets wholly after
+    /// the swap). Must be 0.
+    pub candidate_requests_after_rollback: u64,
+    /// The store with the rollout, its verdict and the audit log.
+    pub data_dir: PathBuf,
+    /// Audit entries of the rollout, `#seq action`.
+    pub audit: Vec<String>,
+    pub client: LoadReport,
 }
 
 const MODEL: &str = "fraud-scorer";
 const BUCKET_MS: u64 = 250;
+/// Load keeps running this long after the verdict: it shows traffic
+/// staying on the baseline and nothing lost around the swap.
+const AFTER_VERDICT: Duration = Duration::from_secs(3);
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -76,17 +81,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     candidate.behaviour.set_latency(Duration::from_millis(6));
     candidate.behaviour.set_error_rate(0.05);
 
-    let weights: BTreeMap<String, u32> = [("v1".to_string(), 90), ("v2".to_string(), 10)].into();
+    let data_dir = std::env::temp_dir().join(format!(
+        "backstop-demo-{}-{}",
+        std::process::id(),
+        crate::gateway::unix_ms()
+    ));
+    std::fs::create_dir_all(&data_dir)?;
     let spec = ModelSpec {
         versions: vec![
             VersionSpec {
                 name: "v1".into(),
-                weight: weights["v1"],
+                weight: 100,
                 endpoints: vec![stable.url()],
             },
             VersionSpec {
                 name: "v2".into(),
-                weight: weights["v2"],
+                weight: 0,
                 endpoints: vec![candidate.url()],
             },
         ],
@@ -96,6 +106,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     let mut config: Config = serde_yaml_ng::from_str("{}")?;
     config.listen = loopback;
     config.admin.listen = loopback;
+    config.data_dir = Some(data_dir.clone());
     config.stats.bucket_ms = BUCKET_MS;
     config.stats.buckets = 1200;
     config.models.insert(MODEL.into(), spec);
@@ -105,24 +116,32 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
 
     let running = crate::gateway::start(config).await?;
     let gateway = running.gateway.clone();
-    if !options.json {
-        println!(
-            "backstop demo: gateway on http://{} (admin http://{}), model {MODEL}: v1 90% / v2 10%",
-            running.data_addr, running.admin_addr
-        );
-        println!("v2 is the candidate: slower (6 ms vs 2 ms) and 5% of its answers fail.");
-        println!(
-            "sending {} req/s for {} s (open loop, sticky x-user-id)\n",
-            options.rate_per_s,
-            options.duration.as_secs()
-        );
-        println!(
-            "{:>4}  {:<7} {:>7} {:>8} {:>8} {:>8}",
-            "t", "version", "req/s", "p50 ms", "p99 ms", "errors"
-        );
-    }
+    let rollouts = running
+        .rollouts
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the demo gateway has no rollout runtime"))?;
+    let say = |line: String| {
+        if !options.json {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "backstop demo: gateway on http://{} (admin http://{}), data in {}",
+        running.data_addr,
+        running.admin_addr,
+        data_dir.display()
+    ));
+    say(format!(
+        "{MODEL}: v1 is the last-known-good (2 ms); v2 is the candidate: 6 ms, and 5% of its answers fail."
+    ));
+    say(format!(
+        "load: {} req/s open loop, sticky x-user-id; rollout: canary 1 → 5 → 25 → 50 → 100, bake 3 s\n",
+        options.rate_per_s
+    ));
 
+    let stop_load = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(loadgen::run(LoadSpec {
+        stop: Some(stop_load.clone()),
         target: running.data_addr,
         method: http::Method::POST,
         path: format!("/v2/models/{MODEL}/infer"),
@@ -141,90 +160,224 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         },
     }));
 
+    let policy = crate::policy::parse(Path::new("examples/demo-policy.yaml"), DEMO_POLICY)?;
     let started = Instant::now();
-    let table = gateway
-        .table(MODEL)
-        .ok_or_else(|| anyhow::anyhow!("the demo model has no table"))?;
-    let first_epoch = table.versions[0].state.stats.current_epoch();
-    let mut second = 0;
+    let view = rollouts
+        .start(policy, true, "demo")
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the demo rollout: {e}"))?;
+    let id = view.status.id.clone();
+    say(format!(
+        "{:>5}  {:<8} {:>6}  {:<26} {:>10} {:>10} {:>10} {:>9}",
+        "t", "phase", "v2 %", "trigger", "v2", "v1", "limit", "evidence"
+    ));
+
+    let mut ended_at: Option<Instant> = None;
+    let mut last_print = Duration::ZERO;
+    let mut printed_end = false;
     while !load.is_finished() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if options.json || started.elapsed() < Duration::from_secs(second + 1) {
-            continue;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let view = rollouts
+            .status(&id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let status = &view.status;
+        if ended_at.is_none() && status.phase.is_final() {
+            ended_at = Some(Instant::now());
         }
-        second += 1;
-        // The last whole second: 4 buckets of 250 ms before the current one.
-        for version in &table.versions {
-            let stats = &version.state.stats;
-            let to = stats.current_epoch().saturating_sub(1);
-            let window = stats.range(to.saturating_sub(3), to);
-            let label = if version.name == "v1" {
-                format!("{second}s")
-            } else {
-                String::new()
-            };
-            println!(
-                "{:>4}  {:<7} {:>7} {:>8} {:>8} {:>7.1}%",
-                label,
-                version.name,
-                window.counts.requests,
-                millis(window.latency_quantile_us(0.5)),
-                millis(window.latency_quantile_us(0.99)),
-                100.0 * ratio(window.counts.failures(), window.counts.requests),
-            );
+        let elapsed = started.elapsed();
+        // A line a second, and one at the verdict.
+        let just_ended = ended_at.is_some() && !printed_end;
+        if !options.json && (elapsed - last_print >= Duration::from_secs(1) || just_ended) {
+            printed_end |= just_ended;
+            last_print = elapsed;
+            // The trigger closest to acting.
+            if let Some(t) = status.triggers.iter().max_by(|a, b| {
+                (a.e_value / a.e_value_needed).total_cmp(&(b.e_value / b.e_value_needed))
+            }) {
+                let value = |v: Option<f64>| format_value(v, t.unit);
+                println!(
+                    "{:>4.0}s  {:<8} {:>6}  {:<26} {:>10} {:>10} {:>10} {:>8.0}%",
+                    elapsed.as_secs_f64(),
+                    short_phase(status.phase),
+                    status.candidate_percent,
+                    t.rule,
+                    value(t.candidate_value),
+                    value(t.baseline_value),
+                    value(t.limit),
+                    (100.0 * t.e_value.ln().max(0.0) / t.e_value_needed.ln()).min(100.0),
+                );
+            }
+        }
+        if ended_at.is_some_and(|at| at.elapsed() >= AFTER_VERDICT) {
+            break;
         }
     }
+    // Stop the load: it has shown what it needed to.
+    stop_load.store(true, Ordering::Relaxed);
     let client = load.await??;
 
-    // Whole-run figures from the gateway's statistics.
-    let windows: Vec<(String, WindowSnapshot)> = table
-        .versions
-        .iter()
-        .map(|v| {
-            let stats = &v.state.stats;
-            (
-                v.name.clone(),
-                stats.range(first_epoch, stats.current_epoch()),
-            )
+    let view = rollouts
+        .status(&id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status = &view.status;
+    let verdict = status.verdict.clone();
+    let trigger = verdict.as_ref().and_then(|v| v.trigger.clone());
+    let candidate_requests_after_rollback = verdict.as_ref().map_or(0, |v| {
+        gateway.table(MODEL).map_or(0, |table| {
+            table
+                .versions
+                .iter()
+                .find(|version| version.name == "v2")
+                .map_or(0, |version| {
+                    let stats = &version.state.stats;
+                    // Buckets wholly after the swap: requests already on
+                    // their way to v2 at the swap finish there, legitimately.
+                    let from = v.at_ms / BUCKET_MS + 2;
+                    let to = stats.current_epoch();
+                    if from > to {
+                        0
+                    } else {
+                        stats.range(from, to).counts.requests
+                    }
+                })
         })
-        .collect();
-    let total: u64 = windows.iter().map(|(_, w)| w.counts.requests).sum();
-    let versions: BTreeMap<String, VersionFigures> = windows
-        .iter()
-        .map(|(name, window)| (name.clone(), VersionFigures::from_window(window, total)))
-        .collect();
+    });
+    let audit = audit_lines(&rollouts, &id).await?;
+    let requests_lost = client.transport_errors
+        + client
+            .statuses
+            .iter()
+            .filter(|(status, _)| matches!(status, 502..=504))
+            .map(|(_, count)| count)
+            .sum::<u64>();
     running.stop(Duration::from_secs(2)).await;
 
     let report = DemoReport {
-        duration_s: started.elapsed().as_secs_f64(),
-        rate_rps: options.rate_per_s,
-        weights,
-        versions,
+        rolled_back: status.phase == Phase::RolledBack,
+        phase: status.phase.name().to_string(),
+        rollout_id: id,
+        trigger: trigger.as_ref().map(|t| t.rule.clone()),
+        metric: trigger.as_ref().map(|t| t.metric.name().to_string()),
+        unit: trigger.as_ref().map(|t| {
+            serde_json::to_value(t.unit)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }),
+        candidate_value: trigger.as_ref().and_then(|t| t.candidate_value),
+        baseline_value: trigger.as_ref().and_then(|t| t.baseline_value),
+        limit: trigger.as_ref().and_then(|t| t.limit),
+        e_value: trigger.as_ref().map(|t| t.e_value),
+        e_value_needed: trigger.as_ref().map(|t| t.e_value_needed),
+        candidate_percent_at_verdict: verdict.as_ref().map(|v| v.candidate_percent),
+        detection_s: verdict
+            .as_ref()
+            .and_then(|v| v.detection_ms)
+            .map(|ms| ms as f64 / 1000.0),
+        verdict_to_swap_us: view.rollback_timing.map(|t| t.verdict_to_swap_us),
+        swap_to_first_request_us: view
+            .rollback_timing
+            .and_then(|t| t.swap_to_first_request_us),
+        requests_sent: client.sent,
+        requests_lost,
+        candidate_requests_after_rollback,
+        data_dir,
+        audit,
         client,
     };
     if !options.json {
-        println!("\nwhole run, as the gateway recorded it:");
-        for (name, figures) in &report.versions {
-            println!(
-                "  {name}: {} requests ({:.1}% of traffic, weight {}), p50 {} ms, p99 {} ms, errors {:.2}%",
-                figures.requests,
-                100.0 * figures.share,
-                report.weights[name],
-                millis(figures.p50_us),
-                millis(figures.p99_us),
-                100.0 * figures.error_rate
-            );
-        }
-        println!(
-            "client: {} sent, {} ok, {} errors, p99 {:.1} ms (coordinated-omission corrected)",
-            report.client.sent,
-            report.client.ok,
-            report.client.errors,
-            report.client.p99_us as f64 / 1000.0
-        );
-        println!("\nv2 is visibly worse. Automatic rollback comes with the canary controller, which this build does not have yet.");
+        print_summary(&report);
     }
     Ok(report)
+}
+
+/// The rollout's audit entries, as `#seq action`.
+async fn audit_lines(rollouts: &crate::rollout::Rollouts, id: &str) -> anyhow::Result<Vec<String>> {
+    let store = rollouts.store();
+    let filter = AuditFilter {
+        model: Some(MODEL.to_string()),
+        since_ms: None,
+        limit: None,
+    };
+    let entries = tokio::task::spawn_blocking(move || store.audit(&filter)).await??;
+    Ok(entries
+        .iter()
+        .filter(|e| e.draft.target.ends_with(id))
+        .map(|e| format!("#{} {}", e.seq, e.draft.action))
+        .collect())
+}
+
+fn short_phase(phase: Phase) -> &'static str {
+    match phase {
+        Phase::RolledBack => "ROLLBACK",
+        Phase::AwaitingApproval => "approval",
+        other => other.name(),
+    }
+}
+
+fn format_value(value: Option<f64>, unit: backstop_core::analysis::trigger::Unit) -> String {
+    match (value, unit) {
+        (None, _) => "-".into(),
+        (Some(v), backstop_core::analysis::trigger::Unit::Ms) => format!("{v:.1} ms"),
+        (Some(v), backstop_core::analysis::trigger::Unit::Ratio) => format!("{:.2}%", 100.0 * v),
+    }
+}
+
+fn print_summary(report: &DemoReport) {
+    println!();
+    if report.rolled_back {
+        println!("ROLLED BACK: v2 is condemned; all traffic is on v1.");
+    } else {
+        println!(
+            "NOT rolled back (phase {}): the demo expected a rollback.",
+            report.phase
+        );
+    }
+    if let Some(trigger) = &report.trigger {
+        let unit = if report.unit.as_deref() == Some("ms") {
+            backstop_core::analysis::trigger::Unit::Ms
+        } else {
+            backstop_core::analysis::trigger::Unit::Ratio
+        };
+        println!("  trigger:         {trigger}");
+        println!(
+            "  numbers:         v2 {} vs v1 {} (limit {}), e-value {:.3e} ≥ {:.0} needed",
+            format_value(report.candidate_value, unit),
+            format_value(report.baseline_value, unit),
+            format_value(report.limit, unit),
+            report.e_value.unwrap_or(0.0),
+            report.e_value_needed.unwrap_or(0.0)
+        );
+    }
+    if let Some(percent) = report.candidate_percent_at_verdict {
+        println!("  caught at:       the {percent}% step");
+    }
+    if let Some(s) = report.detection_s {
+        println!("  detection:       {s:.1} s after v2's first request");
+    }
+    if let Some(us) = report.verdict_to_swap_us {
+        println!(
+            "  verdict → swap:  {us:.0} µs (routing table replaced before anything was written)"
+        );
+    }
+    if let Some(us) = report.swap_to_first_request_us {
+        println!("  swap → next request on the new table: {us:.0} µs");
+    }
+    println!(
+        "  requests:        {} sent, {} lost, {} answered by v2 after the rollback",
+        report.requests_sent, report.requests_lost, report.candidate_requests_after_rollback
+    );
+    println!(
+        "  rollout:         {} (state and verdict in {}/backstop.db)",
+        report.rollout_id,
+        report.data_dir.display()
+    );
+    println!("  audit log:       {}", report.audit.join(", "));
+    println!(
+        "                   (backstop audit list --model {MODEL} against a running gateway on that data_dir; `backstop audit verify` checks the chain)"
+    );
 }
 
 fn embedded_model_defaults() -> ModelSpec {
@@ -237,8 +390,4 @@ fn embedded_model_defaults() -> ModelSpec {
         timeouts: Default::default(),
         health_path: "/v2/health/ready".into(),
     }
-}
-
-fn millis(us: Option<u64>) -> String {
-    us.map_or("-".into(), |us| format!("{:.1}", us as f64 / 1000.0))
 }

@@ -56,7 +56,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -106,6 +106,9 @@ pub struct LoadSpec {
     pub connections: usize,
     pub duration: Duration,
     pub mode: Mode,
+    /// Set to stop early: no request is issued after it is set (those in
+    /// flight finish).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What a run measured.
@@ -116,6 +119,11 @@ pub struct LoadReport {
     pub ok: u64,
     /// Non-2xx answers and transport errors.
     pub errors: u64,
+    /// Requests that got no HTTP answer at all: connection refused or
+    /// reset, or still unanswered at the deadline.
+    pub transport_errors: u64,
+    /// Answers per HTTP status code.
+    pub statuses: BTreeMap<u16, u64>,
     pub elapsed_ms: u64,
     /// `ok` per second of `elapsed_ms`.
     pub achieved_rps: f64,
@@ -197,6 +205,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadReport> {
         start,
         deadline: start + spec.duration,
         tickets: AtomicU64::new(0),
+        stop: spec.stop,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for conn in conns {
@@ -217,6 +226,8 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadReport> {
         sent: total.sent,
         ok: total.ok,
         errors: total.errors,
+        transport_errors: total.transport_errors,
+        statuses: total.statuses,
         elapsed_ms: elapsed.as_millis() as u64,
         achieved_rps: total.ok as f64 / elapsed.as_secs_f64(),
         p50_us: quantile(0.5),
@@ -242,9 +253,18 @@ struct Shared {
     deadline: Instant,
     /// Open loop: the next request number to send.
     tickets: AtomicU64,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Shared {
+    fn over(&self) -> bool {
+        Instant::now() >= self.deadline
+            || self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
     fn request(&self) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
@@ -299,6 +319,8 @@ struct TaskStats {
     sent: u64,
     ok: u64,
     errors: u64,
+    transport_errors: u64,
+    statuses: BTreeMap<u16, u64>,
     histogram: HistogramSnapshot,
     versions: BTreeMap<String, u64>,
     last_done: Instant,
@@ -310,6 +332,8 @@ impl TaskStats {
             sent: 0,
             ok: 0,
             errors: 0,
+            transport_errors: 0,
+            statuses: BTreeMap::new(),
             histogram: HistogramSnapshot::default(),
             versions: BTreeMap::new(),
             last_done: start,
@@ -329,6 +353,10 @@ impl TaskStats {
         self.sent += other.sent;
         self.ok += other.ok;
         self.errors += other.errors;
+        self.transport_errors += other.transport_errors;
+        for (status, count) in &other.statuses {
+            *self.statuses.entry(*status).or_default() += count;
+        }
         self.histogram.merge(&other.histogram);
         for (version, count) in &other.versions {
             self.count_version(version, *count);
@@ -345,7 +373,7 @@ async fn worker(shared: Arc<Shared>, mut conn: Option<Conn>) -> TaskStats {
     // `hard_stop`), opens a connection (≤ CONNECT_TIMEOUT) or backs off, and
     // the loop ends at the deadline.
     loop {
-        if Instant::now() >= shared.deadline {
+        if shared.over() {
             break;
         }
         let Some(open) = conn.as_mut() else {
@@ -354,6 +382,7 @@ async fn worker(shared: Arc<Shared>, mut conn: Option<Conn>) -> TaskStats {
                 Err(_) => {
                     stats.sent += 1;
                     stats.errors += 1;
+                    stats.transport_errors += 1;
                     sleep_until((Instant::now() + RECONNECT_BACKOFF).min(shared.deadline)).await;
                 }
             }
@@ -381,6 +410,9 @@ async fn worker(shared: Arc<Shared>, mut conn: Option<Conn>) -> TaskStats {
             }
             if intended > Instant::now() {
                 sleep_until(intended).await;
+                if shared.over() {
+                    break;
+                }
             } else {
                 counted_from = Some(intended);
             }
@@ -403,17 +435,20 @@ async fn worker(shared: Arc<Shared>, mut conn: Option<Conn>) -> TaskStats {
                 } else {
                     stats.errors += 1;
                 }
+                *stats.statuses.entry(status.as_u16()).or_default() += 1;
                 if let Some(version) = version {
                     stats.count_version(&String::from_utf8_lossy(version.as_bytes()), 1);
                 }
             }
             Ok(Err(_)) => {
                 stats.errors += 1;
+                stats.transport_errors += 1;
                 conn = None;
             }
             Err(_) => {
                 // Still unanswered after the grace: give up on it.
                 stats.errors += 1;
+                stats.transport_errors += 1;
                 break;
             }
         }
@@ -453,6 +488,7 @@ mod tests {
 
     fn spec(target: SocketAddr, connections: usize, duration: Duration, mode: Mode) -> LoadSpec {
         LoadSpec {
+            stop: None,
             target,
             method: Method::POST,
             path: "/v2/models/m/infer".to_string(),

@@ -99,11 +99,11 @@ enum Command {
     },
     /// Run the whole story on loopback with built-in toy model servers.
     Demo {
-        /// How long to send traffic.
-        #[arg(long, default_value_t = 10)]
+        /// Longest the load runs; it stops 3 s after the verdict.
+        #[arg(long, default_value_t = 60)]
         duration_s: u64,
         /// Requests per second, open loop.
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = 1000)]
         rate: u64,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
@@ -255,7 +255,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => {
             if output == Output::Text {
-                init_logging("warn");
+                // The demo prints the rollout's story itself.
+                init_logging("error");
             }
             let options = backstop::demo::DemoOptions {
                 duration: std::time::Duration::from_secs(duration_s),

@@ -11,7 +11,7 @@
 //! put back on the baseline and they are paused until an operator resumes:
 //! a half-finished rollout never continues unattended after a crash.
 
-use crate::config::{ModelSpec, ShadowSpec};
+use crate::config::{CohortSpec, ModelSpec, ShadowSpec, StickySpec};
 use crate::gateway::{unix_ms, Event, Gateway};
 use crate::registry::{PromoteRequest, Registry};
 use crate::store::{AuditDraft, RolloutRecord, Store, StoreError};
@@ -117,6 +117,11 @@ impl Rollouts {
         })
     }
 
+    /// The store rollouts and their audit entries live in.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Loads open rollouts after a restart: baseline gets all traffic, the
     /// rollout waits paused for an operator.
     pub async fn recover(&self) -> Result<usize, RolloutError> {
@@ -129,8 +134,12 @@ impl Rollouts {
                 Ok(rollout) => rollout,
                 Err(e) => {
                     tracing::error!(id = record.id, "Stored rollout state is unreadable ({e}); routing its model to the baseline.");
-                    let _ =
-                        self.route(&record.model, &record.candidate, &record.baseline, 0.0, 0.0);
+                    // The bare facts from the record suffice for that.
+                    let policy: Result<Policy, _> = serde_json::from_str(&record.policy_json);
+                    if let Ok(mut policy) = policy {
+                        policy.baseline = Some(record.baseline.clone());
+                        let _ = self.route(&policy, 0.0, 0.0);
+                    }
                     continue;
                 }
             };
@@ -145,7 +154,9 @@ impl Rollouts {
                 .rollout
                 .step(now, Input::Restarted)
                 .map_err(|r| RolloutError::Conflict(r.message))?;
-            self.carry_out(&mut entry, actions, "controller", now).await;
+            let decided = Instant::now();
+            self.carry_out(&mut entry, actions, decided, "controller", now)
+                .await;
             tracing::warn!(
                 id = entry.record.id,
                 model = entry.record.model,
@@ -222,6 +233,7 @@ impl Rollouts {
             serde_json::to_string(&policy).map_err(|e| RolloutError::Store(e.to_string()))?;
         let (rollout, actions) =
             Rollout::start(&id, policy, now).map_err(|e| invalid(&e.path, e.message))?;
+        let decided = Instant::now();
         let record = RolloutRecord {
             id: id.clone(),
             model: model.clone(),
@@ -259,7 +271,8 @@ impl Rollouts {
             record,
             rollback: None,
         };
-        self.carry_out(&mut entry, actions, actor, now).await;
+        self.carry_out(&mut entry, actions, decided, actor, now)
+            .await;
         let view = self.view(&entry);
         active.insert(id, entry);
         Ok(view)
@@ -303,7 +316,8 @@ impl Rollouts {
             .rollout
             .step(now, Input::Command(command))
             .map_err(|r| RolloutError::Conflict(r.message))?;
-        self.carry_out(entry, actions, actor, now).await;
+        let decided = Instant::now();
+        self.carry_out(entry, actions, decided, actor, now).await;
         Ok(self.view(entry))
     }
 
@@ -352,7 +366,9 @@ impl Rollouts {
             }
             entry.last_epoch = to;
             let observation = self.observe(&entry.rollout, from, to);
-            let actions = match entry.rollout.step(now, Input::Tick(observation)) {
+            let stepped = entry.rollout.step(now, Input::Tick(observation));
+            let decided = Instant::now();
+            let actions = match stepped {
                 Ok(actions) => actions,
                 Err(refused) => {
                     tracing::error!(id = entry.record.id, "Tick refused: {}", refused.message);
@@ -362,7 +378,8 @@ impl Rollouts {
             if actions.is_empty() && now.saturating_sub(entry.persisted_ms) < PERSIST_EVERY_MS {
                 continue;
             }
-            self.carry_out(entry, actions, "controller", now).await;
+            self.carry_out(entry, actions, decided, "controller", now)
+                .await;
         }
     }
 
@@ -401,13 +418,17 @@ impl Rollouts {
 
     /// Carries out the controller's actions in order, then stores the new
     /// state with one audit entry per recorded transition.
-    async fn carry_out(&self, entry: &mut Active, actions: Vec<Action>, actor: &str, now: u64) {
-        let started = Instant::now();
-        let (model, candidate, baseline) = (
-            entry.record.model.clone(),
-            entry.record.candidate.clone(),
-            entry.record.baseline.clone(),
-        );
+    /// `decided` is when the controller returned them: the verdict's
+    /// instant, for the verdict-to-swap figure.
+    async fn carry_out(
+        &self,
+        entry: &mut Active,
+        actions: Vec<Action>,
+        decided: Instant,
+        actor: &str,
+        now: u64,
+    ) {
+        let (model, candidate) = (entry.record.model.clone(), entry.record.candidate.clone());
         let mut audits = Vec::new();
         for action in actions {
             match action {
@@ -415,20 +436,16 @@ impl Rollouts {
                     candidate_percent,
                     shadow_percent,
                 } => {
-                    if let Err(e) = self.route(
-                        &model,
-                        &candidate,
-                        &baseline,
-                        candidate_percent,
-                        shadow_percent,
-                    ) {
+                    if let Err(e) =
+                        self.route(&entry.rollout.policy, candidate_percent, shadow_percent)
+                    {
                         tracing::error!(model, "Could not route the rollout: {e}");
                     }
                 }
                 Action::Rollback { verdict } => {
                     // Safety first: the swap, before any I/O.
-                    let swapped = self.route(&model, &candidate, &baseline, 0.0, 0.0);
-                    let verdict_to_swap_us = started.elapsed().as_secs_f64() * 1e6;
+                    let swapped = self.route(&entry.rollout.policy, 0.0, 0.0);
+                    let verdict_to_swap_us = decided.elapsed().as_secs_f64() * 1e6;
                     match swapped {
                         Ok(()) => {
                             entry.rollback = Some(RollbackTiming {
@@ -451,7 +468,7 @@ impl Rollouts {
                     });
                 }
                 Action::Promote => {
-                    if let Err(e) = self.route(&model, &candidate, &baseline, 100.0, 0.0) {
+                    if let Err(e) = self.route(&entry.rollout.policy, 100.0, 0.0) {
                         tracing::error!(model, "Could not route the promotion: {e}");
                     }
                     self.promote_in_registry(&model, &candidate, actor).await;
@@ -497,16 +514,20 @@ impl Rollouts {
         }
     }
 
-    /// Rewrites the model's weights: the candidate gets `candidate_percent`,
-    /// the baseline the rest, other versions nothing (pins still reach them).
+    /// Rewrites the model's table for the rollout: the candidate gets
+    /// `candidate_percent` of the weight, the baseline the rest, other
+    /// versions nothing (pins still reach them). The policy's sticky key
+    /// applies, and its cohorts while the candidate takes traffic; at 0%
+    /// no cohort may send anything to the candidate.
     fn route(
         &self,
-        model: &str,
-        candidate: &str,
-        baseline: &str,
+        policy: &Policy,
         candidate_percent: f64,
         shadow_percent: f64,
     ) -> Result<(), String> {
+        let model = &policy.model;
+        let candidate = &policy.candidate;
+        let baseline = policy.baseline.as_deref().unwrap_or_default();
         let table = self
             .gateway
             .table(model)
@@ -515,7 +536,7 @@ impl Rollouts {
         let candidate_weight =
             (candidate_percent.clamp(0.0, 100.0) / 100.0 * WEIGHT_TOTAL).round() as u32;
         for version in &mut spec.versions {
-            version.weight = if version.name == candidate {
+            version.weight = if &version.name == candidate {
                 candidate_weight
             } else if version.name == baseline {
                 WEIGHT_TOTAL as u32 - candidate_weight
@@ -527,6 +548,29 @@ impl Rollouts {
             version: candidate.to_string(),
             percent: shadow_percent,
         });
+        if let Some(sticky) = &policy.sticky {
+            spec.sticky = Some(StickySpec {
+                header: sticky.header.clone(),
+                cookie: sticky.cookie.clone(),
+            });
+        }
+        let policy_cohorts = policy.cohorts.iter().map(|c| CohortSpec {
+            header: c.header.clone(),
+            values: c.values.clone(),
+            key_range: c.key_range,
+            version: c.version.clone(),
+        });
+        let mut cohorts: Vec<CohortSpec> = policy_cohorts.collect();
+        let own: Vec<CohortSpec> = spec
+            .cohorts
+            .into_iter()
+            .filter(|c| !cohorts.contains(c))
+            .collect();
+        cohorts.extend(own);
+        if candidate_weight == 0 {
+            cohorts.retain(|c| &c.version != candidate);
+        }
+        spec.cohorts = cohorts;
         self.gateway
             .replace_model(model, spec, None)
             .map(|_| ())

@@ -7,6 +7,7 @@ mod errors;
 mod grpc;
 mod health;
 mod registry;
+mod rollout;
 mod routing;
 mod shadow;
 mod swap;

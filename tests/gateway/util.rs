@@ -204,6 +204,45 @@ impl HttpClient {
         self.send(Method::POST, url, &all, INFER_BODY).await
     }
 
+    /// Like [`HttpClient::infer`], but a failed connection or no answer
+    /// within 20 s comes back as an error rather than a panic: for load
+    /// loops that count such failures.
+    pub async fn try_infer(&self, url: &str) -> Result<Answer, String> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(INFER_BODY.as_bytes())))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .map_err(|_| "no answer within 20 s".to_string())?
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Answer {
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
     pub async fn put_json(&self, url: &str, body: &serde_json::Value) -> Answer {
         self.send(
             Method::PUT,

@@ -459,7 +459,13 @@ impl Rollout {
             }
             return;
         }
-        if self.triggers.iter().any(|t| t.breaching()) {
+        // Evidence against the candidate holds the stage, even while the
+        // trigger still waits for its minimum sample or its `for:`.
+        if self
+            .triggers
+            .iter()
+            .any(|t| t.breaching() || t.has_evidence())
+        {
             return;
         }
         if self.stage + 1 < self.stages.len() {

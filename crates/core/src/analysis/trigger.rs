@@ -156,6 +156,11 @@ impl TriggerEval {
         }
     }
 
+    /// The test rejects "healthy" now (minimum sample or not).
+    pub fn has_evidence(&self) -> bool {
+        !self.fired && self.test.rejects(self.alpha)
+    }
+
     /// The evidence is there and `for:` is running.
     pub fn breaching(&self) -> bool {
         !self.fired && self.breaching_since_ms.is_some()
