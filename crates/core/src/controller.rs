@@ -302,15 +302,20 @@ impl Rollout {
         }
         let policy = policy.normalized();
         let alpha = policy.alpha_per_trigger();
+        let stages = plan(&policy.strategy);
+        let judged: Vec<bool> = stages
+            .iter()
+            .map(|s| s.candidate_percent > 0.0 || s.shadow_percent > 0.0)
+            .collect();
         let triggers = policy
             .triggers
             .iter()
             .enumerate()
-            .map(|(i, t)| TriggerEval::new(i, t.clone(), alpha))
+            .map(|(i, t)| TriggerEval::new(i, t.clone(), alpha, &judged))
             .collect();
         let mut rollout = Rollout {
             id: id.to_string(),
-            stages: plan(&policy.strategy),
+            stages,
             policy,
             phase: Phase::Running,
             paused_by: None,
@@ -499,6 +504,9 @@ impl Rollout {
     fn enter_stage(&mut self, index: usize, now_ms: u64, actions: &mut Vec<Action>) {
         if index != self.stage {
             self.stage_approved = false;
+        }
+        for trigger in &mut self.triggers {
+            trigger.test.start_stage(index);
         }
         self.stage = index;
         self.stage_started_ms = now_ms;

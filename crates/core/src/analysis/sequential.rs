@@ -90,6 +90,87 @@ impl SequentialTest {
     }
 }
 
+/// One test per rollout stage, averaged with fixed weights.
+///
+/// A test started at the beginning of stage `k` is 1 before it starts and a
+/// test supermartingale after, so a fixed-weight average of all of them is
+/// one too, and Ville's bound still holds. What it buys: a regression that
+/// begins late (at 50%, under load) is judged by a test that has not spent
+/// the earlier stages drifting down on healthy data. The first stage gets
+/// half the weight (most regressions show from the first request; it costs
+/// `ln 2` nats there), the later stages share the other half.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagedTest {
+    weights: Vec<f64>,
+    /// The test of each stage started so far, by stage index.
+    started: Vec<SequentialTest>,
+    /// Events and requests since the first stage (for reports).
+    pub events: u64,
+    pub requests: u64,
+}
+
+impl StagedTest {
+    /// `judged[k]`: whether stage `k` sends the candidate requests to judge
+    /// (a blue/green warm-up does not; its weight goes to the others).
+    pub fn new(judged: &[bool]) -> Self {
+        let judging: Vec<usize> = (0..judged.len()).filter(|&k| judged[k]).collect();
+        let mut weights = vec![0.0; judged.len().max(1)];
+        match judging.as_slice() {
+            [] => weights[0] = 1.0,
+            [only] => weights[*only] = 1.0,
+            [first, rest @ ..] => {
+                weights[*first] = 0.5;
+                for &k in rest {
+                    weights[k] = 0.5 / rest.len() as f64;
+                }
+            }
+        }
+        Self {
+            weights,
+            started: vec![SequentialTest::default()],
+            events: 0,
+            requests: 0,
+        }
+    }
+
+    /// Starts stage `index`'s test (once; a stage entered again after a
+    /// pause keeps its evidence).
+    pub fn start_stage(&mut self, index: usize) {
+        while self.started.len() <= index.min(self.weights.len() - 1) {
+            self.started.push(SequentialTest::default());
+        }
+    }
+
+    pub fn observe(&mut self, events: u64, requests: u64, p0: f64) {
+        for test in &mut self.started {
+            test.observe(events, requests, p0);
+        }
+        self.events += events.min(requests);
+        self.requests += requests;
+    }
+
+    /// `ln` of the weighted average; stages not started count as 1.
+    pub fn log_e_value(&self) -> f64 {
+        let terms: Vec<f64> = self
+            .weights
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w > 0.0)
+            .map(|(i, w)| w.ln() + self.started.get(i).map_or(0.0, SequentialTest::log_e_value))
+            .collect();
+        let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
+    }
+
+    pub fn e_value(&self) -> f64 {
+        self.log_e_value().exp()
+    }
+
+    pub fn rejects(&self, alpha: f64) -> bool {
+        self.log_e_value() >= -alpha.ln()
+    }
+}
+
 /// z for the confidence bounds on the baseline (one-sided, ~0.1%). The
 /// bound moves a little with every look; a wide z keeps the chance that it
 /// ever undershoots the truth small (the simulator measures the total).
@@ -232,6 +313,46 @@ mod tests {
         assert!(test.log_e_value().is_finite());
         test.observe(20, 10, 0.5);
         assert_eq!(test.events, 20, "events are capped at requests");
+    }
+
+    #[test]
+    fn a_late_regression_is_judged_by_its_own_stage() {
+        // 20,000 healthy requests in stage 0, then a bad stage 1.
+        let mut staged = StagedTest::new(&[true; 4]);
+        let mut whole = SequentialTest::default();
+        let mut draws = Draws(3);
+        for _ in 0..400 {
+            let events = draws.events(50, 0.01);
+            staged.observe(events, 50, 0.02);
+            whole.observe(events, 50, 0.02);
+        }
+        staged.start_stage(1);
+        let (mut staged_n, mut whole_n) = (None, None);
+        for tick in 1..=200u64 {
+            let events = draws.events(50, 0.08);
+            staged.observe(events, 50, 0.02);
+            whole.observe(events, 50, 0.02);
+            if staged.rejects(0.01) {
+                staged_n.get_or_insert(tick * 50);
+            }
+            if whole.rejects(0.01) {
+                whole_n.get_or_insert(tick * 50);
+            }
+        }
+        let staged_n = staged_n.expect("detected");
+        assert!(
+            staged_n < whole_n.unwrap_or(u64::MAX) / 2,
+            "{staged_n} vs {whole_n:?}"
+        );
+    }
+
+    #[test]
+    fn stages_not_started_count_as_one() {
+        let staged = StagedTest::new(&[true; 5]);
+        assert!((staged.e_value() - 1.0).abs() < 1e-12);
+        let mut staged = StagedTest::new(&[false, true, true]);
+        staged.start_stage(7); // past the last stage: no panic, no new weight
+        assert!((staged.e_value() - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! bound is fixed before the candidate's data it judges arrives.
 
 use super::histogram::HistogramSnapshot;
-use super::sequential::{self, SequentialTest, BASELINE_Z};
+use super::sequential::{self, StagedTest, BASELINE_Z};
 use super::window::Counts;
 use crate::policy::{Metric, MetricKind, Threshold, Trigger};
 use serde::{Deserialize, Serialize};
@@ -139,18 +139,20 @@ pub struct TriggerEval {
     pub trigger: Trigger,
     /// This trigger's share of the policy's false-action budget.
     pub alpha: f64,
-    pub test: SequentialTest,
+    pub test: StagedTest,
     breaching_since_ms: Option<u64>,
     pub fired: bool,
 }
 
 impl TriggerEval {
-    pub fn new(index: usize, trigger: Trigger, alpha: f64) -> Self {
+    /// `judged[k]`: whether the rollout's stage `k` sends the candidate
+    /// requests (each such stage starts a test of its own).
+    pub fn new(index: usize, trigger: Trigger, alpha: f64, judged: &[bool]) -> Self {
         Self {
             index,
             trigger,
             alpha,
-            test: SequentialTest::default(),
+            test: StagedTest::new(judged),
             breaching_since_ms: None,
             fired: false,
         }
@@ -393,6 +395,12 @@ mod tests {
         s
     }
 
+    impl TriggerEval {
+        fn new_single(index: usize, trigger: Trigger, alpha: f64) -> Self {
+            Self::new(index, trigger, alpha, &[true])
+        }
+    }
+
     /// Ticks of 50 candidate requests until the trigger fires; the tick
     /// count, or None within `ticks`.
     fn ticks_to_fire(
@@ -406,7 +414,7 @@ mod tests {
 
     #[test]
     fn absolute_error_ceiling_fires_on_a_broken_candidate() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::ErrorRate, "5%"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::ErrorRate, "5%"), 0.01);
         let reference = Sample::default();
         let fired = ticks_to_fire(&mut eval, 60, |_| sample(50, 10, 1000), &reference);
         // 20% errors against a 5% ceiling: after the 100-request minimum.
@@ -419,7 +427,7 @@ mod tests {
 
     #[test]
     fn relative_error_rule_needs_a_baseline() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::ErrorRate, "+2pp"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::ErrorRate, "+2pp"), 0.01);
         let fired = ticks_to_fire(&mut eval, 30, |_| sample(50, 50, 1000), &Sample::default());
         assert_eq!(fired, None, "no baseline: no verdict, however bad");
         assert_eq!(eval.test.requests, 0);
@@ -427,7 +435,7 @@ mod tests {
 
     #[test]
     fn relative_error_rule_fires_on_plus_five_points() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::ErrorRate, "+1pp"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::ErrorRate, "+1pp"), 0.01);
         let reference = sample(20_000, 100, 1000); // 0.5%
                                                    // 5.5% errors: 11 per 200 requests, spread evenly.
         let fired = ticks_to_fire(
@@ -441,7 +449,7 @@ mod tests {
 
     #[test]
     fn healthy_candidate_gathers_no_evidence() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::ErrorRate, "+1pp"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::ErrorRate, "+1pp"), 0.01);
         let reference = sample(20_000, 100, 1000);
         let fired = ticks_to_fire(
             &mut eval,
@@ -455,7 +463,7 @@ mod tests {
 
     #[test]
     fn relative_latency_rule_fires_on_a_slower_candidate() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::LatencyP95, "+30%"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::LatencyP95, "+30%"), 0.01);
         let mut reference = Sample::default();
         for i in 0..10_000u64 {
             reference.merge(&sample(1, 0, 10_000 + i % 100 * 100)); // 10..20 ms
@@ -471,7 +479,7 @@ mod tests {
 
     #[test]
     fn timeouts_count_as_slow_for_latency_rules() {
-        let mut eval = TriggerEval::new(0, trigger(Metric::LatencyP99, "250ms"), 0.01);
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::LatencyP99, "250ms"), 0.01);
         let timing_out = |_| {
             let mut s = sample(40, 0, 1000);
             s.counts.requests += 10;
@@ -486,7 +494,7 @@ mod tests {
     fn for_period_holds_the_verdict_back() {
         let mut rule = trigger(Metric::ErrorRate, "5%");
         rule.for_period = Period::from_ms(5_000);
-        let mut eval = TriggerEval::new(0, rule, 0.01);
+        let mut eval = TriggerEval::new_single(0, rule, 0.01);
         let fired = ticks_to_fire(&mut eval, 60, |_| sample(50, 25, 1000), &Sample::default());
         // Evidence from tick 1 (100 requests), held 5 s more.
         assert_eq!(fired, Some(6));
@@ -497,13 +505,13 @@ mod tests {
         let mut rule = trigger(Metric::ErrorRate, "5%");
         rule.above = None;
         rule.below = Some("50%".parse().unwrap());
-        let mut eval = TriggerEval::new(0, rule, 0.01);
+        let mut eval = TriggerEval::new_single(0, rule, 0.01);
         // Half the requests failing is not "below 50%"; 2% is.
         assert_eq!(
             ticks_to_fire(&mut eval, 10, |_| sample(50, 25, 1000), &Sample::default()),
             None
         );
-        let mut eval = TriggerEval::new(0, eval.trigger.clone(), 0.01);
+        let mut eval = TriggerEval::new_single(0, eval.trigger.clone(), 0.01);
         assert!(
             ticks_to_fire(&mut eval, 10, |_| sample(50, 1, 1000), &Sample::default()).is_some()
         );
