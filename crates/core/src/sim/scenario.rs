@@ -84,6 +84,15 @@ pub fn standard() -> Vec<Scenario> {
                 Regression::Errors { extra_pp: 0.5 },
             )
         },
+        Scenario {
+            within_policy: true,
+            ..scenario(
+                "at margin: p95 +10% 1000rps 5%",
+                1000.0,
+                5.0,
+                Regression::LatencyWhole { p95_factor: 1.1 },
+            )
+        },
         scenario("errors +5pp 1000rps 5%", 1000.0, 5.0, errors),
         scenario("p95 +40% whole 1000rps 5%", 1000.0, 5.0, whole),
         scenario("p95 +40% tail 1000rps 5%", 1000.0, 5.0, tail),
