@@ -321,6 +321,7 @@ impl Rollouts {
         Ok(self.view(entry))
     }
 
+    /// Rollout `id`, or the open (else the latest) rollout of model `id`.
     pub async fn status(&self, id: &str) -> Result<RolloutView, RolloutError> {
         {
             let active = self.active.lock().await;
@@ -330,10 +331,19 @@ impl Rollouts {
         }
         let store = self.store.clone();
         let key = id.to_string();
-        let record = blocking(move || store.rollout(&key))
-            .await?
-            .ok_or_else(|| RolloutError::NotFound(format!("no rollout {id:?}")))?;
-        stored_view(&record)
+        let record = blocking(move || {
+            Ok(match store.rollout(&key)? {
+                Some(record) => Some(record),
+                None => store.rollouts(Some(&key), false, 1)?.into_iter().next(),
+            })
+        })
+        .await?
+        .ok_or_else(|| RolloutError::NotFound(format!("no rollout {id:?}")))?;
+        let active = self.active.lock().await;
+        match active.get(&record.id) {
+            Some(entry) => Ok(self.view(entry)),
+            None => stored_view(&record),
+        }
     }
 
     pub async fn list(

@@ -205,7 +205,7 @@ async fn list_rollouts(
     tag = "rollouts",
     description = "Role: viewer.",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Rollout id, or a model name for its open rollout")),
+    params(("id" = String, Path, description = "Rollout id, or a model name: its open rollout, else its latest")),
     responses(
         (status = 200, description = "`{id, model, candidate, baseline, strategy, phase, \
             paused_by?, stage, stages, candidate_percent, shadow_percent, stage_elapsed_ms, \
@@ -607,6 +607,12 @@ models:
         assert_eq!(
             (status, shown["phase"].as_str()),
             (StatusCode::OK, Some("rolled_back"))
+        );
+        // Status by model name shows its latest rollout, finished or not.
+        let (status, shown) = call(&f.app, get("/api/v1/rollouts/m")).await;
+        assert_eq!(
+            (status, shown["id"].as_str(), shown["phase"].as_str()),
+            (StatusCode::OK, Some(id.as_str()), Some("rolled_back"))
         );
 
         let (status, error) = start(&f.app, POLICY, false).await;
