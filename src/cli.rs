@@ -1133,16 +1133,6 @@ fn percent(value: f64) -> String {
     format!("{value:.2}%")
 }
 
-/// A trigger's figure in its unit: rates in percent, latencies in ms.
-fn figure(value: Option<f64>, unit: backstop_core::analysis::trigger::Unit) -> String {
-    use backstop_core::analysis::trigger::Unit;
-    match (value, unit) {
-        (None, _) => "-".into(),
-        (Some(v), Unit::Ratio) => percent(v * 100.0),
-        (Some(v), Unit::Ms) => format!("{v:.1} ms"),
-    }
-}
-
 /// A span for people: `850ms`, `12.5s`, `2m05s`, `1h30m`.
 fn span(ms: u64) -> String {
     match ms {
@@ -1214,9 +1204,9 @@ fn rollout_details(view: &Value) -> anyhow::Result<String> {
         .map(|t| {
             [
                 t.rule.clone(),
-                figure(t.candidate_value, t.unit),
-                figure(t.baseline_value, t.unit),
-                figure(t.limit, t.unit),
+                t.unit.show(t.candidate_value),
+                t.unit.show(t.baseline_value),
+                t.unit.show(t.limit),
                 match t.state {
                     TriggerState::WaitingForTraffic => "waiting for traffic",
                     TriggerState::Ok => "ok",

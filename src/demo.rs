@@ -195,7 +195,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
             if let Some(t) = status.triggers.iter().max_by(|a, b| {
                 (a.e_value / a.e_value_needed).total_cmp(&(b.e_value / b.e_value_needed))
             }) {
-                let value = |v: Option<f64>| format_value(v, t.unit);
+                let value = |v: Option<f64>| t.unit.show(v);
                 println!(
                     "{:>4.0}s  {:<8} {:>6}  {:<26} {:>10} {:>10} {:>10} {:>8.0}%",
                     elapsed.as_secs_f64(),
@@ -317,14 +317,6 @@ fn short_phase(phase: Phase) -> &'static str {
     }
 }
 
-fn format_value(value: Option<f64>, unit: backstop_core::analysis::trigger::Unit) -> String {
-    match (value, unit) {
-        (None, _) => "-".into(),
-        (Some(v), backstop_core::analysis::trigger::Unit::Ms) => format!("{v:.1} ms"),
-        (Some(v), backstop_core::analysis::trigger::Unit::Ratio) => format!("{:.2}%", 100.0 * v),
-    }
-}
-
 fn print_summary(report: &DemoReport) {
     println!();
     if report.rolled_back {
@@ -344,9 +336,9 @@ fn print_summary(report: &DemoReport) {
         println!("  trigger:         {trigger}");
         println!(
             "  numbers:         v2 {} vs v1 {} (limit {}), e-value {:.3e} ≥ {:.0} needed",
-            format_value(report.candidate_value, unit),
-            format_value(report.baseline_value, unit),
-            format_value(report.limit, unit),
+            unit.show(report.candidate_value),
+            unit.show(report.baseline_value),
+            unit.show(report.limit),
             report.e_value.unwrap_or(0.0),
             report.e_value_needed.unwrap_or(0.0)
         );

@@ -758,11 +758,7 @@ fn record(kind: &str, detail: String) -> Action {
 /// `latency_p95 above +30% vs baseline: candidate 41.2 ms vs baseline
 /// 20.1 ms (limit 26.9 ms), 412 vs 7,803 requests, e-value 312 ≥ 300`.
 pub fn describe(status: &TriggerStatus) -> String {
-    let value = |v: Option<f64>| match (v, status.unit) {
-        (None, _) => "-".to_string(),
-        (Some(v), crate::analysis::trigger::Unit::Ms) => format!("{v:.1} ms"),
-        (Some(v), crate::analysis::trigger::Unit::Ratio) => format!("{:.2}%", v * 100.0),
-    };
+    let value = |v: Option<f64>| status.unit.show(v);
     format!(
         "{}: candidate {} vs baseline {} (limit {}), {} vs {} requests, e-value {:.0} ≥ {:.0}",
         status.rule,

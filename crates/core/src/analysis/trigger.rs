@@ -119,6 +119,18 @@ pub enum Unit {
     Ms,
 }
 
+impl Unit {
+    /// A value for people: rates in percent (`5.60%`), latencies in ms
+    /// (`41.2 ms`), `-` when there is none.
+    pub fn show(self, value: Option<f64>) -> String {
+        match (value, self) {
+            (None, _) => "-".into(),
+            (Some(v), Unit::Ratio) => format!("{:.2}%", v * 100.0),
+            (Some(v), Unit::Ms) => format!("{v:.1} ms"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerState {
