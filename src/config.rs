@@ -279,6 +279,19 @@ pub struct VersionSpec {
     pub weight: u32,
     /// `http://host:port[/prefix]` or `https://...`.
     pub endpoints: Vec<String>,
+    /// May answer when the versions with weight are all unhealthy (default
+    /// true). A rolled-back candidate has `false`: it gets no traffic at
+    /// all, however the others fare.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fallback: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Where the sticky key comes from: exactly one of `header` or `cookie`.

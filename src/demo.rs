@@ -93,11 +93,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
                 name: "v1".into(),
                 weight: 100,
                 endpoints: vec![stable.url()],
+                fallback: true,
             },
             VersionSpec {
                 name: "v2".into(),
                 weight: 0,
                 endpoints: vec![candidate.url()],
+                fallback: true,
             },
         ],
         sticky: Some(StickySpec::header("x-user-id")),
@@ -224,25 +226,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     let status = &view.status;
     let verdict = status.verdict.clone();
     let trigger = verdict.as_ref().and_then(|v| v.trigger.clone());
+    // v2 left the routing table at the rollback; its statistics remain.
     let candidate_requests_after_rollback = verdict.as_ref().map_or(0, |v| {
-        gateway.table(MODEL).map_or(0, |table| {
-            table
-                .versions
-                .iter()
-                .find(|version| version.name == "v2")
-                .map_or(0, |version| {
-                    let stats = &version.state.stats;
-                    // Buckets wholly after the swap: requests already on
-                    // their way to v2 at the swap finish there, legitimately.
-                    let from = v.at_ms / BUCKET_MS + 2;
-                    let to = stats.current_epoch();
-                    if from > to {
-                        0
-                    } else {
-                        stats.range(from, to).counts.requests
-                    }
-                })
-        })
+        gateway
+            .version_states()
+            .into_iter()
+            .find(|state| state.model == MODEL && state.version == "v2")
+            .map_or(0, |state| {
+                let stats = &state.stats;
+                // Buckets wholly after the swap: requests already on
+                // their way to v2 at the swap finish there, legitimately.
+                let from = v.at_ms / BUCKET_MS + 2;
+                let to = stats.current_epoch();
+                if from > to {
+                    0
+                } else {
+                    stats.range(from, to).counts.requests
+                }
+            })
     });
     let audit = audit_lines(&rollouts, &id).await?;
     let requests_lost = client.transport_errors

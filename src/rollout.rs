@@ -97,6 +97,9 @@ struct Active {
     last_epoch: u64,
     persisted_ms: u64,
     rollback: Option<RollbackTiming>,
+    /// Audit entries (and the state) not stored yet: a failed write is
+    /// retried every tick, so no verdict is lost to a transient error.
+    unsaved: Option<Vec<AuditDraft>>,
 }
 
 pub struct Rollouts {
@@ -149,6 +152,7 @@ impl Rollouts {
                 rollout,
                 record,
                 rollback: None,
+                unsaved: None,
             };
             let actions = entry
                 .rollout
@@ -270,6 +274,7 @@ impl Rollouts {
             rollout,
             record,
             rollback: None,
+            unsaved: None,
         };
         self.carry_out(&mut entry, actions, decided, actor, now)
             .await;
@@ -367,9 +372,13 @@ impl Rollouts {
     /// since the last tick, per version.
     pub async fn tick(&self) {
         let mut active = self.active.lock().await;
-        let epoch = self.current_epoch();
         let now = unix_ms();
+        for entry in active.values_mut().filter(|e| e.unsaved.is_some()) {
+            self.persist(entry, Vec::new(), now).await;
+        }
         for entry in active.values_mut().filter(|e| e.rollout.is_open()) {
+            // Buckets the statistics ticker has closed for both versions.
+            let epoch = self.settled_epoch(&entry.rollout);
             let (from, to) = (entry.last_epoch + 1, epoch.saturating_sub(1));
             if to < from {
                 continue;
@@ -395,6 +404,21 @@ impl Rollouts {
 
     fn current_epoch(&self) -> u64 {
         unix_ms() / self.gateway.config.stats.bucket_ms
+    }
+
+    /// The bucket both versions currently record into (the ticker may not
+    /// have moved them on yet): everything before it is complete.
+    fn settled_epoch(&self, rollout: &Rollout) -> u64 {
+        let wall = self.current_epoch();
+        let Some(table) = self.gateway.table(&rollout.policy.model) else {
+            return wall;
+        };
+        table
+            .versions
+            .iter()
+            .filter(|v| v.name == rollout.policy.candidate || v.name == rollout.baseline())
+            .map(|v| v.state.stats.current_epoch())
+            .fold(wall, u64::min)
     }
 
     fn observe(&self, rollout: &Rollout, from: u64, to: u64) -> Observation {
@@ -446,6 +470,9 @@ impl Rollouts {
                     candidate_percent,
                     shadow_percent,
                 } => {
+                    // The bucket in progress mixes the old and new shares:
+                    // the next tick starts after it.
+                    entry.last_epoch = entry.last_epoch.max(self.current_epoch());
                     if let Err(e) =
                         self.route(&entry.rollout.policy, candidate_percent, shadow_percent)
                     {
@@ -454,7 +481,7 @@ impl Rollouts {
                 }
                 Action::Rollback { verdict } => {
                     // Safety first: the swap, before any I/O.
-                    let swapped = self.route(&entry.rollout.policy, 0.0, 0.0);
+                    let swapped = self.condemn(&entry.rollout.policy);
                     let verdict_to_swap_us = decided.elapsed().as_secs_f64() * 1e6;
                     match swapped {
                         Ok(()) => {
@@ -503,6 +530,14 @@ impl Rollouts {
                 }),
             }
         }
+        self.persist(entry, audits, now).await;
+    }
+
+    /// Stores the rollout's state with its new audit entries (and any a
+    /// failed write left behind); on failure they stay for the next tick.
+    async fn persist(&self, entry: &mut Active, audits: Vec<AuditDraft>, now: u64) {
+        let mut pending = entry.unsaved.take().unwrap_or_default();
+        pending.extend(audits);
         entry.record.phase = entry.rollout.phase.name().to_string();
         entry.record.open = entry.rollout.is_open();
         entry.record.state_json = state_json(&entry.rollout);
@@ -510,18 +545,43 @@ impl Rollouts {
         entry.persisted_ms = now;
         let store = self.store.clone();
         let record = entry.record.clone();
+        let drafts = pending.clone();
+        // One transaction for the state and the first entry; the rest
+        // follow. A retry after a partial failure may repeat an entry:
+        // better twice in the log than missing.
         let result = blocking(move || {
-            let mut audits = audits.into_iter();
-            store.update_rollout(&record, audits.next())?;
-            for draft in audits {
+            let mut drafts = drafts.into_iter();
+            store.update_rollout(&record, drafts.next())?;
+            for draft in drafts {
                 store.append_audit(draft)?;
             }
             Ok(())
         })
         .await;
         if let Err(e) = result {
-            tracing::error!(id = entry.record.id, "Could not store the rollout: {e}");
+            tracing::error!(
+                id = entry.record.id,
+                "Could not store the rollout (retrying every tick): {e}"
+            );
+            entry.unsaved = Some(pending);
         }
+    }
+
+    /// Routes everything to the baseline, and marks the candidate as never
+    /// a health fallback: even with the baseline down, a condemned
+    /// candidate gets no traffic (pins, an operator's explicit choice,
+    /// still reach it).
+    fn condemn(&self, policy: &Policy) -> Result<(), String> {
+        self.route_table(policy, 0.0, 0.0, true)
+    }
+
+    fn route(
+        &self,
+        policy: &Policy,
+        candidate_percent: f64,
+        shadow_percent: f64,
+    ) -> Result<(), String> {
+        self.route_table(policy, candidate_percent, shadow_percent, false)
     }
 
     /// Rewrites the model's table for the rollout: the candidate gets
@@ -529,11 +589,12 @@ impl Rollouts {
     /// versions nothing (pins still reach them). The policy's sticky key
     /// applies, and its cohorts while the candidate takes traffic; at 0%
     /// no cohort may send anything to the candidate.
-    fn route(
+    fn route_table(
         &self,
         policy: &Policy,
         candidate_percent: f64,
         shadow_percent: f64,
+        condemned: bool,
     ) -> Result<(), String> {
         let model = &policy.model;
         let candidate = &policy.candidate;
@@ -546,6 +607,9 @@ impl Rollouts {
         let candidate_weight =
             (candidate_percent.clamp(0.0, 100.0) / 100.0 * WEIGHT_TOTAL).round() as u32;
         for version in &mut spec.versions {
+            if &version.name == candidate {
+                version.fallback = !condemned;
+            }
             version.weight = if &version.name == candidate {
                 candidate_weight
             } else if version.name == baseline {

@@ -589,6 +589,12 @@ models:
             0,
             "all traffic on the baseline"
         );
+        let table = f.gateway.table("m").unwrap();
+        let v2 = table.versions.iter().find(|v| v.name == "v2").unwrap();
+        assert!(
+            !v2.fallback,
+            "a condemned candidate is never a health fallback"
+        );
 
         let (status, error) = command(&f.app, &id, "resume").await;
         assert_eq!(status, StatusCode::CONFLICT, "{error}");

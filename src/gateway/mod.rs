@@ -259,12 +259,14 @@ impl Gateway {
                     .iter()
                     .map(|url| self.endpoint(url, spec.protocol, &spec.health_path, &settings))
                     .collect();
-                VersionRoute::new(
+                let mut route = VersionRoute::new(
                     v.name.clone(),
                     v.weight,
                     endpoints,
                     self.state(model, &v.name),
-                )
+                );
+                route.fallback = v.fallback;
+                route
             })
             .collect();
         let client = self.clients.get(

@@ -27,6 +27,8 @@ pub struct VersionRoute {
     pub header_value: HeaderValue,
     /// Round-robin cursor over endpoints.
     next_endpoint: AtomicUsize,
+    /// May take traffic when the weighted versions are all unhealthy.
+    pub fallback: bool,
 }
 
 impl VersionRoute {
@@ -43,6 +45,7 @@ impl VersionRoute {
             endpoints,
             state,
             next_endpoint: AtomicUsize::new(0),
+            fallback: true,
         }
     }
 
@@ -297,7 +300,8 @@ impl ModelTable {
     }
 
     /// A healthy version by weight among healthy ones; when all healthy
-    /// versions have weight 0, the first healthy one.
+    /// versions have weight 0, the first healthy one that may be a
+    /// fallback (a rolled-back candidate may not).
     fn healthy_fallback(&self, key: Option<u64>, now_ms: u64) -> Option<usize> {
         // Health changes under our feet (checks, other requests' failures):
         // read it once so both passes agree. Rare path: the allocation is fine.
@@ -310,7 +314,11 @@ impl ModelTable {
             .map(|(v, _)| u64::from(v.weight))
             .sum();
         if healthy_weight == 0 {
-            return healthy.iter().position(|ok| *ok);
+            return self
+                .versions
+                .iter()
+                .zip(&healthy)
+                .position(|(version, ok)| *ok && version.fallback);
         }
         let point = match key {
             Some(hash) => hash % healthy_weight,
@@ -382,6 +390,7 @@ mod tests {
                     name: format!("v{}", i + 1),
                     weight: *w,
                     endpoints: vec![format!("http://127.0.0.1:{}", 9000 + i)],
+                    fallback: true,
                 })
                 .collect(),
             sticky: Some(StickySpec::header("x-user-id")),
@@ -406,12 +415,14 @@ mod tests {
                     "/v2/health/ready".into(),
                     settings.clone(),
                 ));
-                VersionRoute::new(
+                let mut route = VersionRoute::new(
                     v.name.clone(),
                     v.weight,
                     vec![endpoint],
                     Arc::new(VersionState::new("m", &v.name, 1000, 3, Default::default())),
-                )
+                );
+                route.fallback = v.fallback;
+                route
             })
             .collect();
         let client = clients.get(Protocol::Http, Duration::from_secs(1));
@@ -509,6 +520,22 @@ mod tests {
             .map(|i| table.choose(&with_key(&format!("u{i}")), 0).version)
             .collect();
         assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn a_version_barred_from_fallback_gets_nothing_when_the_others_fail() {
+        // v2 at weight 0 (rolled back): with v1 down it may take over only
+        // when it is allowed to be a fallback.
+        for (fallback, expected) in [(true, 1), (false, 0)] {
+            let mut spec = spec(&[100, 0]);
+            spec.versions[1].fallback = fallback;
+            let table = table(spec);
+            table.versions[0].endpoints[0].set_active_health(false);
+            for i in 0..200 {
+                let choice = table.choose(&with_key(&format!("u{i}")), 0);
+                assert_eq!(choice.version, expected, "fallback {fallback}");
+            }
+        }
     }
 
     #[test]

@@ -281,6 +281,9 @@ pub struct Rollout {
     candidate_first_ms: Option<u64>,
     /// Times of automatic pauses and notices within the last hour.
     auto_actions_ms: Vec<u64>,
+    /// A capped action was recorded; not again until one goes through.
+    #[serde(default)]
+    rate_limited_noted: bool,
     waiting_notified: bool,
     pub verdict: Option<Verdict>,
 }
@@ -329,6 +332,7 @@ impl Rollout {
             stage_baseline: Sample::default(),
             candidate_first_ms: None,
             auto_actions_ms: Vec::new(),
+            rate_limited_noted: false,
             waiting_notified: false,
             verdict: None,
         };
@@ -411,12 +415,19 @@ impl Rollout {
                     let pause = trigger.action == policy::Action::Pause;
                     let message = describe(&status);
                     if !self.take_auto_action(now_ms) {
-                        actions.push(record(
-                            "rollout.rate_limited",
-                            format!("{message}: not acted on, max_auto_actions_per_hour reached"),
-                        ));
+                        // Not acted on: armed again (its evidence still
+                        // holds the stage), and said once.
+                        self.triggers[index].rearm();
+                        if !self.rate_limited_noted {
+                            self.rate_limited_noted = true;
+                            actions.push(record(
+                                "rollout.rate_limited",
+                                format!("{message}: not acted on, max_auto_actions_per_hour reached; the stage is held"),
+                            ));
+                        }
                         continue;
                     }
+                    self.rate_limited_noted = false;
                     if pause && self.phase != Phase::Paused {
                         self.phase = Phase::Paused;
                         self.paused_by = Some(PauseReason::Trigger(index));
@@ -440,11 +451,10 @@ impl Rollout {
         if elapsed < stage.hold_ms {
             return;
         }
-        if stage.warmup {
-            if !candidate_healthy {
-                return;
-            }
-        } else if self.waiting_for_traffic() {
+        if stage.warmup && !candidate_healthy {
+            return;
+        }
+        if self.waiting_for_traffic() {
             let deadline = self
                 .policy
                 .waiting_for_traffic_deadline
@@ -469,6 +479,7 @@ impl Rollout {
         if self
             .triggers
             .iter()
+            .filter(|t| t.trigger.action != policy::Action::Notify)
             .any(|t| t.breaching() || t.has_evidence())
         {
             return;
@@ -495,8 +506,16 @@ impl Rollout {
             .unwrap_or(0)
     }
 
+    /// The stage lacks the candidate requests its triggers need, or a
+    /// relative trigger's baseline cannot bound it yet.
     fn waiting_for_traffic(&self) -> bool {
-        self.stage_candidate.judged() < self.min_sample()
+        let warmup = self.stages[self.stage].warmup;
+        let candidate_short = !warmup && self.stage_candidate.judged() < self.min_sample();
+        candidate_short
+            || self
+                .triggers
+                .iter()
+                .any(|t| !t.baseline_ready(&self.reference))
     }
 
     /// Starts stage `index` (again, after a pause); a gated stage waits for
@@ -674,6 +693,12 @@ impl Rollout {
                 }
                 self.paused_by = None;
                 actions.push(record("rollout.resume", "operator resume".into()));
+                // A pause trigger acts again if its evidence still holds.
+                for trigger in &mut self.triggers {
+                    if trigger.fired && trigger.trigger.action == policy::Action::Pause {
+                        trigger.rearm();
+                    }
+                }
                 // The stage starts over: a fresh hold, on the stage's shares.
                 self.phase = Phase::Running;
                 self.enter_stage(self.stage, now_ms, actions);
@@ -730,7 +755,7 @@ impl Rollout {
             shadow_percent: self.routed.1,
             stage_elapsed_ms: now_ms.saturating_sub(self.stage_started_ms),
             stage_hold_ms: stage.hold_ms,
-            waiting_for_traffic: self.is_open() && !stage.warmup && self.waiting_for_traffic(),
+            waiting_for_traffic: self.is_open() && self.waiting_for_traffic(),
             triggers: (0..self.triggers.len())
                 .map(|i| self.trigger_status(i))
                 .collect(),
@@ -1055,6 +1080,106 @@ mod tests {
         let mut p = canary();
         p.triggers.clear();
         assert_eq!(Rollout::start("ro-1", p, 0).unwrap_err().path, "triggers");
+    }
+
+    #[test]
+    fn relative_rules_without_a_baseline_never_promote() {
+        // All traffic on the candidate from the start: the baseline never
+        // serves, so "+1pp vs baseline" can judge nothing.
+        let p = policy(
+            serde_json::json!({ "canary": { "steps": [100], "bake": "1s" } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "+1pp", "action": "rollback" }]),
+        );
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        for t in 1..=60 {
+            let obs = second(&rollout, 500, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.phase, Phase::Running);
+        assert!(rollout.status(60_000).waiting_for_traffic);
+    }
+
+    #[test]
+    fn blue_green_flips_only_once_the_baseline_can_judge() {
+        let p = policy(
+            serde_json::json!({ "blue_green": { "warmup": "1s", "bake": "30s" } }),
+            serde_json::json!([{ "metric": "latency_p99", "above": "+30%", "action": "rollback" }]),
+        );
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        // 20 baseline requests a second: a p99 bound needs ~1,000 of them.
+        let quiet = |candidate: &Rollout, latency: u64| Observation {
+            candidate: sample((candidate.routed.0 / 5.0) as u64, 0, latency),
+            baseline: sample(20 - (candidate.routed.0 / 5.0) as u64, 0, 10_000),
+            candidate_healthy: true,
+        };
+        for t in 1..=10 {
+            let obs = quiet(&rollout, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(
+            rollout.routed.0, 0.0,
+            "flipped before the baseline could bound p99"
+        );
+        let mut t = 10;
+        while rollout.routed.0 == 0.0 && t < 200 {
+            t += 1;
+            let obs = quiet(&rollout, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.routed.0, 100.0);
+        for t in t + 1..t + 60 {
+            let obs = quiet(&rollout, 100_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn a_capped_pause_still_holds_the_stage() {
+        let mut p = policy(
+            serde_json::json!({ "linear": { "step": 25, "interval": "1s" } }),
+            serde_json::json!([
+                { "metric": "error_rate", "above": "1%", "action": "notify" },
+                { "metric": "error_rate", "above": "2%", "action": "pause" }
+            ]),
+        );
+        p.max_auto_actions_per_hour = Some(1);
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        let mut rate_limited = 0;
+        for t in 1..=60 {
+            let obs = second(&rollout, 300, 10_000);
+            let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+            rate_limited += actions
+                .iter()
+                .filter(
+                    |a| matches!(a, Action::Record { kind, .. } if kind == "rollout.rate_limited"),
+                )
+                .count();
+        }
+        assert_ne!(rollout.phase, Phase::Promoted);
+        assert_eq!(rollout.routed.0, 25.0, "advanced past evidence");
+        assert_eq!(rate_limited, 1, "said once");
+    }
+
+    #[test]
+    fn resume_after_a_pause_trigger_pauses_again_on_the_same_evidence() {
+        let p = policy(
+            serde_json::json!({ "canary": { "steps": [10, 100], "bake": "1s" } }),
+            serde_json::json!([{ "metric": "error_rate", "above": "2%", "action": "pause" }]),
+        );
+        let (mut rollout, _) = Rollout::start("ro-1", p, 0).unwrap();
+        for t in 1..=20 {
+            let obs = second(&rollout, 300, 10_000);
+            rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+        }
+        assert_eq!(rollout.paused_by, Some(PauseReason::Trigger(0)));
+        rollout
+            .step(21_000, Input::Command(Command::Resume))
+            .unwrap();
+        let obs = second(&rollout, 300, 10_000);
+        rollout.step(22_000, Input::Tick(obs)).unwrap();
+        assert_eq!(rollout.paused_by, Some(PauseReason::Trigger(0)));
+        assert_eq!(rollout.routed.0, 10.0);
     }
 
     /// Random sequences of ticks, commands and restarts: a condemned

@@ -837,10 +837,11 @@ impl Strategy {
                 }
             }
             Strategy::Linear(Linear { step, interval }) => {
-                if !(*step > 0.0 && *step <= 100.0) {
+                let smallest = 100.0 / STEPS_MAX as f64;
+                if !(*step >= smallest && *step <= 100.0) {
                     return Err(FieldError::new(
                         "strategy.linear.step",
-                        "must be above 0 and at most 100",
+                        format!("must be at least {smallest} (at most {STEPS_MAX} steps) and at most 100"),
                     ));
                 }
                 if interval.as_ms() == 0 {

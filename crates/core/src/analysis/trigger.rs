@@ -46,7 +46,7 @@ impl Sample {
     }
 
     /// Requests with a latency, plus timeouts (slower than any bound).
-    fn timed(&self) -> u64 {
+    pub fn timed(&self) -> u64 {
         self.latency_us.count() + self.counts.timeouts
     }
 
@@ -170,9 +170,18 @@ impl TriggerEval {
         }
     }
 
-    /// The test rejects "healthy" now (minimum sample or not).
+    /// The test rejects "healthy" now (minimum sample or not, acted on
+    /// or not).
     pub fn has_evidence(&self) -> bool {
-        !self.fired && self.test.rejects(self.alpha)
+        self.test.rejects(self.alpha)
+    }
+
+    /// Arms the trigger again after its action was not taken (capped) or
+    /// was undone by an operator (resume after a pause): if the evidence
+    /// still holds it acts again.
+    pub fn rearm(&mut self) {
+        self.fired = false;
+        self.breaching_since_ms = None;
     }
 
     /// The evidence is there and `for:` is running.
@@ -214,11 +223,25 @@ impl TriggerEval {
         false
     }
 
-    /// No verdict before `min_sample` candidate requests (and baseline ones
-    /// for rules relative to it).
+    /// No verdict before `min_sample` candidate requests and a baseline
+    /// that can bound the rule.
     fn enough_sample(&self, reference: &Sample) -> bool {
-        let min = self.trigger.min_sample;
-        self.test.requests >= min && (!self.is_relative() || reference.judged() >= min)
+        self.test.requests >= self.trigger.min_sample && self.baseline_ready(reference)
+    }
+
+    /// The baseline bounds this rule: an absolute rule needs none; a
+    /// relative one needs `min_sample` baseline requests and enough of them
+    /// to bound its quantile (a p99 bound needs about a thousand).
+    pub fn baseline_ready(&self, reference: &Sample) -> bool {
+        if !self.is_relative() {
+            return true;
+        }
+        let (above, threshold) = self.threshold();
+        let bounded = match self.trigger.metric.kind() {
+            MetricKind::Rate => self.rate_limit(threshold, above, reference).is_some(),
+            MetricKind::Latency => self.latency_limit_us(threshold, above, reference).is_some(),
+        };
+        reference.judged() >= self.trigger.min_sample && bounded
     }
 
     fn is_relative(&self) -> bool {
@@ -293,14 +316,22 @@ impl TriggerEval {
         match threshold {
             Threshold::LatencyMs(ms) => Some((ms * 1000.0) as u64),
             Threshold::RelativePercent(r) => {
+                // Over answered requests *and* timeouts (slower than any
+                // answer), as the candidate's events are counted.
                 let q = quantile_of(self.trigger.metric);
-                let n = reference.latency_us.count();
-                let rank = if above {
+                let answered = reference.latency_us.count();
+                let n = reference.timed();
+                let at = if above {
                     sequential::quantile_upper_rank(q, n, BASELINE_Z)?
                 } else {
                     sequential::quantile_lower_rank(q, n, BASELINE_Z)?
                 };
-                let baseline_us = reference.latency_us.quantile(rank)? as f64;
+                // A rank among the timeouts bounds nothing.
+                let rank = at * n as f64;
+                if rank > answered as f64 {
+                    return None;
+                }
+                let baseline_us = reference.latency_us.quantile(rank / answered as f64)? as f64;
                 Some((baseline_us * (1.0 + r / 100.0)) as u64)
             }
             Threshold::RatePercent(_) | Threshold::PercentagePoints(_) => None,
@@ -500,6 +531,35 @@ mod tests {
         };
         let fired = ticks_to_fire(&mut eval, 60, timing_out, &Sample::default());
         assert!(fired.is_some_and(|t| t <= 3), "fired at {fired:?}");
+    }
+
+    #[test]
+    fn shared_timeouts_do_not_make_a_healthy_candidate_slow() {
+        // Both versions: latencies spread 5..15 ms, and 3% timeouts.
+        // Requests `from..from + n` of one endless, identical stream.
+        let with_timeouts = |from: u64, n: u64| {
+            let mut s = Sample::default();
+            for i in from..from + n {
+                if i % 100 < 3 {
+                    s.counts.timeouts += 1;
+                } else {
+                    s.counts.successes += 1;
+                    s.latency_us.record(5_000 + (i * 7919 % 100) * 100);
+                }
+                s.counts.requests += 1;
+            }
+            s
+        };
+        let mut eval = TriggerEval::new_single(0, trigger(Metric::LatencyP95, "+10%"), 0.01);
+        let reference = with_timeouts(0, 20_000);
+        let fired = ticks_to_fire(&mut eval, 600, |t| with_timeouts(t * 50, 50), &reference);
+        assert_eq!(fired, None);
+        // Half the baseline timing out: its p95 is a timeout, which bounds nothing.
+        let mut reference = with_timeouts(0, 1_000);
+        reference.counts.timeouts += 1_000;
+        reference.counts.requests += 1_000;
+        let eval = TriggerEval::new_single(0, trigger(Metric::LatencyP95, "+10%"), 0.01);
+        assert!(!eval.baseline_ready(&reference));
     }
 
     #[test]
