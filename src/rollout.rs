@@ -143,6 +143,23 @@ impl Rollouts {
                         policy.baseline = Some(record.baseline.clone());
                         let _ = self.route(&policy, 0.0, 0.0);
                     }
+                    // Closed, so the model is free for a new rollout.
+                    let mut closed = record.clone();
+                    closed.phase = "aborted".into();
+                    closed.open = false;
+                    closed.updated_unix_ms = now;
+                    let draft = AuditDraft {
+                        actor: "controller".into(),
+                        action: "rollout.abort".into(),
+                        target: format!("{}/{}", record.model, record.id),
+                        reason: format!(
+                            "stored state unreadable at startup ({e}); traffic on the baseline"
+                        ),
+                        before: None,
+                        after: None,
+                    };
+                    let store = self.store.clone();
+                    blocking(move || store.update_rollout(&closed, Some(draft))).await?;
                     continue;
                 }
             };
@@ -655,19 +672,21 @@ impl Rollouts {
     /// registered bundle; a version only the routing table knows is routed,
     /// not registered.
     async fn promote_in_registry(&self, model: &str, candidate: &str, actor: &str) {
+        let holds = |b: &crate::store::BundleRecord| {
+            b.members
+                .iter()
+                .any(|m| m.model == model && m.version == candidate)
+        };
         let bundle = match self.registry.bundle(model, candidate).await {
-            Ok(bundle) => Some(bundle.id),
-            Err(_) => self.registry.bundles(model).await.ok().and_then(|bundles| {
-                bundles
-                    .into_iter()
-                    .rev()
-                    .find(|b| {
-                        b.members
-                            .iter()
-                            .any(|m| m.model == model && m.version == candidate)
-                    })
-                    .map(|b| b.id)
-            }),
+            Ok(bundle) if holds(&bundle) => Some(bundle.id),
+            // Not a bundle id (or a bundle without it): the newest bundle
+            // that holds the candidate.
+            _ => self
+                .registry
+                .bundles(model)
+                .await
+                .ok()
+                .and_then(|bundles| bundles.into_iter().rev().find(|b| holds(b)).map(|b| b.id)),
         };
         let Some(bundle) = bundle else {
             tracing::info!(
@@ -764,4 +783,67 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| RolloutError::Store(format!("store task failed: {e}")))?
         .map_err(RolloutError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+models:
+  m:
+    versions:
+      - { name: v1, weight: 50, endpoints: ["http://127.0.0.1:9"] }
+      - { name: v2, weight: 50, endpoints: ["http://127.0.0.1:10"] }
+"#;
+
+    fn weights(gateway: &Gateway) -> Vec<(String, u32)> {
+        let table = gateway.table("m").unwrap();
+        table
+            .versions
+            .iter()
+            .map(|v| (v.name.clone(), v.weight))
+            .collect()
+    }
+
+    /// A stored rollout whose state cannot be read must not block its
+    /// model for good: recovery routes to the baseline and closes it.
+    #[tokio::test]
+    async fn an_unreadable_stored_rollout_is_closed_on_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path(), 1024).unwrap());
+        let policy = r#"{"model":"m","candidate":"v2","baseline":"v1","strategy":{"canary":{"steps":[50,100],"bake":"1m"}},"triggers":[{"metric":"error_rate","above":"5%","action":"rollback"}]}"#;
+        let record = RolloutRecord {
+            id: "ro-1".into(),
+            model: "m".into(),
+            candidate: "v2".into(),
+            baseline: "v1".into(),
+            phase: "running".into(),
+            open: true,
+            policy_json: policy.into(),
+            state_json: "{not json".into(),
+            created_unix_ms: 1,
+            updated_unix_ms: 1,
+        };
+        let draft = AuditDraft {
+            actor: "test".into(),
+            action: "rollout.create".into(),
+            target: "m/ro-1".into(),
+            reason: String::new(),
+            before: None,
+            after: None,
+        };
+        registry.store().create_rollout(&record, draft).unwrap();
+
+        let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), CONFIG).unwrap();
+        let gateway = Gateway::new(config).unwrap();
+        let rollouts = Rollouts::new(gateway.clone(), registry.clone());
+        assert_eq!(rollouts.recover().await.unwrap(), 0);
+        assert_eq!(
+            weights(&gateway),
+            vec![("v1".to_string(), 10_000), ("v2".to_string(), 0)]
+        );
+        let stored = registry.store().rollout("ro-1").unwrap().unwrap();
+        assert_eq!((stored.phase.as_str(), stored.open), ("aborted", false));
+    }
 }
