@@ -102,6 +102,20 @@ struct Active {
     unsaved: Option<Vec<AuditDraft>>,
 }
 
+impl Active {
+    /// A rollout just loaded or started: its ticks begin at `epoch`.
+    fn new(rollout: Rollout, record: RolloutRecord, epoch: u64, now: u64) -> Self {
+        Self {
+            rollout,
+            record,
+            last_epoch: epoch,
+            persisted_ms: now,
+            rollback: None,
+            unsaved: None,
+        }
+    }
+}
+
 pub struct Rollouts {
     gateway: Arc<Gateway>,
     registry: Arc<Registry>,
@@ -163,14 +177,7 @@ impl Rollouts {
                     continue;
                 }
             };
-            let mut entry = Active {
-                last_epoch: self.current_epoch(),
-                persisted_ms: now,
-                rollout,
-                record,
-                rollback: None,
-                unsaved: None,
-            };
+            let mut entry = Active::new(rollout, record, self.current_epoch(), now);
             let actions = entry
                 .rollout
                 .step(now, Input::Restarted)
@@ -285,14 +292,7 @@ impl Rollouts {
         let created = record.clone();
         blocking(move || store.create_rollout(&created, draft)).await?;
         let mut active = self.active.lock().await;
-        let mut entry = Active {
-            last_epoch: self.current_epoch(),
-            persisted_ms: now,
-            rollout,
-            record,
-            rollback: None,
-            unsaved: None,
-        };
+        let mut entry = Active::new(rollout, record, self.current_epoch(), now);
         self.carry_out(&mut entry, actions, decided, actor, now)
             .await;
         let view = self.view(&entry);

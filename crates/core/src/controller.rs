@@ -823,17 +823,7 @@ mod tests {
         )
     }
 
-    /// `n` requests, `failures` of them 5xx, all answered in `latency_us`.
-    fn sample(n: u64, failures: u64, latency_us: u64) -> Sample {
-        let mut s = Sample::default();
-        s.counts.requests = n;
-        s.counts.server_errors = failures;
-        s.counts.successes = n - failures;
-        for _ in 0..n {
-            s.latency_us.record(latency_us);
-        }
-        s
-    }
+    use crate::analysis::trigger::test_support::sample;
 
     /// One second of traffic at 1,000 req/s split by the routed share.
     fn second(

@@ -391,6 +391,24 @@ impl TriggerEval {
     }
 }
 
+/// Samples for the tests here and in the controller.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Sample;
+
+    /// `n` requests: `failures` of them 5xx, all answered in `latency_us`.
+    pub fn sample(n: u64, failures: u64, latency_us: u64) -> Sample {
+        let mut s = Sample::default();
+        s.counts.requests = n;
+        s.counts.server_errors = failures;
+        s.counts.successes = n - failures;
+        for _ in 0..n {
+            s.latency_us.record(latency_us);
+        }
+        s
+    }
+}
+
 /// `latency_p95 above +30% vs baseline for 5m`.
 pub fn rule_text(trigger: &Trigger) -> String {
     let (word, threshold) = match (trigger.above, trigger.below) {
@@ -426,17 +444,7 @@ mod tests {
         }
     }
 
-    /// `n` requests: `failures` of them 5xx, all answered in `latency_us`.
-    fn sample(n: u64, failures: u64, latency_us: u64) -> Sample {
-        let mut s = Sample::default();
-        s.counts.requests = n;
-        s.counts.server_errors = failures;
-        s.counts.successes = n - failures;
-        for _ in 0..n {
-            s.latency_us.record(latency_us);
-        }
-        s
-    }
+    use super::test_support::sample;
 
     impl TriggerEval {
         fn new_single(index: usize, trigger: Trigger, alpha: f64) -> Self {
