@@ -67,6 +67,14 @@ pub struct DemoReport {
     pub client: LoadReport,
 }
 
+impl DemoReport {
+    /// The story went as designed: rolled back, nothing lost, nothing on
+    /// `v2` after the swap. `backstop demo` exits 1 otherwise.
+    pub fn as_designed(&self) -> bool {
+        self.rolled_back && self.requests_lost == 0 && self.candidate_requests_after_rollback == 0
+    }
+}
+
 const MODEL: &str = "fraud-scorer";
 const BUCKET_MS: u64 = 250;
 /// Load keeps running this long after the verdict: it shows traffic

@@ -267,6 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
+            if !report.as_designed() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Bench { options, output } => {
             let report = runtime.block_on(backstop::bench::run(options))?;
