@@ -12,6 +12,9 @@
 //! `"2m"`) and typed values here ([`Threshold`], [`Period`]); the JSON
 //! Schema ([`schema`]) describes them as strings with a pattern.
 
+mod incident;
+
+pub use incident::{Evidence, Hook, Receiver, Verification, WebhookFormat};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -66,6 +69,20 @@ pub struct Policy {
     /// trigger gets an equal share of the rest). Default 0.99.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
+    /// Request/response samples kept for an incident, and what is
+    /// redacted from them. Default: 1% of requests, 100 per version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    /// How recovery is checked after a rollback. Default: 1m, p95 within
+    /// +20% and errors within +1pp of the baseline's pre-rollout values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// HTTP calls made after a rollback, beside it (never delaying it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Hook>,
+    /// Who is told about incidents, and of which severities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Receiver>,
 }
 
 /// The default [`Policy::confidence`].
@@ -706,6 +723,14 @@ impl Policy {
                 "must be longer than 0s",
             ));
         }
+        if let Some(evidence) = &self.evidence {
+            evidence.check()?;
+        }
+        if let Some(verification) = &self.verification {
+            verification.check()?;
+        }
+        incident::check_hooks(&self.hooks)?;
+        incident::check_receivers(&self.notify)?;
         Ok(())
     }
 
