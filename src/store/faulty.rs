@@ -3,8 +3,9 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Lkg, Promoted, Registered,
-    Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
+    AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, IncidentRecord, Lkg, Promoted,
+    Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
+    VersionRecord,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -184,5 +185,32 @@ impl<S: Store> Store for FaultyStore<S> {
         limit: usize,
     ) -> StoreResult<Vec<RolloutRecord>> {
         self.inner.rollouts(model, open_only, limit)
+    }
+
+    fn create_incident(
+        &self,
+        incident: &IncidentRecord,
+        pins: &[Retention],
+        audit: AuditDraft,
+    ) -> StoreResult<()> {
+        self.fail("create_incident commit")?;
+        self.inner.create_incident(incident, pins, audit)
+    }
+
+    fn update_incident(
+        &self,
+        incident: &IncidentRecord,
+        audit: Option<AuditDraft>,
+    ) -> StoreResult<()> {
+        self.fail("update_incident commit")?;
+        self.inner.update_incident(incident, audit)
+    }
+
+    fn incident(&self, id: &str) -> StoreResult<Option<IncidentRecord>> {
+        self.inner.incident(id)
+    }
+
+    fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>> {
+        self.inner.incidents(model, limit)
     }
 }

@@ -166,6 +166,25 @@ pub struct RolloutRecord {
     pub updated_unix_ms: u64,
 }
 
+/// One incident as stored: what a rollback opened. `evidence_json` is
+/// frozen when the incident is created (the schema refuses to change it);
+/// `record_json` (timeline, verification, hooks) grows afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    /// `inc-<hex>`.
+    pub id: String,
+    pub model: String,
+    pub rollout: String,
+    /// `critical` or `warning`.
+    pub severity: String,
+    /// `verifying`, `recovered`, `not_recovered`, `unverified`.
+    pub state: String,
+    pub opened_unix_ms: u64,
+    pub updated_unix_ms: u64,
+    pub evidence_json: String,
+    pub record_json: String,
+}
+
 /// What an audited change did, who did it and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditDraft {
@@ -350,4 +369,29 @@ pub trait Store: Send + Sync + 'static {
         open_only: bool,
         limit: usize,
     ) -> StoreResult<Vec<RolloutRecord>>;
+
+    /// Stores a new incident, pins its versions against deletion and GC
+    /// (pins on versions that are not registered are skipped) and appends
+    /// its audit entry, all in one transaction. A [`StoreError::Conflict`]
+    /// when the id is taken.
+    fn create_incident(
+        &self,
+        incident: &IncidentRecord,
+        pins: &[Retention],
+        audit: AuditDraft,
+    ) -> StoreResult<()>;
+
+    /// Replaces the state, record and update time of an incident (its
+    /// evidence never changes), with the audit entry, if any, in the same
+    /// transaction. [`StoreError::NotFound`] for an unknown id.
+    fn update_incident(
+        &self,
+        incident: &IncidentRecord,
+        audit: Option<AuditDraft>,
+    ) -> StoreResult<()>;
+
+    fn incident(&self, id: &str) -> StoreResult<Option<IncidentRecord>>;
+
+    /// At most `limit` incidents, newest first, of one model or of all.
+    fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>>;
 }

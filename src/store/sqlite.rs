@@ -8,8 +8,8 @@
 
 use super::audit::entry_hash;
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, Lkg, Promoted,
-    Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
+    AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, IncidentRecord, Lkg,
+    Promoted, Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
     VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -125,6 +125,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX rollouts_open_model ON rollouts (model) WHERE open = 1;
     CREATE INDEX rollouts_model_created ON rollouts (model, created_unix_ms);
+    "#,
+    // 5: incidents. The evidence is frozen at the verdict: a trigger
+    // refuses any change to it, whatever the code above does.
+    r#"
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        rollout TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_unix_ms INTEGER NOT NULL,
+        updated_unix_ms INTEGER NOT NULL,
+        evidence_json TEXT NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    CREATE INDEX incidents_model_opened ON incidents (model, opened_unix_ms);
+    CREATE TRIGGER incidents_evidence_frozen BEFORE UPDATE OF evidence_json ON incidents
+    WHEN NEW.evidence_json IS NOT OLD.evidence_json
+    BEGIN
+        SELECT RAISE(ABORT, 'incident evidence is frozen');
+    END;
     "#,
 ];
 
@@ -1003,6 +1024,135 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         rows.collect::<Result<_, _>>().map_err(unavailable)
     }
+
+    fn create_incident(
+        &self,
+        incident: &IncidentRecord,
+        pins: &[Retention],
+        audit: AuditDraft,
+    ) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        if incident_in(&tx, &incident.id)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "an incident with id {} exists",
+                incident.id
+            )));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO incidents ({INCIDENT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                incident.id,
+                incident.model,
+                incident.rollout,
+                incident.severity,
+                incident.state,
+                incident.opened_unix_ms,
+                incident.updated_unix_ms,
+                incident.evidence_json,
+                incident.record_json
+            ],
+        )
+        .map_err(unavailable)?;
+        for pin in pins {
+            if version_in(&tx, &pin.model, &pin.version)?.is_none() {
+                continue;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO retentions (model, version, reason, created_at_ms, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    pin.model,
+                    pin.version,
+                    pin.reason,
+                    pin.created_at_ms,
+                    pin.created_by
+                ],
+            )
+            .map_err(unavailable)?;
+        }
+        append(&tx, audit)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    fn update_incident(
+        &self,
+        incident: &IncidentRecord,
+        audit: Option<AuditDraft>,
+    ) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let changed = tx
+            .execute(
+                "UPDATE incidents SET state = ?2, record_json = ?3, updated_unix_ms = ?4
+                 WHERE id = ?1",
+                params![
+                    incident.id,
+                    incident.state,
+                    incident.record_json,
+                    incident.updated_unix_ms
+                ],
+            )
+            .map_err(unavailable)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("no incident {}", incident.id)));
+        }
+        if let Some(audit) = audit {
+            append(&tx, audit)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    fn incident(&self, id: &str) -> StoreResult<Option<IncidentRecord>> {
+        incident_in(&self.lock(), id)
+    }
+
+    fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents
+                 WHERE (?1 IS NULL OR model = ?1)
+                 ORDER BY opened_unix_ms DESC, rowid DESC
+                 LIMIT ?2"
+            ))
+            .map_err(unavailable)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![model, limit], read_incident)
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+}
+
+const INCIDENT_COLUMNS: &str = "id, model, rollout, severity, state, opened_unix_ms, \
+                                updated_unix_ms, evidence_json, record_json";
+
+fn read_incident(row: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentRecord> {
+    Ok(IncidentRecord {
+        id: row.get(0)?,
+        model: row.get(1)?,
+        rollout: row.get(2)?,
+        severity: row.get(3)?,
+        state: row.get(4)?,
+        opened_unix_ms: row.get(5)?,
+        updated_unix_ms: row.get(6)?,
+        evidence_json: row.get(7)?,
+        record_json: row.get(8)?,
+    })
+}
+
+fn incident_in(conn: &Connection, id: &str) -> StoreResult<Option<IncidentRecord>> {
+    conn.query_row(
+        &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
+        params![id],
+        read_incident,
+    )
+    .optional()
+    .map_err(unavailable)
 }
 
 /// The last-known-good of `model`, inside `conn`.
@@ -1897,5 +2047,71 @@ mod tests {
         assert_eq!(schema_version(&store), MIGRATIONS.len());
         assert_eq!(ids(store.rollouts(None, true, 10).unwrap()), ["ro-1"]);
         assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    fn incident(id: &str) -> IncidentRecord {
+        IncidentRecord {
+            id: id.into(),
+            model: "fraud".into(),
+            rollout: "ro-1".into(),
+            severity: "critical".into(),
+            state: "verifying".into(),
+            opened_unix_ms: 5,
+            updated_unix_ms: 5,
+            evidence_json: r#"{"samples":[]}"#.into(),
+            record_json: r#"{"timeline":[]}"#.into(),
+        }
+    }
+
+    fn pin(version: &str) -> Retention {
+        Retention {
+            model: "fraud".into(),
+            version: version.into(),
+            reason: "incident:inc-1".into(),
+            created_at_ms: 5,
+            created_by: "controller".into(),
+        }
+    }
+
+    #[test]
+    fn an_incident_pins_registered_versions_and_its_evidence_is_frozen() {
+        let (_dir, store) = open();
+        store
+            .register_version(&version("v2", "cc"), draft("fraud/v2"))
+            .unwrap();
+        let opened = incident("inc-1");
+        // `ghost` is only in a routing table: nothing to pin, not an error.
+        store
+            .create_incident(&opened, &[pin("v2"), pin("ghost")], draft("fraud/inc-1"))
+            .unwrap();
+        assert_eq!(store.retentions("fraud", "v2").unwrap().len(), 1);
+        assert!(matches!(
+            store
+                .delete_version("fraud", "v2", draft("fraud/v2"))
+                .unwrap(),
+            Deletion::Refused(_)
+        ));
+        let again = store.create_incident(&opened, &[], draft("fraud/inc-1"));
+        assert!(matches!(again, Err(StoreError::Conflict(_))));
+
+        let mut verified = opened.clone();
+        verified.state = "recovered".into();
+        verified.record_json = r#"{"timeline":[1]}"#.into();
+        // Evidence passed to an update is ignored.
+        verified.evidence_json = "{}".into();
+        store.update_incident(&verified, None).unwrap();
+        let stored = store.incident("inc-1").unwrap().unwrap();
+        assert_eq!(stored.state, "recovered");
+        assert_eq!(stored.evidence_json, opened.evidence_json);
+        // Even a direct write cannot change it.
+        let refused = store.lock().execute(
+            "UPDATE incidents SET evidence_json = '{}' WHERE id = 'inc-1'",
+            [],
+        );
+        assert!(refused.unwrap_err().to_string().contains("frozen"));
+        assert_eq!(store.incidents(Some("fraud"), 10).unwrap().len(), 1);
+        assert_eq!(store.incidents(Some("other"), 10).unwrap().len(), 0);
+        let missing = store.update_incident(&incident("inc-9"), None);
+        assert!(matches!(missing, Err(StoreError::NotFound(_))));
     }
 }
