@@ -13,6 +13,7 @@
 
 use crate::config::{CohortSpec, ModelSpec, ShadowSpec, StickySpec};
 use crate::gateway::{unix_ms, Event, Gateway};
+use crate::incident::{self, Incidents, Opening, Swap, WindowSummary};
 use crate::registry::{PromoteRequest, Registry};
 use crate::store::{AuditDraft, RolloutRecord, Store, StoreError};
 use backstop_core::analysis::Sample;
@@ -88,6 +89,9 @@ pub struct RolloutView {
     pub updated_unix_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_timing: Option<RollbackTiming>,
+    /// The incident the rollback opened (this process only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
 }
 
 struct Active {
@@ -100,6 +104,11 @@ struct Active {
     /// Audit entries (and the state) not stored yet: a failed write is
     /// retried every tick, so no verdict is lost to a transient error.
     unsaved: Option<Vec<AuditDraft>>,
+    /// The baseline's figures when the rollout started: what recovery is
+    /// judged against after a rollback.
+    baseline_before: Option<WindowSummary>,
+    /// The incident the rollback opened.
+    incident: Option<String>,
 }
 
 impl Active {
@@ -112,6 +121,8 @@ impl Active {
             persisted_ms: now,
             rollback: None,
             unsaved: None,
+            baseline_before: None,
+            incident: None,
         }
     }
 }
@@ -120,6 +131,7 @@ pub struct Rollouts {
     gateway: Arc<Gateway>,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
+    incidents: Arc<Incidents>,
     /// Open rollouts (and those that finished in this process, for status).
     active: tokio::sync::Mutex<BTreeMap<String, Active>>,
 }
@@ -127,11 +139,17 @@ pub struct Rollouts {
 impl Rollouts {
     pub fn new(gateway: Arc<Gateway>, registry: Arc<Registry>) -> Arc<Rollouts> {
         Arc::new(Rollouts {
+            incidents: Incidents::new(gateway.clone(), registry.store()),
             store: registry.store(),
             gateway,
             registry,
             active: tokio::sync::Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The incidents rollbacks open.
+    pub fn incidents(&self) -> Arc<Incidents> {
+        self.incidents.clone()
     }
 
     /// The store rollouts and their audit entries live in.
@@ -293,6 +311,9 @@ impl Rollouts {
         blocking(move || store.create_rollout(&created, draft)).await?;
         let mut active = self.active.lock().await;
         let mut entry = Active::new(rollout, record, self.current_epoch(), now);
+        entry.baseline_before = self
+            .incidents
+            .baseline_reference(&entry.record.model, &entry.record.baseline);
         self.carry_out(&mut entry, actions, decided, actor, now)
             .await;
         let view = self.view(&entry);
@@ -481,7 +502,19 @@ impl Rollouts {
     ) {
         let (model, candidate) = (entry.record.model.clone(), entry.record.candidate.clone());
         let mut audits = Vec::new();
+        let mut opening = None;
         for action in actions {
+            // The rollback's own record (`rollout.rollback`) counts it.
+            let event = match &action {
+                Action::Route { .. } => Some("route"),
+                Action::Rollback { .. } => None,
+                Action::Promote => Some("promote_swap"),
+                Action::Notify { .. } => Some("notice"),
+                Action::Record { kind, .. } => Some(kind.strip_prefix("rollout.").unwrap_or(kind)),
+            };
+            if let Some(event) = event {
+                self.gateway.rollout_events.count(&model, event);
+            }
             match action {
                 Action::Route {
                     candidate_percent,
@@ -500,6 +533,13 @@ impl Rollouts {
                     // Safety first: the swap, before any I/O.
                     let swapped = self.condemn(&entry.rollout.policy);
                     let verdict_to_swap_us = decided.elapsed().as_secs_f64() * 1e6;
+                    let swap_epoch = self.current_epoch();
+                    let swap = Swap {
+                        ok: swapped.is_ok(),
+                        at_unix_ms: unix_ms(),
+                        verdict_to_swap_us,
+                        error: swapped.as_ref().err().cloned(),
+                    };
                     match swapped {
                         Ok(()) => {
                             entry.rollback = Some(RollbackTiming {
@@ -509,6 +549,27 @@ impl Rollouts {
                         }
                         Err(e) => tracing::error!(model, "Rollback swap failed: {e}"),
                     }
+                    // Evidence out of memory before anything rotates it.
+                    let (metrics, samples) =
+                        self.incidents.capture(&entry.rollout.policy, &verdict);
+                    let id = incident::new_id();
+                    entry.incident = Some(id.clone());
+                    opening = Some(Opening {
+                        id,
+                        model: model.clone(),
+                        rollout: entry.record.id.clone(),
+                        rollout_created_unix_ms: entry.record.created_unix_ms,
+                        candidate: candidate.clone(),
+                        baseline: entry.record.baseline.clone(),
+                        policy: entry.rollout.policy.clone(),
+                        verdict: verdict.clone(),
+                        actor: actor.to_string(),
+                        swap,
+                        swap_epoch,
+                        metrics,
+                        samples,
+                        baseline_before_rollout: entry.baseline_before.clone(),
+                    });
                     audits.push(AuditDraft {
                         actor: actor.to_string(),
                         action: "rollout.verdict".into(),
@@ -548,6 +609,12 @@ impl Rollouts {
             }
         }
         self.persist(entry, audits, now).await;
+        if let Some(opening) = opening {
+            // Beside the rollout: its fsyncs and the verification that
+            // follows must not hold the other rollouts' ticks.
+            let incidents = self.incidents.clone();
+            tokio::spawn(async move { incidents.open_retrying(opening).await });
+        }
     }
 
     /// Stores the rollout's state with its new audit entries (and any a
@@ -720,6 +787,7 @@ impl Rollouts {
             created_unix_ms: entry.record.created_unix_ms,
             updated_unix_ms: entry.record.updated_unix_ms,
             rollback_timing: rollback,
+            incident: entry.incident.clone(),
         }
     }
 
@@ -749,6 +817,7 @@ fn stored_view(record: &RolloutRecord) -> Result<RolloutView, RolloutError> {
         created_unix_ms: record.created_unix_ms,
         updated_unix_ms: record.updated_unix_ms,
         rollback_timing: None,
+        incident: None,
     })
 }
 

@@ -212,5 +212,36 @@ fn text(gateway: &Gateway) -> String {
     );
     let _ = writeln!(out, "# TYPE backstop_events_total counter");
     let _ = writeln!(out, "backstop_events_total {}", gateway.events.total());
+    let rollout_events = gateway.rollout_events.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP backstop_rollout_events_total Rollout steps, rollbacks, promotions and incident events, by model (for deploy and rollback annotations)."
+    );
+    let _ = writeln!(out, "# TYPE backstop_rollout_events_total counter");
+    for ((model, event), (count, _)) in &rollout_events {
+        let _ = writeln!(
+            out,
+            "backstop_rollout_events_total{{model=\"{}\",event=\"{}\"}} {count}",
+            label(model),
+            label(event)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backstop_rollout_event_last_timestamp_seconds When each rollout event last happened."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE backstop_rollout_event_last_timestamp_seconds gauge"
+    );
+    for ((model, event), (_, last_ms)) in &rollout_events {
+        let _ = writeln!(
+            out,
+            "backstop_rollout_event_last_timestamp_seconds{{model=\"{}\",event=\"{}\"}} {:.3}",
+            label(model),
+            label(event),
+            *last_ms as f64 / 1000.0
+        );
+    }
     out
 }

@@ -87,6 +87,32 @@ pub struct Event {
     pub detail: String,
 }
 
+/// Rollout and incident events per model (`step`, `rollback`, `promote`,
+/// `incident_open`, ...): counters and last times for `/metrics`, so a
+/// dashboard can draw deploy and rollback annotations. Bounded by models
+/// times event kinds.
+#[derive(Default)]
+pub struct RolloutEvents {
+    counts: Mutex<std::collections::BTreeMap<(String, String), (u64, u64)>>,
+}
+
+impl RolloutEvents {
+    pub fn count(&self, model: &str, event: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = counts
+            .entry((model.to_string(), event.to_string()))
+            .or_default();
+        entry.0 += 1;
+        entry.1 = unix_ms();
+    }
+
+    /// `((model, event), (count, last unix ms))`, sorted.
+    pub fn snapshot(&self) -> Vec<((String, String), (u64, u64))> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// The most recent events, bounded.
 pub struct Events {
     ring: Mutex<VecDeque<Event>>,
@@ -156,6 +182,7 @@ pub struct Gateway {
     clients: UpstreamClients,
     pub shadow_permits: Arc<tokio::sync::Semaphore>,
     pub events: Arc<Events>,
+    pub rollout_events: RolloutEvents,
     pub pin_header: http::HeaderName,
     pub swaps: AtomicU64,
     started: Instant,
@@ -177,6 +204,7 @@ impl Gateway {
             endpoints: Mutex::new(HashMap::new()),
             clients,
             events: Arc::new(Events::new()),
+            rollout_events: RolloutEvents::default(),
             pin_header,
             swaps: AtomicU64::new(0),
             started: Instant::now(),
