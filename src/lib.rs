@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod loadgen;
+pub mod notify;
 pub mod policy;
 pub mod registry;
 pub mod rollout;

@@ -3,8 +3,9 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Lkg, Promoted, Registered,
-    Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord, VersionRecord,
+    Attempt, AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Enqueued, Lkg,
+    OutboxRecord, Promoted, Registered, Retention, RolloutRecord, Store, StoreError, StoreResult,
+    TokenRecord, VersionRecord,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -184,5 +185,27 @@ impl<S: Store> Store for FaultyStore<S> {
         limit: usize,
     ) -> StoreResult<Vec<RolloutRecord>> {
         self.inner.rollouts(model, open_only, limit)
+    }
+
+    fn enqueue_notification(&self, record: &OutboxRecord) -> StoreResult<Enqueued> {
+        self.fail("enqueue_notification commit")?;
+        self.inner.enqueue_notification(record)
+    }
+
+    fn due_notifications(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<OutboxRecord>> {
+        self.inner.due_notifications(now_ms, limit)
+    }
+
+    fn record_attempt(&self, id: u64, outcome: &Attempt) -> StoreResult<OutboxRecord> {
+        self.fail("record_attempt commit")?;
+        self.inner.record_attempt(id, outcome)
+    }
+
+    fn notifications(
+        &self,
+        incident: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        self.inner.notifications(incident, limit)
     }
 }
