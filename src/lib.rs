@@ -15,6 +15,7 @@ pub mod demo;
 pub mod gateway;
 pub mod incident;
 pub mod loadgen;
+pub mod notify;
 pub mod policy;
 pub mod registry;
 pub mod report;

@@ -3,9 +3,9 @@
 //! fuzzer backend do. Only tests construct it.
 
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, IncidentRecord, Lkg, Promoted,
-    Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
-    VersionRecord,
+    Attempt, AuditDraft, AuditEntry, AuditFilter, BundleRecord, Deletion, Enqueued, IncidentRecord,
+    Lkg, OutboxRecord, Promoted, Registered, Retention, RolloutRecord, Store, StoreError,
+    StoreResult, TokenRecord, VersionRecord,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -212,5 +212,27 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>> {
         self.inner.incidents(model, limit)
+    }
+
+    fn enqueue_notification(&self, record: &OutboxRecord) -> StoreResult<Enqueued> {
+        self.fail("enqueue_notification commit")?;
+        self.inner.enqueue_notification(record)
+    }
+
+    fn due_notifications(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<OutboxRecord>> {
+        self.inner.due_notifications(now_ms, limit)
+    }
+
+    fn record_attempt(&self, id: u64, outcome: &Attempt) -> StoreResult<OutboxRecord> {
+        self.fail("record_attempt commit")?;
+        self.inner.record_attempt(id, outcome)
+    }
+
+    fn notifications(
+        &self,
+        incident: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        self.inner.notifications(incident, limit)
     }
 }

@@ -1,12 +1,15 @@
-//! The store: registry, audit log, rollout state (and later incidents)
-//! behind one interface.
+//! The store: registry, audit log, rollout state, the notification outbox
+//! (and later incidents) behind one interface.
 //!
 //! [`Store`] is synchronous: the embedded SQLite engine is, and callers on
 //! the async side run it on the blocking pool. Every change is one
 //! transaction that also appends its audit entry, so a change is never
 //! recorded without its audit entry or the other way round, and a write is
-//! durable (fsynced) before the call returns. PostgreSQL, for several
-//! replicas, is meant to be a second implementation of the same trait.
+//! durable (fsynced) before the call returns. The notification outbox is
+//! the one exception to the audit rule: a delivery attempt changes nothing
+//! users audit, and the outbox row is its own record. PostgreSQL, for
+//! several replicas, is meant to be a second implementation of the same
+//! trait.
 
 pub mod artifacts;
 pub mod audit;
@@ -217,6 +220,100 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
 }
 
+/// Where a queued notification stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// A receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed; `last_error` says why the last one did.
+    Failed,
+}
+
+impl OutboxState {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for OutboxState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pending" => Ok(OutboxState::Pending),
+            "delivered" => Ok(OutboxState::Delivered),
+            "failed" => Ok(OutboxState::Failed),
+            other => Err(format!("unknown outbox state {other:?}")),
+        }
+    }
+}
+
+/// One notification for one receiver in the durable outbox. The store
+/// keeps the text fields opaque; the notifier gives them meaning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutboxRecord {
+    /// Assigned by the store; ignored when enqueueing.
+    pub id: u64,
+    pub incident: String,
+    pub model: String,
+    /// The receiver's name in the policy.
+    pub receiver: String,
+    /// `json`, `slack` or `alertmanager`.
+    pub format: String,
+    /// The address, when the policy gives it directly.
+    pub url: Option<String>,
+    /// The environment variable that holds the address (resolved at send
+    /// time, so a secret webhook never sits in the store).
+    pub url_env: Option<String>,
+    /// `critical` or `warning`.
+    pub severity: String,
+    /// `incident.opened`, `incident.not_recovered`, ...
+    pub kind: String,
+    /// `{incident}/{receiver}/{kind}`: unique, so a group is queued once.
+    pub group_key: String,
+    /// The notification as JSON, rendered per format at send time.
+    pub payload: serde_json::Value,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_unix_ms: u64,
+    pub last_error: Option<String>,
+    pub created_unix_ms: u64,
+    pub delivered_unix_ms: Option<u64>,
+}
+
+/// Outcome of queueing a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new row with this id.
+    Queued(u64),
+    /// The group was already queued (this id); nothing changed.
+    Grouped(u64),
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered {
+        at_unix_ms: u64,
+    },
+    /// Failed; try again at `next_attempt_unix_ms`.
+    Retry {
+        error: String,
+        next_attempt_unix_ms: u64,
+    },
+    /// Failed, and no attempt is left: the row becomes `failed`.
+    GaveUp {
+        error: String,
+    },
+}
+
 /// Outcome of registering a version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Registered {
@@ -394,4 +491,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// At most `limit` incidents, newest first, of one model or of all.
     fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>>;
+
+    /// Queues a notification unless its `group_key` is queued already
+    /// ([`Enqueued::Grouped`], nothing changed). Durable before it returns.
+    /// Not audited: a notification changes no state users audit, and the
+    /// outbox row is its own record.
+    fn enqueue_notification(&self, record: &OutboxRecord) -> StoreResult<Enqueued>;
+
+    /// At most `limit` pending notifications whose next attempt is due at
+    /// `now_ms`, the longest-waiting first. Rows left pending by an earlier
+    /// process are included: that is how none is lost across a restart.
+    fn due_notifications(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<OutboxRecord>>;
+
+    /// Records one attempt on a pending notification (counting it) and
+    /// returns the row as it now is. [`StoreError::NotFound`] for an
+    /// unknown id, [`StoreError::Conflict`] when it is no longer pending.
+    /// Not audited, like the enqueue.
+    fn record_attempt(&self, id: u64, outcome: &Attempt) -> StoreResult<OutboxRecord>;
+
+    /// At most `limit` notifications, of one incident or of all, newest
+    /// first.
+    fn notifications(&self, incident: Option<&str>, limit: usize)
+        -> StoreResult<Vec<OutboxRecord>>;
 }

@@ -8,9 +8,9 @@
 
 use super::audit::entry_hash;
 use super::{
-    AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, IncidentRecord, Lkg,
-    Promoted, Registered, Retention, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
-    VersionRecord,
+    Attempt, AuditDraft, AuditEntry, AuditFilter, BundleMember, BundleRecord, Deletion, Enqueued,
+    IncidentRecord, Lkg, OutboxRecord, OutboxState, Promoted, Registered, Retention, RolloutRecord,
+    Store, StoreError, StoreResult, TokenRecord, VersionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeSet;
@@ -146,6 +146,35 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         SELECT RAISE(ABORT, 'incident evidence is frozen');
     END;
+    "#,
+    // 6: the notification outbox. A row is written
+    // before anyone is told, so a crash or restart loses no notification;
+    // the unique group key queues one incident+receiver+kind once.
+    // `incident` is plain text, not a foreign key, so this migration does
+    // not depend on the incidents table.
+    r#"
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        incident TEXT NOT NULL,
+        model TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        format TEXT NOT NULL,
+        url TEXT,
+        url_env TEXT,
+        severity TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_unix_ms INTEGER NOT NULL,
+        last_error TEXT,
+        created_unix_ms INTEGER NOT NULL,
+        delivered_unix_ms INTEGER
+    );
+    CREATE UNIQUE INDEX outbox_group ON outbox (group_key);
+    CREATE INDEX outbox_due ON outbox (state, next_attempt_unix_ms);
+    CREATE INDEX outbox_incident ON outbox (incident, id);
     "#,
 ];
 
@@ -1126,6 +1155,131 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         rows.collect::<Result<_, _>>().map_err(unavailable)
     }
+
+    fn enqueue_notification(&self, record: &OutboxRecord) -> StoreResult<Enqueued> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        // DO NOTHING on the group key: a duplicate is grouped, not an error.
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', 0, ?11, NULL,
+                             ?12, NULL)
+                     ON CONFLICT (group_key) DO NOTHING"
+                ),
+                params![
+                    record.incident,
+                    record.model,
+                    record.receiver,
+                    record.format,
+                    record.url,
+                    record.url_env,
+                    record.severity,
+                    record.kind,
+                    record.group_key,
+                    record.payload.to_string(),
+                    record.next_attempt_unix_ms,
+                    record.created_unix_ms
+                ],
+            )
+            .map_err(unavailable)?;
+        let outcome = if inserted == 1 {
+            Enqueued::Queued(tx.last_insert_rowid() as u64)
+        } else {
+            let id: u64 = tx
+                .query_row(
+                    "SELECT id FROM outbox WHERE group_key = ?1",
+                    params![record.group_key],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            Enqueued::Grouped(id)
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok(outcome)
+    }
+
+    fn due_notifications(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<OutboxRecord>> {
+        let conn = self.lock();
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        outbox_rows(
+            &conn,
+            &format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox
+                 WHERE state = 'pending' AND next_attempt_unix_ms <= ?1
+                 ORDER BY next_attempt_unix_ms, id LIMIT ?2"
+            ),
+            params![now, limit],
+        )
+    }
+
+    fn record_attempt(&self, id: u64, outcome: &Attempt) -> StoreResult<OutboxRecord> {
+        let mut conn = self.lock();
+        let tx = immediate(&mut conn)?;
+        let stored = outbox_in(&tx, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no notification {id}")))?;
+        if stored.state != OutboxState::Pending {
+            return Err(StoreError::Conflict(format!(
+                "notification {id} is {}, not pending",
+                stored.state.name()
+            )));
+        }
+        // A delivery keeps the earlier error: it tells why it took retries.
+        let (state, next, error, delivered) = match outcome {
+            Attempt::Delivered { at_unix_ms } => (
+                OutboxState::Delivered,
+                stored.next_attempt_unix_ms,
+                stored.last_error.clone(),
+                Some(*at_unix_ms),
+            ),
+            Attempt::Retry {
+                error,
+                next_attempt_unix_ms,
+            } => (
+                OutboxState::Pending,
+                *next_attempt_unix_ms,
+                Some(error.clone()),
+                None,
+            ),
+            Attempt::GaveUp { error } => (
+                OutboxState::Failed,
+                stored.next_attempt_unix_ms,
+                Some(error.clone()),
+                None,
+            ),
+        };
+        let next = i64::try_from(next).unwrap_or(i64::MAX);
+        let delivered = delivered.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        tx.execute(
+            "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_unix_ms = ?3,
+             last_error = ?4, delivered_unix_ms = ?5 WHERE id = ?1",
+            params![id, state.name(), next, error, delivered],
+        )
+        .map_err(unavailable)?;
+        let updated = outbox_in(&tx, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no notification {id}")))?;
+        tx.commit().map_err(unavailable)?;
+        Ok(updated)
+    }
+
+    fn notifications(
+        &self,
+        incident: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        let conn = self.lock();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        outbox_rows(
+            &conn,
+            &format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE (?1 IS NULL OR incident = ?1)
+                 ORDER BY id DESC LIMIT ?2"
+            ),
+            params![incident, limit],
+        )
+    }
 }
 
 const INCIDENT_COLUMNS: &str = "id, model, rollout, severity, state, opened_unix_ms, \
@@ -1153,6 +1307,76 @@ fn incident_in(conn: &Connection, id: &str) -> StoreResult<Option<IncidentRecord
     )
     .optional()
     .map_err(unavailable)
+}
+
+const OUTBOX_INSERT_COLUMNS: &str = "incident, model, receiver, format, url, url_env, severity, \
+                                     kind, group_key, payload, state, attempts, \
+                                     next_attempt_unix_ms, last_error, created_unix_ms, \
+                                     delivered_unix_ms";
+
+const OUTBOX_COLUMNS: &str = "id, incident, model, receiver, format, url, url_env, severity, \
+                              kind, group_key, payload, state, attempts, next_attempt_unix_ms, \
+                              last_error, created_unix_ms, delivered_unix_ms";
+
+fn read_outbox(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxRecord, StoreError>> {
+    let id: u64 = row.get(0)?;
+    let payload: String = row.get(10)?;
+    let state: String = row.get(11)?;
+    let record = OutboxRecord {
+        id,
+        incident: row.get(1)?,
+        model: row.get(2)?,
+        receiver: row.get(3)?,
+        format: row.get(4)?,
+        url: row.get(5)?,
+        url_env: row.get(6)?,
+        severity: row.get(7)?,
+        kind: row.get(8)?,
+        group_key: row.get(9)?,
+        payload: serde_json::Value::Null,
+        state: OutboxState::Pending,
+        attempts: row.get(12)?,
+        next_attempt_unix_ms: row.get(13)?,
+        last_error: row.get(14)?,
+        created_unix_ms: row.get(15)?,
+        delivered_unix_ms: row.get(16)?,
+    };
+    let parsed = (|| {
+        Ok(OutboxRecord {
+            payload: serde_json::from_str(&payload)
+                .map_err(|e| corrupt(&format!("notification {id} payload"), e))?,
+            state: state
+                .parse()
+                .map_err(|e| corrupt(&format!("notification {id} state"), e))?,
+            ..record
+        })
+    })();
+    Ok(parsed)
+}
+
+/// Outbox rows from a query over [`OUTBOX_COLUMNS`].
+fn outbox_rows(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> StoreResult<Vec<OutboxRecord>> {
+    let mut statement = conn.prepare(sql).map_err(unavailable)?;
+    let rows = statement
+        .query_map(args, read_outbox)
+        .map_err(unavailable)?;
+    rows.map(|row| row.map_err(unavailable)?).collect()
+}
+
+/// The outbox row with this id, inside `conn`.
+fn outbox_in(conn: &Connection, id: u64) -> StoreResult<Option<OutboxRecord>> {
+    conn.query_row(
+        &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?1"),
+        params![id],
+        read_outbox,
+    )
+    .optional()
+    .map_err(unavailable)?
+    .transpose()
 }
 
 /// The last-known-good of `model`, inside `conn`.
@@ -2113,5 +2337,185 @@ mod tests {
         assert_eq!(store.incidents(Some("other"), 10).unwrap().len(), 0);
         let missing = store.update_incident(&incident("inc-9"), None);
         assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    }
+
+    fn outbox(incident: &str, receiver: &str, next: u64) -> OutboxRecord {
+        OutboxRecord {
+            id: 0,
+            incident: incident.into(),
+            model: "fraud".into(),
+            receiver: receiver.into(),
+            format: "json".into(),
+            url: Some("http://127.0.0.1:9/hook".into()),
+            url_env: None,
+            severity: "critical".into(),
+            kind: "incident.opened".into(),
+            group_key: format!("{incident}/{receiver}/incident.opened"),
+            payload: serde_json::json!({"incident": incident, "title": "rolled back"}),
+            state: OutboxState::Pending,
+            attempts: 0,
+            next_attempt_unix_ms: next,
+            last_error: None,
+            created_unix_ms: next,
+            delivered_unix_ms: None,
+        }
+    }
+
+    fn outbox_ids(rows: Vec<OutboxRecord>) -> Vec<u64> {
+        rows.into_iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn the_outbox_queues_a_group_once_lists_due_rows_and_survives_reopening() {
+        let (dir, store) = open();
+        let first = outbox("inc-1", "pager", 100);
+        assert_eq!(
+            store.enqueue_notification(&first).unwrap(),
+            Enqueued::Queued(1)
+        );
+        // The same group again, even with other content, changes nothing.
+        let mut again = first.clone();
+        again.payload = serde_json::json!({"other": true});
+        again.next_attempt_unix_ms = 0;
+        assert_eq!(
+            store.enqueue_notification(&again).unwrap(),
+            Enqueued::Grouped(1)
+        );
+        let mut second = outbox("inc-1", "slack", 50);
+        second.url = None;
+        second.url_env = Some("SLACK_URL".into());
+        assert_eq!(
+            store.enqueue_notification(&second).unwrap(),
+            Enqueued::Queued(2)
+        );
+        assert_eq!(
+            store
+                .enqueue_notification(&outbox("inc-2", "pager", 10))
+                .unwrap(),
+            Enqueued::Queued(3)
+        );
+
+        // Due: the longest-waiting first, none before its time.
+        assert_eq!(
+            outbox_ids(store.due_notifications(100, 10).unwrap()),
+            [3, 2, 1]
+        );
+        assert_eq!(outbox_ids(store.due_notifications(60, 10).unwrap()), [3, 2]);
+        assert_eq!(outbox_ids(store.due_notifications(60, 1).unwrap()), [3]);
+        assert!(store.due_notifications(9, 10).unwrap().is_empty());
+
+        assert_eq!(
+            outbox_ids(store.notifications(Some("inc-1"), 10).unwrap()),
+            [2, 1]
+        );
+        assert_eq!(outbox_ids(store.notifications(None, 2).unwrap()), [3, 2]);
+        assert!(store.notifications(Some("inc-9"), 10).unwrap().is_empty());
+        // The outbox writes no audit entries (see the trait).
+        assert!(actions(&store).is_empty());
+
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
+        let rows = store.notifications(Some("inc-1"), 10).unwrap();
+        let stored = rows.iter().find(|r| r.id == 1).unwrap();
+        assert_eq!(stored, &OutboxRecord { id: 1, ..first });
+        let by_env = rows.iter().find(|r| r.id == 2).unwrap();
+        assert_eq!(
+            (by_env.url.as_deref(), by_env.url_env.as_deref()),
+            (None, Some("SLACK_URL"))
+        );
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn attempts_are_counted_until_delivered_or_given_up() {
+        let (_dir, store) = open();
+        store
+            .enqueue_notification(&outbox("inc-1", "pager", 100))
+            .unwrap();
+        store
+            .enqueue_notification(&outbox("inc-1", "slack", 100))
+            .unwrap();
+
+        let retried = store
+            .record_attempt(
+                1,
+                &Attempt::Retry {
+                    error: "HTTP 500".into(),
+                    next_attempt_unix_ms: 500,
+                },
+            )
+            .unwrap();
+        assert_eq!(retried.state, OutboxState::Pending);
+        assert_eq!(retried.attempts, 1);
+        assert_eq!(retried.next_attempt_unix_ms, 500);
+        assert_eq!(retried.last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(outbox_ids(store.due_notifications(499, 10).unwrap()), [2]);
+
+        let delivered = store
+            .record_attempt(1, &Attempt::Delivered { at_unix_ms: 600 })
+            .unwrap();
+        assert_eq!(delivered.state, OutboxState::Delivered);
+        assert_eq!(delivered.attempts, 2);
+        assert_eq!(delivered.delivered_unix_ms, Some(600));
+        // The error that cost a retry stays on record.
+        assert_eq!(delivered.last_error.as_deref(), Some("HTTP 500"));
+
+        let failed = store
+            .record_attempt(
+                2,
+                &Attempt::GaveUp {
+                    error: "timed out".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(failed.state, OutboxState::Failed);
+        assert_eq!(failed.attempts, 1);
+        assert_eq!(failed.last_error.as_deref(), Some("timed out"));
+        assert!(store.due_notifications(u64::MAX, 10).unwrap().is_empty());
+
+        // Finished rows take no more attempts; unknown ids are not found.
+        assert!(matches!(
+            store.record_attempt(1, &Attempt::Delivered { at_unix_ms: 700 }),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.record_attempt(9, &Attempt::Delivered { at_unix_ms: 700 }),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.notifications(None, 10).unwrap()[1].attempts, 2);
+        assert!(actions(&store).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_outbox_row_is_corrupt_not_a_panic() {
+        let (_dir, store) = open();
+        store
+            .enqueue_notification(&outbox("inc-1", "pager", 1))
+            .unwrap();
+        store
+            .lock()
+            .execute("UPDATE outbox SET payload = '{not json'", [])
+            .unwrap();
+        assert!(matches!(
+            store.due_notifications(10, 10),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_store_from_before_the_outbox_is_migrated() {
+        let dir = at_schema(4, |_| {});
+        let path = dir.path().join("backstop.db");
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema_version(&store), MIGRATIONS.len());
+        assert_eq!(
+            store
+                .enqueue_notification(&outbox("inc-1", "pager", 1))
+                .unwrap(),
+            Enqueued::Queued(1)
+        );
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.notifications(None, 10).unwrap().len(), 1);
     }
 }
