@@ -13,6 +13,8 @@
 //! critical) or "unverified" (not enough traffic to say).
 
 use crate::gateway::{unix_ms, Gateway};
+use crate::notify::{self, HookResult, Notification, Notifier, NotifierConfig};
+use crate::store::OutboxRecord;
 use crate::store::{AuditDraft, AuditFilter, IncidentRecord, Retention, Store, StoreError};
 use backstop_core::analysis::window::Counts;
 use backstop_core::analysis::WindowSnapshot;
@@ -219,6 +221,9 @@ pub struct Record {
     pub timeline: Vec<TimelineEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationResult>,
+    /// The policy's hooks, once they have all finished.
+    #[serde(default)]
+    pub hooks: Vec<HookResult>,
 }
 
 /// An incident as the API shows it.
@@ -237,6 +242,9 @@ pub struct IncidentView {
     pub evidence: Evidence,
     #[serde(flatten)]
     pub record: Record,
+    /// Every notification queued for the incident and how its delivery
+    /// stands (from the durable outbox).
+    pub notifications: Vec<OutboxRecord>,
 }
 
 /// A short line per incident, for lists.
@@ -300,11 +308,26 @@ pub struct Opening {
 pub struct Incidents {
     gateway: Arc<Gateway>,
     store: Arc<dyn Store>,
+    notifier: Arc<Notifier>,
+    /// Serialises read-modify-write of incident records (hooks and
+    /// verification finish independently).
+    update: tokio::sync::Mutex<()>,
 }
 
 impl Incidents {
     pub fn new(gateway: Arc<Gateway>, store: Arc<dyn Store>) -> Arc<Incidents> {
-        Arc::new(Incidents { gateway, store })
+        Arc::new(Incidents {
+            notifier: Notifier::new(store.clone(), NotifierConfig::default()),
+            gateway,
+            store,
+            update: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts delivering notifications, those a previous process left
+    /// queued first.
+    pub fn spawn_notifier(&self) -> tokio::task::JoinHandle<()> {
+        self.notifier.spawn()
     }
 
     /// The baseline's figures over the last minute (or what the gateway
@@ -527,7 +550,7 @@ impl Incidents {
 
         let record = Record {
             timeline,
-            verification: None,
+            ..Record::default()
         };
         let incident = IncidentRecord {
             id: id.clone(),
@@ -569,6 +592,65 @@ impl Incidents {
         self.gateway
             .rollout_events
             .count(&opening.model, "incident_open");
+
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("candidate".to_string(), opening.candidate.clone());
+        fields.insert("baseline".to_string(), opening.baseline.clone());
+        fields.insert("trigger".to_string(), verdict_text(&opening.verdict));
+        fields.insert(
+            "traffic".to_string(),
+            format!(
+                "{}% on the candidate at the verdict",
+                opening.verdict.candidate_percent
+            ),
+        );
+        fields.insert(
+            "swap".to_string(),
+            if opening.swap.ok {
+                format!(
+                    "{:.0} µs after the verdict",
+                    opening.swap.verdict_to_swap_us
+                )
+            } else {
+                "FAILED".to_string()
+            },
+        );
+        let notification = Notification {
+            incident: id.clone(),
+            model: opening.model.clone(),
+            rollout: Some(opening.rollout.clone()),
+            kind: notify::INCIDENT_OPENED.into(),
+            severity,
+            title: format!(
+                "Backstop rolled back {} of {}",
+                opening.candidate, opening.model
+            ),
+            summary: verdict_text(&opening.verdict),
+            fields,
+            at_unix_ms: now,
+        };
+        self.notify(&opening.policy, notification).await;
+
+        if !opening.policy.hooks.is_empty() {
+            let incidents = self.clone();
+            let hooks = opening.policy.hooks.clone();
+            let body = serde_json::json!({
+                "incident": id,
+                "model": opening.model,
+                "rollout": opening.rollout,
+                "candidate": opening.candidate,
+                "baseline": opening.baseline,
+                "severity": severity_name(severity),
+                "verdict": opening.verdict,
+            });
+            let hook_id = id.clone();
+            tokio::spawn(async move {
+                let results = notify::run_hooks(&hooks, &body).await;
+                if let Err(e) = incidents.record_hooks(&hook_id, results).await {
+                    tracing::error!(incident = hook_id, "Hook results could not be stored: {e}");
+                }
+            });
+        }
         tracing::warn!(
             incident = id,
             model = opening.model,
@@ -594,6 +676,72 @@ impl Incidents {
         Ok(id)
     }
 
+    /// Queues a notification to every receiver of the policy that takes
+    /// its severity (durably: the outbox delivers it, across restarts).
+    async fn notify(&self, policy: &Policy, notification: Notification) {
+        if policy.notify.is_empty() {
+            return;
+        }
+        let notifier = self.notifier.clone();
+        let receivers = policy.notify.clone();
+        let id = notification.incident.clone();
+        let queued =
+            tokio::task::spawn_blocking(move || notifier.enqueue(&receivers, &notification)).await;
+        match queued {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(incident = id, "Notifications could not be queued: {e}"),
+            Err(e) => tracing::error!(incident = id, "Notification task failed: {e}"),
+        }
+    }
+
+    /// Stores the hooks' results in the incident, audited.
+    async fn record_hooks(&self, id: &str, results: Vec<HookResult>) -> Result<(), IncidentError> {
+        let _update = self.update.lock().await;
+        let (mut incident, evidence, mut record) = self.load(id).await?;
+        let now = unix_ms();
+        for hook in &results {
+            record.timeline.push(TimelineEntry {
+                at_unix_ms: now,
+                what: "hook".into(),
+                detail: format!(
+                    "{} {} {}: {} after {} attempt(s){}",
+                    hook.name,
+                    hook.method,
+                    hook.url,
+                    if hook.ok { "ok" } else { "FAILED" },
+                    hook.attempts,
+                    hook.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+                actor: String::new(),
+            });
+        }
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|h| !h.ok)
+            .map(|h| h.name.as_str())
+            .collect();
+        let audit = AuditDraft {
+            actor: "controller".into(),
+            action: "incident.hooks".into(),
+            target: format!("{}/{id}", evidence.model),
+            reason: if failed.is_empty() {
+                format!("{} hook(s) succeeded", results.len())
+            } else {
+                format!("failed: {}", failed.join(", "))
+            },
+            before: None,
+            after: serde_json::to_value(&results).ok(),
+        };
+        record.hooks = results;
+        incident.record_json = to_json(&record);
+        incident.updated_unix_ms = now;
+        let store = self.store.clone();
+        blocking(move || store.update_incident(&incident, Some(audit))).await
+    }
+
     /// Judges the baseline over the verification window after the swap and
     /// records the result (audited).
     pub async fn verify(
@@ -601,6 +749,7 @@ impl Incidents {
         id: &str,
         swap_epoch: u64,
     ) -> Result<VerificationResult, IncidentError> {
+        let _update = self.update.lock().await;
         let (mut incident, evidence, mut record) = self.load(id).await?;
         let verification = evidence.policy.verification.clone().unwrap_or_default();
         let bucket_ms = self.gateway.config.stats.bucket_ms;
@@ -658,6 +807,36 @@ impl Incidents {
         self.gateway
             .rollout_events
             .count(&evidence.model, &format!("incident_{}", result.state));
+        let (kind, severity) = match result.state.as_str() {
+            "recovered" => (notify::INCIDENT_RECOVERED, evidence.severity),
+            "not_recovered" => (notify::INCIDENT_NOT_RECOVERED, Severity::Critical),
+            _ => ("incident.unverified", Severity::Warning),
+        };
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("baseline".to_string(), evidence.baseline.version.clone());
+        fields.insert("verification".to_string(), result.reasons.join("; "));
+        let notification = Notification {
+            incident: id.to_string(),
+            model: evidence.model.clone(),
+            rollout: Some(evidence.rollout.clone()),
+            kind: kind.into(),
+            severity,
+            title: match result.state.as_str() {
+                "recovered" => format!(
+                    "{} of {} recovered after the rollback",
+                    evidence.baseline.version, evidence.model
+                ),
+                "not_recovered" => format!(
+                    "{} of {} did NOT recover after the rollback",
+                    evidence.baseline.version, evidence.model
+                ),
+                _ => format!("Recovery of {} could not be verified", evidence.model),
+            },
+            summary: result.reasons.join("; "),
+            fields,
+            at_unix_ms: result.verified_unix_ms,
+        };
+        self.notify(&evidence.policy, notification).await;
         match result.state.as_str() {
             "recovered" => tracing::info!(incident = id, "Recovery verified."),
             state => tracing::error!(
@@ -687,7 +866,11 @@ impl Incidents {
 
     pub async fn get(&self, id: &str) -> Result<IncidentView, IncidentError> {
         let (incident, evidence, record) = self.load(id).await?;
+        let notifier = self.notifier.clone();
+        let key = id.to_string();
+        let notifications = blocking(move || notifier.deliveries(&key)).await?;
         Ok(IncidentView {
+            notifications,
             evidence_sha256: hex_sha256(incident.evidence_json.as_bytes()),
             id: incident.id,
             model: incident.model,

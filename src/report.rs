@@ -15,7 +15,7 @@
 //! | M10 | rollbacks per rollout | `rollback_rate` |
 
 use crate::incident::{Evidence, Record};
-use crate::store::{AuditEntry, AuditFilter, Store, StoreError};
+use crate::store::{AuditEntry, AuditFilter, OutboxState, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -277,10 +277,23 @@ fn figures(
 
 /// Notification deliveries per model.
 fn deliveries(
-    _store: &dyn Store,
-    _model: Option<&str>,
+    store: &dyn Store,
+    model: Option<&str>,
 ) -> Result<BTreeMap<String, Deliveries>, StoreError> {
-    Ok(BTreeMap::new())
+    let mut per_model: BTreeMap<String, Deliveries> = BTreeMap::new();
+    for row in store.notifications(None, READ_MAX)? {
+        if model.is_some_and(|m| m != row.model) {
+            continue;
+        }
+        let d = per_model.entry(row.model.clone()).or_default();
+        d.queued += 1;
+        match row.state {
+            OutboxState::Pending => d.pending += 1,
+            OutboxState::Delivered => d.delivered += 1,
+            OutboxState::Failed => d.failed += 1,
+        }
+    }
+    Ok(per_model)
 }
 
 /// One annotation, in the shape Grafana's JSON data sources read.

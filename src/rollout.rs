@@ -793,6 +793,7 @@ impl Rollouts {
 
     /// Runs the controller every statistics bucket until the task is dropped.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.incidents.spawn_notifier();
         let rollouts = self.clone();
         tokio::spawn(async move {
             let bucket = Duration::from_millis(rollouts.gateway.config.stats.bucket_ms);

@@ -6,6 +6,7 @@
 //! change changes nothing.
 
 pub mod auth;
+mod incidents;
 mod metrics;
 mod openapi;
 mod registry;
@@ -84,6 +85,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(auth::check))
         .merge(registry::routes())
         .merge(rollouts::routes())
+        .merge(incidents::routes())
         .merge(tokens::routes())
 }
 
