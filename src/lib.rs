@@ -15,6 +15,7 @@ pub mod demo;
 pub mod gateway;
 pub mod loadgen;
 pub mod policy;
+pub mod redact;
 pub mod registry;
 pub mod rollout;
 pub mod sim;
