@@ -134,6 +134,12 @@ const RULES: &[(On, &str, Need)] = &[
     // What the code says, not what the gateway holds.
     (On::Read, "/api/v1/openapi.json", Need::Open),
     (On::Any, "/api/v1/tokens/**", Need::Role(Role::Admin)),
+    // Samples carry payloads (redacted, still): those who run rollouts.
+    (
+        On::Read,
+        "/api/v1/models/*/samples",
+        Need::Role(Role::Deployer),
+    ),
     (On::Read, "/**", Need::Role(Role::Viewer)),
     // Re-hashing artifacts changes nothing but the audit log.
     (
@@ -411,6 +417,7 @@ mod tests {
             (Method::GET, "/api/v1/models", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/routes", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/stats", R(Role::Viewer)),
+            (Method::GET, "/api/v1/models/m/samples", R(Role::Deployer)),
             (Method::GET, "/api/v1/models/m/versions", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/versions/v1", R(Role::Viewer)),
             (Method::GET, "/api/v1/events", R(Role::Viewer)),

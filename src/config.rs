@@ -250,6 +250,10 @@ pub struct ModelSpec {
     pub shadow: Option<ShadowSpec>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Request/response samples kept per version for incidents; absent:
+    /// nothing is captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureSpec>,
     /// Active health-check path on each endpoint (HTTP upstreams).
     #[serde(default = "default_health_path")]
     pub health_path: String,
@@ -346,6 +350,95 @@ pub struct ShadowSpec {
     pub version: String,
     /// Share of requests copied, 0..=100 (fractions allowed).
     pub percent: f64,
+}
+
+/// Samples of request/response pairs kept per version (the evidence an
+/// incident freezes). Same names as a policy's `evidence` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// Share of requests sampled, 0..=100 (fractions allowed; 0: none).
+    #[serde(default = "default_sample_percent")]
+    pub sample_percent: f64,
+    /// Pairs kept per version, 1..=10000: the newest replace the oldest.
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Larger bodies are recorded as omitted, with their size (max 1 MiB).
+    #[serde(default = "default_body_max_bytes")]
+    pub body_max_bytes: usize,
+    /// JSON fields (any depth) and OIP tensors (by `name`) whose values are
+    /// replaced by `"[redacted]"` before a sample is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    /// Fields and tensors whose values are replaced by a keyed SHA-256
+    /// (equal values stay equal within one process, for correlation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash: Vec<String>,
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        Self {
+            sample_percent: default_sample_percent(),
+            samples: default_samples(),
+            body_max_bytes: default_body_max_bytes(),
+            redact: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+}
+
+fn default_sample_percent() -> f64 {
+    1.0
+}
+fn default_samples() -> usize {
+    100
+}
+fn default_body_max_bytes() -> usize {
+    16 * 1024
+}
+
+/// Largest `capture.body_max_bytes`.
+pub const CAPTURE_BODY_MAX: usize = 1024 * 1024;
+/// Largest `samples × body_max_bytes` per version: a ring holds at most
+/// twice that (request and response), so one model cannot exhaust memory.
+pub const CAPTURE_RING_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+impl CaptureSpec {
+    pub fn check(&self) -> Result<(), FieldError> {
+        if !(0.0..=100.0).contains(&self.sample_percent) {
+            return Err(FieldError::new(
+                "sample_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        if !(1..=10_000).contains(&self.samples) {
+            return Err(FieldError::new("samples", "must be between 1 and 10000"));
+        }
+        if !(1..=CAPTURE_BODY_MAX).contains(&self.body_max_bytes) {
+            return Err(FieldError::new(
+                "body_max_bytes",
+                format!("must be between 1 and {CAPTURE_BODY_MAX} (1 MiB)"),
+            ));
+        }
+        if self.samples.saturating_mul(self.body_max_bytes) > CAPTURE_RING_BYTES_MAX {
+            return Err(FieldError::new(
+                "samples",
+                "samples × body_max_bytes must be at most 512 MiB per version",
+            ));
+        }
+        for (field, names) in [("redact", &self.redact), ("hash", &self.hash)] {
+            for (i, name) in names.iter().enumerate() {
+                if name.is_empty() || name.len() > 256 {
+                    return Err(FieldError::new(
+                        format!("{field}[{i}]"),
+                        "field names are 1-256 characters",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
@@ -617,6 +710,9 @@ impl ModelSpec {
         if !self.health_path.starts_with('/') {
             return Err(FieldError::new("health_path", "must start with '/'"));
         }
+        if let Some(capture) = &self.capture {
+            capture.check().map_err(|e| e.under("capture"))?;
+        }
         Ok(())
     }
 }
@@ -733,6 +829,48 @@ models:
         let text = include_str!("../examples/backstop.yaml");
         let config = parse(text).unwrap();
         assert_eq!(config.models["fraud-scorer"].cohorts.len(), 2);
+    }
+
+    #[test]
+    fn capture_settings_are_checked_with_their_path() {
+        let text = GOOD.replace(
+            "shadow: { version: v2, percent: 5 }",
+            "shadow: { version: v2, percent: 5 }\n    capture: { sample_percent: 100, samples: 5, redact: [ssn], hash: [user_id] }",
+        );
+        let config = parse(&text).unwrap();
+        let capture = config.models["fraud-scorer"].capture.clone().unwrap();
+        assert_eq!(capture.samples, 5);
+        assert_eq!(capture.body_max_bytes, 16 * 1024);
+        assert_eq!(capture.redact, vec!["ssn".to_string()]);
+
+        for (bad, path) in [
+            ("sample_percent: 101", "sample_percent"),
+            ("sample_percent: .nan", "sample_percent"),
+            ("samples: 0", "samples"),
+            ("samples: 10001", "samples"),
+            ("body_max_bytes: 2000000", "body_max_bytes"),
+            ("samples: 10000, body_max_bytes: 1048576", "samples"),
+            ("redact: ['']", "redact[0]"),
+        ] {
+            let text = GOOD.replace(
+                "shadow: { version: v2, percent: 5 }",
+                &format!("shadow: {{ version: v2, percent: 5 }}\n    capture: {{ {bad} }}"),
+            );
+            let error = parse(&text).unwrap_err();
+            assert_eq!(
+                error.path,
+                format!("models.fraud-scorer.capture.{path}"),
+                "{bad}"
+            );
+        }
+        let text = GOOD.replace(
+            "shadow: { version: v2, percent: 5 }",
+            "shadow: { version: v2, percent: 5 }\n    capture: { samples: 3, sampel_percent: 1 }",
+        );
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
     }
 
     #[test]

@@ -388,6 +388,7 @@ fn embedded_model_defaults() -> ModelSpec {
         sticky: None,
         cohorts: Vec::new(),
         shadow: None,
+        capture: None,
         timeouts: Default::default(),
         health_path: "/v2/health/ready".into(),
     }

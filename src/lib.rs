@@ -17,6 +17,7 @@ pub mod incident;
 pub mod loadgen;
 pub mod notify;
 pub mod policy;
+pub mod redact;
 pub mod registry;
 pub mod report;
 pub mod rollout;

@@ -11,6 +11,7 @@ mod metrics;
 mod openapi;
 mod registry;
 mod rollouts;
+mod samples;
 mod tokens;
 
 use crate::config::ModelSpec;
@@ -81,6 +82,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(list_models))
         .routes(routes!(get_routes, put_routes))
         .routes(routes!(get_stats))
+        .routes(routes!(samples::get_samples))
         .routes(routes!(get_events))
         .routes(routes!(auth::check))
         .merge(registry::routes())
@@ -694,6 +696,7 @@ models:
         ("GET", "/api/v1/models/{model}/routes"),
         ("PUT", "/api/v1/models/{model}/routes"),
         ("GET", "/api/v1/models/{model}/stats"),
+        ("GET", "/api/v1/models/{model}/samples"),
         ("GET", "/api/v1/events"),
         ("GET", "/api/v1/access/check"),
         ("PUT", "/api/v1/artifacts"),

@@ -1,11 +1,13 @@
 //! Body types of the proxy.
 //!
 //! Bodies stream through; nothing is buffered unless a feature needs the
-//! bytes (a shadow copy, or the model name inside a gRPC message), and then
-//! only what it needs. [`RecordingBody`] records the request's statistics
-//! when the upstream's answer has been fully passed on, so latency covers
-//! the whole answer and gRPC status can be read from the trailers.
+//! bytes (a shadow copy, a sampled exchange, or the model name inside a
+//! gRPC message), and then only what it needs. [`RecordingBody`] records
+//! the request's statistics (and finishes its sample, if any) when the
+//! upstream's answer has been fully passed on, so latency covers the whole
+//! answer and gRPC status can be read from the trailers.
 
+use super::capture::PendingCapture;
 use super::grpc;
 use super::upstream::Endpoint;
 use super::VersionState;
@@ -224,12 +226,18 @@ pub struct Recorder {
     /// Outcome so far: from the status line, or from gRPC trailers.
     pub outcome: Outcome,
     pub grpc: bool,
+    /// A sampled exchange's bodies so far (`None`: not sampled).
+    pub capture: Option<Box<PendingCapture>>,
 }
 
 impl Recorder {
     pub fn finish(self, outcome: Outcome) {
-        let latency_us = self.start.elapsed().as_micros() as u64;
+        let elapsed = self.start.elapsed();
+        let latency_us = elapsed.as_micros() as u64;
         self.state.stats.record(outcome, latency_us, self.bytes);
+        if let Some(capture) = self.capture {
+            capture.finish(self.state.clone(), outcome, elapsed);
+        }
         match outcome {
             Outcome::Success => self.endpoint.record_success(),
             Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError => {
@@ -268,8 +276,12 @@ impl RecordingBody {
         body
     }
 
+    /// `None`: the answer ended normally.
     fn finish(&mut self, outcome: Option<Outcome>) {
-        if let Some(recorder) = self.recorder.take() {
+        if let Some(mut recorder) = self.recorder.take() {
+            if let (None, Some(capture)) = (outcome, recorder.capture.as_mut()) {
+                capture.complete();
+            }
             let outcome = outcome.unwrap_or(recorder.outcome);
             recorder.finish(outcome);
         }
@@ -291,6 +303,11 @@ impl Body for RecordingBody {
                 if let Some(recorder) = this.recorder.as_mut() {
                     if let Some(data) = frame.data_ref() {
                         recorder.bytes += data.len() as u64;
+                        // A copy for a sampled exchange; the frame itself
+                        // goes on unchanged.
+                        if let Some(capture) = recorder.capture.as_mut() {
+                            capture.tee(data);
+                        }
                     } else if let Some(trailers) = frame.trailers_ref() {
                         if recorder.grpc {
                             recorder.outcome = grpc::outcome_of(trailers);

@@ -7,6 +7,7 @@
 //! (startup config included).
 
 pub mod body;
+pub mod capture;
 pub mod error;
 pub mod grpc;
 pub mod h1;
@@ -39,6 +40,8 @@ pub struct VersionState {
     pub shadow_dropped: AtomicU64,
     /// Requests that a health fallback moved away from this version.
     pub rerouted_unhealthy: AtomicU64,
+    /// Sampled request/response pairs (with the model's `capture` on).
+    pub samples: capture::Ring,
     events: Arc<Events>,
 }
 
@@ -57,6 +60,7 @@ impl VersionState {
             shadow_sent: AtomicU64::new(0),
             shadow_dropped: AtomicU64::new(0),
             rerouted_unhealthy: AtomicU64::new(0),
+            samples: capture::Ring::default(),
             events,
         }
     }
@@ -342,6 +346,28 @@ impl Gateway {
                 ))
             })
             .clone()
+    }
+
+    /// The version's sampled request/response pairs, oldest first; empty
+    /// when it has none or is unknown. They outlive table swaps, so a
+    /// rolled-back version's samples are still here.
+    pub fn samples(&self, model: &str, version: &str) -> Vec<capture::CapturedExchange> {
+        self.try_samples(model, version).unwrap_or_default()
+    }
+
+    /// Like [`Gateway::samples`], but `None` for a version the gateway has
+    /// never had in a table.
+    pub fn try_samples(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> Option<Vec<capture::CapturedExchange>> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let state = states
+            .get(&(model.to_string(), version.to_string()))?
+            .clone();
+        drop(states);
+        Some(state.samples.snapshot())
     }
 
     /// Every version's state, sorted by model and version.

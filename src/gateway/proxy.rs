@@ -10,6 +10,7 @@
 //!    `x-backstop-version`, and record the outcome when it ends.
 
 use super::body::{GatewayBody, Recorder, RecordingBody, UpstreamBody};
+use super::capture::PendingCapture;
 use super::error::GatewayError;
 use super::grpc::{self, Scan};
 use super::h1::SendError;
@@ -211,22 +212,53 @@ async fn proxy(
         }
         .to_string();
 
-        let upstream_body = match table.shadow_for(version_index) {
-            Some(shadow) => match shadow_body(gateway, &parts, prefix.take(), body).await? {
-                ShadowBody::Copied(bytes) => {
-                    spawn_shadow(gateway, &table, shadow, &parts, &path_and_query, bytes.clone());
+        // With capture off this is one branch; sampled requests only pay
+        // for the rest.
+        let capture = match &table.capture {
+            Some(capture) if capture.sample() => Some(capture.clone()),
+            _ => None,
+        };
+        let shadow = table.shadow_for(version_index);
+        let shadow_max = shadow.map(|_| gateway.config.limits.shadow_body_max_bytes);
+        // gRPC bodies are binary: never buffered for a sample.
+        let capture_max = capture
+            .as_ref()
+            .filter(|_| !grpc)
+            .map(|c| c.body_max_bytes as u64);
+        let mut captured_request = None;
+        let upstream_body = match shadow_max.max(capture_max) {
+            Some(max) => match buffer_small(gateway, &parts, prefix.take(), body, max).await? {
+                Buffered::Whole(bytes) => {
+                    if let (Some(shadow), Some(shadow_max)) = (shadow, shadow_max) {
+                        if bytes.len() as u64 <= shadow_max {
+                            spawn_shadow(
+                                gateway,
+                                &table,
+                                shadow,
+                                &parts,
+                                &path_and_query,
+                                bytes.clone(),
+                            );
+                        } else {
+                            note_shadow_dropped(&table, shadow);
+                        }
+                    }
+                    if capture_max.is_some() {
+                        captured_request = Some(bytes.clone());
+                    }
                     UpstreamBody::full(bytes)
                 }
-                ShadowBody::TooLarge(prefix, body) => {
-                    table.versions[shadow]
-                        .state
-                        .shadow_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+                Buffered::Streaming(prefix, body) => {
+                    if let Some(shadow) = shadow {
+                        note_shadow_dropped(&table, shadow);
+                    }
                     UpstreamBody::streaming(prefix, body)
                 }
             },
             None => UpstreamBody::streaming(prefix, body),
         };
+        let capture = capture
+            .map(|settings| PendingCapture::new(settings, &parts, captured_request, grpc, false));
 
         let endpoint = version.pick_endpoint(now_ms).clone();
         let head = upstream_head(parts, &endpoint, &path_and_query, table.protocol)?;
@@ -240,12 +272,13 @@ async fn proxy(
             bytes: 0,
             outcome: Outcome::Success,
             grpc,
+            capture,
         }));
         let result = table
             .client
             .send(&endpoint, head, upstream_body, table.request_timeout)
             .await;
-        let recorder = pending.take();
+        let mut recorder = pending.take();
         let response = match result {
             Err(SendError::Timeout) => {
                 recorder.finish(Outcome::Timeout);
@@ -281,6 +314,9 @@ async fn proxy(
         };
 
         let (mut head, body) = response.into_parts();
+        if let Some(capture) = recorder.capture.as_mut() {
+            capture.status = Some(head.status.as_u16());
+        }
         let outcome = if grpc {
             // Trailers-only answers carry the status in the headers;
             // otherwise it comes in the trailers.
@@ -478,23 +514,32 @@ async fn read_grpc_model(
     }
 }
 
-enum ShadowBody {
-    Copied(Bytes),
-    TooLarge(Option<Bytes>, Limited<Incoming>),
+fn note_shadow_dropped(table: &ModelTable, shadow: usize) {
+    table.versions[shadow]
+        .state
+        .shadow_dropped
+        .fetch_add(1, Ordering::Relaxed);
 }
 
-/// Buffers the body for a shadow copy when it is small enough to copy.
-async fn shadow_body(
+enum Buffered {
+    Whole(Bytes),
+    /// Not known to be at most `max`: left streaming.
+    Streaming(Option<Bytes>, Limited<Incoming>),
+}
+
+/// Buffers the body when it is known to be at most `max` bytes (declared
+/// length, or already at its end): for a shadow copy or a sample.
+async fn buffer_small(
     gateway: &Gateway,
     parts: &Parts,
     prefix: Option<Bytes>,
     body: Limited<Incoming>,
-) -> Result<ShadowBody, GatewayError> {
-    let max = gateway.config.limits.shadow_body_max_bytes;
+    max: u64,
+) -> Result<Buffered, GatewayError> {
     let known_small =
         body.is_end_stream() || declared_length(&parts.headers).is_some_and(|len| len <= max);
     if !known_small {
-        return Ok(ShadowBody::TooLarge(prefix, body));
+        return Ok(Buffered::Streaming(prefix, body));
     }
     let rest = body.collect().await.map_err(|error| {
         if error.is::<http_body_util::LengthLimitError>() {
@@ -511,7 +556,7 @@ async fn shadow_body(
         }
         None => rest.to_bytes(),
     };
-    Ok(ShadowBody::Copied(bytes))
+    Ok(Buffered::Whole(bytes))
 }
 
 /// Sends a copy to the shadow version in the background. Its answer is
@@ -538,6 +583,18 @@ fn spawn_shadow(
         return;
     };
     let grpc = grpc::is_grpc(&parts.headers);
+    // The shadow is the candidate in shadow rollouts: its samples are
+    // evidence too, drawn on their own.
+    let capture = match &table.capture {
+        Some(capture) if capture.sample() => Some(PendingCapture::new(
+            capture.clone(),
+            parts,
+            Some(body.clone()),
+            grpc,
+            true,
+        )),
+        _ => None,
+    };
     let table = table.clone();
     tokio::spawn(async move {
         let _permit = permit;
@@ -550,6 +607,7 @@ fn spawn_shadow(
             bytes: 0,
             outcome: Outcome::Success,
             grpc,
+            capture,
         };
         let send = table.client.send(
             &recorder.endpoint,
@@ -563,10 +621,14 @@ fn spawn_shadow(
             Err(_) => Err(Outcome::ServerError),
             Ok(response) => Ok(response),
         };
+        let mut recorder = recorder;
         let response = match outcome_and_response {
             Err(outcome) => return recorder.finish(outcome),
             Ok(response) => response,
         };
+        if let Some(capture) = recorder.capture.as_mut() {
+            capture.status = Some(response.status().as_u16());
+        }
         let outcome = if grpc {
             grpc::status_of(response.headers()).map_or_else(
                 || grpc::outcome_without_status(response.status()),

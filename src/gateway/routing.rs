@@ -98,6 +98,8 @@ pub struct ModelTable {
     sticky: Option<Sticky>,
     /// Shadow version index and share in parts per million.
     shadow: Option<(usize, u32)>,
+    /// Request/response sampling; `None` (the default) costs one branch.
+    pub capture: Option<Arc<super::capture::Capture>>,
     /// When this table was installed, and how long after that the first
     /// request used it (0 = not yet): the swap figure of the benchmark.
     clock_origin: Instant,
@@ -181,6 +183,10 @@ impl ModelTable {
             cohorts,
             sticky,
             shadow,
+            capture: spec
+                .capture
+                .as_ref()
+                .map(|c| Arc::new(super::capture::Capture::new(c))),
             spec,
             clock_origin: Instant::now(),
             installed_ns: AtomicU64::new(0),
@@ -396,6 +402,7 @@ mod tests {
             sticky: Some(StickySpec::header("x-user-id")),
             cohorts: vec![],
             shadow: None,
+            capture: None,
             timeouts: Timeouts::default(),
             health_path: "/v2/health/ready".into(),
         }

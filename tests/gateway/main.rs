@@ -3,6 +3,7 @@
 //! real sockets. Every load loop is bounded in count and in time.
 
 mod access;
+mod capture;
 mod errors;
 mod grpc;
 mod health;
