@@ -1442,3 +1442,302 @@ mod tests {
         assert!(watch_interval("1").is_err());
     }
 }
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCommand {
+    /// List incidents, newest first.
+    #[command(
+        after_help = "Example:\n  backstop incident list --model fraud-scorer --output json"
+    )]
+    List {
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Show one incident: the verdict and its numbers, the timeline,
+    /// recovery, notifications, hooks and the evidence kept.
+    #[command(after_help = "Example:\n  backstop incident show inc-3f9a0c1b2e7d")]
+    Show {
+        /// Incident id (`inc-...`).
+        incident: String,
+    },
+    /// Write everything for the postmortem to one JSON file: the incident
+    /// with its frozen evidence and the audit entries of its rollout.
+    #[command(
+        after_help = "Examples:\n  backstop incident export inc-3f9a0c1b2e7d                   # writes inc-3f9a0c1b2e7d.json\n  backstop incident export inc-3f9a0c1b2e7d --file postmortem.json"
+    )]
+    Export {
+        incident: String,
+        /// Where to write it (default `<id>.json`; `-` for stdout).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+pub async fn incident(command: IncidentCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let api = Api::new(remote);
+    match command {
+        IncidentCommand::List { model } => {
+            let path = match model {
+                Some(m) => format!("/api/v1/incidents?model={}", query_value(&m)),
+                None => "/api/v1/incidents".to_string(),
+            };
+            let listed = ok(api.json(Method::GET, &path, None).await?)?;
+            print(remote, &listed, |v| {
+                let incidents = v["incidents"].as_array().cloned().unwrap_or_default();
+                if incidents.is_empty() {
+                    println!("no incidents");
+                }
+                for i in incidents {
+                    println!(
+                        "{}  {}  {:<8}  {:<13}  {}: {} → {}  {}",
+                        i["id"].as_str().unwrap_or("?"),
+                        unix_ms_text(i["opened_unix_ms"].as_u64().unwrap_or(0)),
+                        i["severity"].as_str().unwrap_or("?"),
+                        i["state"].as_str().unwrap_or("?"),
+                        i["model"].as_str().unwrap_or("?"),
+                        i["candidate"].as_str().unwrap_or("?"),
+                        i["baseline"].as_str().unwrap_or("?"),
+                        i["trigger"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        IncidentCommand::Show { incident } => {
+            let path = format!("/api/v1/incidents/{}", query_value(&incident));
+            let view = ok(api.json(Method::GET, &path, None).await?)?;
+            print(remote, &view, |v| print!("{}", incident_text(v)));
+        }
+        IncidentCommand::Export { incident, file } => {
+            let path = format!("/api/v1/incidents/{}/export", query_value(&incident));
+            let export = ok(api.json(Method::GET, &path, None).await?)?;
+            let text = serde_json::to_string_pretty(&export)?;
+            let file = file.unwrap_or_else(|| PathBuf::from(format!("{incident}.json")));
+            if file.as_os_str() == "-" {
+                println!("{text}");
+            } else {
+                std::fs::write(&file, format!("{text}\n"))
+                    .with_context(|| format!("writing {}", file.display()))?;
+                match remote.output {
+                    Output::Json => println!("{}", json!({"file": file, "bytes": text.len() + 1})),
+                    Output::Text => println!("wrote {} ({} bytes)", file.display(), text.len() + 1),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2026-11-23T07:31:17Z`.
+fn unix_ms_text(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// One incident for people: what happened, in order, and what was kept.
+fn incident_text(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let e = &v["evidence"];
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let _ = writeln!(
+        out,
+        "incident {} ({}, {}): {} of {} rolled back to {}",
+        s(&v["id"]),
+        s(&v["severity"]),
+        s(&v["state"]).replace('_', " "),
+        s(&e["candidate"]["version"]),
+        s(&v["model"]),
+        s(&e["baseline"]["version"])
+    );
+    let trigger = &e["verdict"]["trigger"];
+    if trigger.is_object() {
+        let _ = writeln!(
+            out,
+            "  trigger   {}: candidate {} vs baseline {} (limit {}), e-value {:.0} ≥ {:.0}",
+            s(&trigger["rule"]),
+            trigger["candidate_value"],
+            trigger["baseline_value"],
+            trigger["limit"],
+            trigger["e_value"].as_f64().unwrap_or(0.0),
+            trigger["e_value_needed"].as_f64().unwrap_or(0.0)
+        );
+    } else {
+        let _ = writeln!(out, "  trigger   operator rollback by {}", s(&e["actor"]));
+    }
+    let _ = writeln!(
+        out,
+        "  swap      {} ({:.0} µs after the verdict); candidate had {}% of traffic",
+        if e["swap"]["ok"].as_bool() == Some(true) {
+            "done"
+        } else {
+            "FAILED"
+        },
+        e["swap"]["verdict_to_swap_us"].as_f64().unwrap_or(0.0),
+        e["verdict"]["candidate_percent"]
+    );
+    for (name, side) in [("candidate", "candidate"), ("baseline", "baseline")] {
+        let m = &e["metrics"][side];
+        let _ = writeln!(
+            out,
+            "  {name:<9} {} requests, error rate {}, p95 {} ms over the trigger window",
+            m["requests"],
+            m["error_rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+            m["p95_ms"]
+                .as_f64()
+                .map_or("-".into(), |p| format!("{p:.1}"))
+        );
+    }
+    let _ = writeln!(out, "timeline");
+    for entry in v["timeline"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {}  {:<20} {}",
+            unix_ms_text(entry["at_unix_ms"].as_u64().unwrap_or(0)),
+            s(&entry["what"]),
+            s(&entry["detail"])
+        );
+    }
+    match v["verification"].as_object() {
+        Some(check) => {
+            let _ = writeln!(
+                out,
+                "verification: {} ({})",
+                check["state"].as_str().unwrap_or("?").replace('_', " "),
+                check["reasons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "verification: pending");
+        }
+    }
+    let notifications = v["notifications"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "notifications: {}", notifications.len());
+    for n in notifications {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<12} {:<10} {} attempt(s){}",
+            s(&n["kind"]),
+            s(&n["receiver"]),
+            s(&n["state"]),
+            n["attempts"],
+            n["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for h in v["hooks"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "hook {}: {} after {} attempt(s){}",
+            s(&h["name"]),
+            if h["ok"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            h["attempts"],
+            h["error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let count = |side: &str| e["samples"][side].as_array().map_or(0, Vec::len);
+    let _ = writeln!(
+        out,
+        "evidence: {} candidate and {} baseline samples (redacted: {}; hashed: {}), pinned: {}, sha256 {}",
+        count("candidate"),
+        count("baseline"),
+        e["samples"]["redacted"],
+        e["samples"]["hashed"],
+        e["pinned"],
+        s(&v["evidence_sha256"])
+    );
+    out
+}
+
+/// `backstop report`: the rollback figures (M1–M10).
+pub async fn report(model: Option<String>, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let path = match model {
+        Some(m) => format!("/api/v1/report?model={}", query_value(&m)),
+        None => "/api/v1/report".to_string(),
+    };
+    let report = ok(Api::new(remote).json(Method::GET, &path, None).await?)?;
+    print(remote, &report, |r| {
+        let mut rows = vec![r["overall"].clone()];
+        rows.extend(r["models"].as_array().cloned().unwrap_or_default());
+        let dist = |d: &Value, unit: &str| match (d["p50"].as_f64(), d["max"].as_f64()) {
+            (Some(p50), Some(max)) => format!("p50 {p50:.1}{unit}, max {max:.1}{unit}"),
+            _ => "-".to_string(),
+        };
+        let rate = |v: &Value| {
+            v.as_f64()
+                .map_or("-".into(), |r| format!("{:.1}%", r * 100.0))
+        };
+        for f in rows {
+            let name = match f["model"].as_str() {
+                Some("*") => "all models".to_string(),
+                Some(m) => m.to_string(),
+                None => "?".to_string(),
+            };
+            println!(
+                "{name}: {} rollouts, {} rollbacks ({} verified)",
+                f["rollouts"], f["rollbacks"], f["verified"]
+            );
+            println!(
+                "  M1  time to detect          {}",
+                dist(&f["time_to_detect_s"], " s")
+            );
+            println!(
+                "  M2  verdict to swap         {}",
+                dist(&f["verdict_to_swap_us"], " µs")
+            );
+            println!(
+                "  M3  time to recovered       {}",
+                dist(&f["time_to_recovered_s"], " s")
+            );
+            println!(
+                "  M4  rollback success rate   {}",
+                rate(&f["rollback_success_rate"])
+            );
+            println!(
+                "  M5  false rollback rate     {}",
+                rate(&f["false_rollback_rate"])
+            );
+            println!(
+                "  M6  traffic moved back      {}",
+                dist(&f["traffic_moved_percent"], "%")
+            );
+            println!(
+                "  M7  post-rollback errors    {}",
+                rate(&f["post_rollback_error_rate"])
+            );
+            println!(
+                "  M8  audit completeness      {}",
+                rate(&f["audit_completeness"])
+            );
+            let n = &f["notifications"];
+            println!(
+                "  M9  notifications           {} queued: {} delivered, {} pending, {} failed",
+                n["queued"], n["delivered"], n["pending"], n["failed"]
+            );
+            println!(
+                "  M10 rollbacks per rollout   {}",
+                rate(&f["rollback_rate"])
+            );
+        }
+        if r["audit_chain_ok"].as_bool() != Some(true) {
+            println!("WARNING: the audit chain does not verify (`backstop audit verify`)");
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}

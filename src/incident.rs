@@ -12,6 +12,7 @@
 //! pre-rollout figures: "recovered", "not recovered" (escalated as
 //! critical) or "unverified" (not enough traffic to say).
 
+use crate::gateway::capture::CapturedExchange;
 use crate::gateway::{unix_ms, Gateway};
 use crate::notify::{self, HookResult, Notification, Notifier, NotifierConfig};
 use crate::store::OutboxRecord;
@@ -169,8 +170,8 @@ pub struct Evidence {
 /// Request/response pairs of both versions, redacted before they were kept.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {
-    pub candidate: Vec<serde_json::Value>,
-    pub baseline: Vec<serde_json::Value>,
+    pub candidate: Vec<CapturedExchange>,
+    pub baseline: Vec<CapturedExchange>,
     /// Fields replaced by `[redacted]` and by a keyed hash.
     pub redacted: Vec<String>,
     pub hashed: Vec<String>,
@@ -398,18 +399,15 @@ impl Incidents {
             baseline: WindowSummary::of(&range(&base, first, last)),
             series,
         };
-        let evidence = policy.evidence.clone().unwrap_or_default();
+        // The redactions in force: the policy's and the gateway config's.
+        let capture = table.spec.capture.clone().unwrap_or_default();
         let samples = Samples {
-            candidate: self.gateway_samples(model, &policy.candidate),
-            baseline: self.gateway_samples(model, baseline),
-            redacted: evidence.redact,
-            hashed: evidence.hash,
+            candidate: self.gateway.samples(model, &policy.candidate),
+            baseline: self.gateway.samples(model, baseline),
+            redacted: capture.redact,
+            hashed: capture.hash,
         };
         (metrics, samples)
-    }
-
-    fn gateway_samples(&self, _model: &str, _version: &str) -> Vec<serde_json::Value> {
-        Vec::new()
     }
 
     /// [`Incidents::open`], retried with back-off on store errors (a full

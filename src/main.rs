@@ -80,6 +80,22 @@ enum Command {
         #[command(flatten)]
         remote: cli::Remote,
     },
+    /// Incidents that rollbacks opened: list, show, export for the
+    /// postmortem.
+    Incident {
+        #[command(subcommand)]
+        command: cli::IncidentCommand,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Rollback figures (M1–M10) per model and overall, from the store.
+    #[command(after_help = "Example:\n  backstop report --model fraud-scorer --output json")]
+    Report {
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
     /// Create, list and revoke admin API tokens in the local data directory.
     Token {
         #[command(subcommand)]
@@ -229,6 +245,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command, remote } => {
             return runtime.block_on(cli::audit(command, &remote));
+        }
+        Command::Incident { command, remote } => {
+            return runtime.block_on(cli::incident(command, &remote));
+        }
+        Command::Report { model, remote } => {
+            return runtime.block_on(cli::report(model, &remote));
         }
         Command::Bundle { command, remote } => {
             return runtime.block_on(cli::bundle(command, &remote));

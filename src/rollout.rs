@@ -11,7 +11,7 @@
 //! put back on the baseline and they are paused until an operator resumes:
 //! a half-finished rollout never continues unattended after a crash.
 
-use crate::config::{CohortSpec, ModelSpec, ShadowSpec, StickySpec};
+use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, StickySpec};
 use crate::gateway::{unix_ms, Event, Gateway};
 use crate::incident::{self, Incidents, Opening, Swap, WindowSummary};
 use crate::registry::{PromoteRequest, Registry};
@@ -729,6 +729,7 @@ impl Rollouts {
             cohorts.retain(|c| &c.version != candidate);
         }
         spec.cohorts = cohorts;
+        spec.capture = Some(capture_for(policy, spec.capture.take()));
         self.gateway
             .replace_model(model, spec, None)
             .map(|_| ())
@@ -804,6 +805,30 @@ impl Rollouts {
                 rollouts.tick().await;
             }
         })
+    }
+}
+
+/// The gateway's sampling while a rollout runs: the policy's rate and ring
+/// size, and the redactions of both the policy and the gateway's config (a
+/// policy can add redactions, never lift them).
+fn capture_for(policy: &Policy, configured: Option<CaptureSpec>) -> CaptureSpec {
+    let evidence = policy.evidence.clone().unwrap_or_default();
+    let configured = configured.unwrap_or_default();
+    let mut redact = configured.redact;
+    redact.extend(evidence.redact);
+    redact.sort();
+    redact.dedup();
+    let mut hash = configured.hash;
+    hash.extend(evidence.hash);
+    hash.retain(|name| !redact.contains(name));
+    hash.sort();
+    hash.dedup();
+    CaptureSpec {
+        sample_percent: evidence.sample_percent,
+        samples: evidence.samples,
+        body_max_bytes: configured.body_max_bytes,
+        redact,
+        hash,
     }
 }
 
