@@ -7,6 +7,7 @@ mod capture;
 mod errors;
 mod grpc;
 mod health;
+mod incident;
 mod registry;
 mod rollout;
 mod routing;

@@ -24,7 +24,7 @@ const PHASE_DEADLINE: Duration = Duration::from_secs(20);
 /// buckets (and controller ticks). Passive ejection is effectively off so
 /// a failing candidate keeps answering (and being judged) rather than
 /// having its traffic moved to v1 by the health fallback.
-fn config(v1: &str, v2: &str) -> String {
+pub(crate) fn config(v1: &str, v2: &str) -> String {
     format!(
         r#"
 listen: 127.0.0.1:0
@@ -42,7 +42,7 @@ models:
 
 /// A policy for model `m` moving v1 → v2 with `strategy`, guarded by
 /// `triggers` (YAML flow mappings, one per line).
-fn policy(strategy: &str, triggers: &[&str]) -> String {
+pub(crate) fn policy(strategy: &str, triggers: &[&str]) -> String {
     let mut text =
         format!("model: m\ncandidate: v2\nbaseline: v1\nstrategy: {strategy}\ntriggers:\n");
     for trigger in triggers {
@@ -51,13 +51,13 @@ fn policy(strategy: &str, triggers: &[&str]) -> String {
     text
 }
 
-const ERROR_TRIGGER: &str =
+pub(crate) const ERROR_TRIGGER: &str =
     r#"{ metric: error_rate, above: "+2pp", min_sample: 20, action: rollback }"#;
-const LATENCY_TRIGGER: &str =
+pub(crate) const LATENCY_TRIGGER: &str =
     r#"{ metric: latency_p95, above: "+30%", min_sample: 20, action: rollback }"#;
 
 /// Starts a rollout over the API; panics unless it is created.
-async fn start(client: &HttpClient, backstop: &Backstop, policy: &str) -> Value {
+pub(crate) async fn start(client: &HttpClient, backstop: &Backstop, policy: &str) -> Value {
     let answer = client
         .post_json(
             &backstop.admin_url("/api/v1/rollouts"),
@@ -69,7 +69,7 @@ async fn start(client: &HttpClient, backstop: &Backstop, policy: &str) -> Value 
     view
 }
 
-async fn status(client: &HttpClient, backstop: &Backstop, id: &str) -> Value {
+pub(crate) async fn status(client: &HttpClient, backstop: &Backstop, id: &str) -> Value {
     let answer = client
         .get(&backstop.admin_url(&format!("/api/v1/rollouts/{id}")))
         .await;
@@ -79,7 +79,12 @@ async fn status(client: &HttpClient, backstop: &Backstop, id: &str) -> Value {
 }
 
 /// An operator command (`pause`, `resume`, `rollback`, ...) over the API.
-async fn command(client: &HttpClient, backstop: &Backstop, id: &str, command: &str) -> Answer {
+pub(crate) async fn command(
+    client: &HttpClient,
+    backstop: &Backstop,
+    id: &str,
+    command: &str,
+) -> Answer {
     let url = backstop.admin_url(&format!("/api/v1/rollouts/{id}/{command}"));
     client
         .send(http::Method::POST, &url, &[], bytes::Bytes::new())
@@ -88,7 +93,7 @@ async fn command(client: &HttpClient, backstop: &Backstop, id: &str, command: &s
 
 /// Polls the rollout every 100 ms until `done` holds for its view; panics
 /// with the last view (and the server's log) after [`PHASE_DEADLINE`].
-async fn wait_until(
+pub(crate) async fn wait_until(
     client: &HttpClient,
     backstop: &Backstop,
     id: &str,
@@ -111,7 +116,12 @@ async fn wait_until(
     }
 }
 
-async fn wait_for_phase(client: &HttpClient, backstop: &Backstop, id: &str, phase: &str) -> Value {
+pub(crate) async fn wait_for_phase(
+    client: &HttpClient,
+    backstop: &Backstop,
+    id: &str,
+    phase: &str,
+) -> Value {
     wait_until(client, backstop, id, phase, |v| v["phase"] == phase).await
 }
 
@@ -135,7 +145,7 @@ async fn v2_share(client: &HttpClient, backstop: &Backstop) -> f64 {
 }
 
 /// The audit log's entries, oldest first.
-async fn audit_entries(client: &HttpClient, backstop: &Backstop) -> Vec<Value> {
+pub(crate) async fn audit_entries(client: &HttpClient, backstop: &Backstop) -> Vec<Value> {
     let listed = client
         .get(&backstop.admin_url("/api/v1/audit?limit=1000"))
         .await
@@ -147,7 +157,7 @@ async fn audit_entries(client: &HttpClient, backstop: &Backstop) -> Vec<Value> {
 }
 
 /// The audit log's actions, oldest first.
-async fn audit_actions(client: &HttpClient, backstop: &Backstop) -> Vec<String> {
+pub(crate) async fn audit_actions(client: &HttpClient, backstop: &Backstop) -> Vec<String> {
     audit_entries(client, backstop)
         .await
         .iter()
@@ -157,7 +167,7 @@ async fn audit_actions(client: &HttpClient, backstop: &Backstop) -> Vec<String> 
 
 /// Asserts that the audit log's hash chain verifies; names the entry
 /// that does not.
-async fn assert_audit_intact(client: &HttpClient, backstop: &Backstop) {
+pub(crate) async fn assert_audit_intact(client: &HttpClient, backstop: &Backstop) {
     let verdict = client
         .get(&backstop.admin_url("/api/v1/audit/verify"))
         .await
@@ -175,7 +185,7 @@ async fn assert_audit_intact(client: &HttpClient, backstop: &Backstop) {
 
 /// Runs the CLI against the server (off the async workers, which the load
 /// loops need): exit code, stdout, stderr.
-async fn cli(backstop: &Backstop, dir: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn cli(backstop: &Backstop, dir: &Path, args: &[&str]) -> (i32, String, String) {
     let admin = format!("http://{}", backstop.admin);
     let dir = dir.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -200,7 +210,7 @@ async fn cli(backstop: &Backstop, dir: &Path, args: &[&str]) -> (i32, String, St
 
 /// One answer the load loop got.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     /// When the request was sent.
     sent: Instant,
     status: Option<StatusCode>,
@@ -222,13 +232,18 @@ impl Seen {
 /// Background traffic: `workers` loops, each sending about `rate_per_worker`
 /// inference requests a second, at most `max_per_worker` each and for at
 /// most `limit`, until stopped.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
 }
 
 impl Load {
-    fn start(backstop: &Backstop, workers: usize, rate_per_worker: u64, limit: Duration) -> Load {
+    pub(crate) fn start(
+        backstop: &Backstop,
+        workers: usize,
+        rate_per_worker: u64,
+        limit: Duration,
+    ) -> Load {
         const MAX_PER_WORKER: u64 = 10_000;
         let url = backstop.url("/v2/models/m/infer");
         let stop = Arc::new(AtomicBool::new(false));
@@ -281,7 +296,7 @@ impl Load {
     }
 
     /// Stops the loops and returns every answer, in no particular order.
-    async fn finish(self) -> Vec<Seen> {
+    pub(crate) async fn finish(self) -> Vec<Seen> {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         for worker in self.workers {
@@ -292,12 +307,12 @@ impl Load {
 }
 
 /// Requests the client saw fail for any reason but v2's injected errors.
-fn failures(seen: &[Seen]) -> Vec<&Seen> {
+pub(crate) fn failures(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter().filter(|s| !s.answered()).collect()
 }
 
 /// How many answers each version gave among requests sent after `from`.
-fn versions_since(seen: &[Seen], from: Instant) -> BTreeMap<String, u64> {
+pub(crate) fn versions_since(seen: &[Seen], from: Instant) -> BTreeMap<String, u64> {
     let mut versions = BTreeMap::new();
     for s in seen.iter().filter(|s| s.sent >= from && s.answered()) {
         *versions
