@@ -88,6 +88,10 @@ pub struct RolloutView {
     pub updated_unix_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_timing: Option<RollbackTiming>,
+    /// The rollout's policy (normalized, baseline resolved), with webhook
+    /// addresses cut to scheme and host and hook header values redacted:
+    /// what `backstop runbook` and `backstop gameday` read.
+    pub policy: Policy,
 }
 
 struct Active {
@@ -720,6 +724,7 @@ impl Rollouts {
             created_unix_ms: entry.record.created_unix_ms,
             updated_unix_ms: entry.record.updated_unix_ms,
             rollback_timing: rollback,
+            policy: crate::runbook::shown_policy(&entry.rollout.policy),
         }
     }
 
@@ -749,6 +754,7 @@ fn stored_view(record: &RolloutRecord) -> Result<RolloutView, RolloutError> {
         created_unix_ms: record.created_unix_ms,
         updated_unix_ms: record.updated_unix_ms,
         rollback_timing: None,
+        policy: crate::runbook::shown_policy(&rollout.policy),
     })
 }
 
