@@ -1329,6 +1329,162 @@ fn table<const N: usize>(
     Ok(())
 }
 
+/// `backstop runbook MODEL`.
+#[derive(Args, Debug)]
+pub struct RunbookArgs {
+    /// The model; its open rollout's policy, else its latest rollout's.
+    pub model: String,
+    /// Render from this policy file instead of the model's rollout on the server.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+/// `backstop gameday MODEL --fault ...`.
+#[derive(Args, Debug)]
+pub struct GamedayArgs {
+    /// The model; its open rollout's policy, else its latest rollout's.
+    pub model: String,
+    /// What goes wrong with the candidate: latency ×3 (at least), +10pp
+    /// server errors, or +10pp timeouts, from its first request.
+    #[arg(long, value_enum)]
+    pub fault: crate::gameday::Fault,
+    /// Rehearse with this policy file instead of the model's rollout on the server.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Simulated rollouts with the fault (and as many healthy control runs).
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Target: every faulty run rolled back within this, at p95.
+    #[arg(long, default_value = "15s", value_parser = detect_target)]
+    pub detect_within: std::time::Duration,
+    /// Simulated requests per second (baseline and candidate together).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Rehearse on the live system against a rehearsal candidate (not
+    /// available yet: the simulator is the only mode).
+    #[arg(long)]
+    pub live: bool,
+}
+
+fn detect_target(text: &str) -> Result<std::time::Duration, String> {
+    let period: backstop_core::policy::Period = text.parse()?;
+    if period.as_ms() == 0 {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(std::time::Duration::from_millis(period.as_ms()))
+}
+
+/// Where a command's policy comes from.
+enum PolicySource {
+    Found(Box<backstop_core::policy::Policy>, String),
+    /// A policy file that cannot be used: reported, exit 2.
+    BadFile(ExitCode),
+}
+
+/// The policy `file` names, or the policy of `model`'s open rollout (else
+/// its latest) from the admin API; with where it came from, in words.
+async fn model_policy(
+    model: &str,
+    file: Option<&std::path::Path>,
+    remote: &Remote,
+) -> anyhow::Result<PolicySource> {
+    if let Some(file) = file {
+        let name = file.display().to_string();
+        return Ok(match crate::policy::load(file) {
+            Ok(policy) => PolicySource::Found(Box::new(policy), format!("file {name}")),
+            Err(error) => {
+                print_policy_error(remote.output, &name, &error)?;
+                PolicySource::BadFile(ExitCode::from(2))
+            }
+        });
+    }
+    let api = Api::new(remote);
+    let path = format!("/api/v1/rollouts/{}", query_value(model));
+    let answer = api.json(Method::GET, &path, None).await?;
+    if answer.status == StatusCode::NOT_FOUND {
+        anyhow::bail!(
+            "model {model:?} has no rollout on {}: pass --policy FILE to use a policy file",
+            remote.admin
+        );
+    }
+    let view = ok(answer)?;
+    let id = view["id"].as_str().unwrap_or("?").to_string();
+    let policy = view.get("policy").cloned().ok_or_else(|| {
+        anyhow!("the server's answer for rollout {id} has no policy (a server older than this CLI?): pass --policy FILE")
+    })?;
+    let policy: backstop_core::policy::Policy = serde_json::from_value(policy)
+        .map_err(|e| anyhow!("the policy of rollout {id} is unreadable: {e}"))?;
+    policy
+        .check()
+        .map_err(|e| anyhow!("the policy of rollout {id} is not valid: {e}"))?;
+    let state = if view["open"].as_bool() == Some(true) {
+        "open"
+    } else {
+        "latest, closed"
+    };
+    Ok(PolicySource::Found(
+        Box::new(policy),
+        format!(
+            "rollout {id} ({state}, phase {}) on {}",
+            view["phase"].as_str().unwrap_or("?"),
+            remote.admin
+        ),
+    ))
+}
+
+pub async fn runbook(args: RunbookArgs, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let (policy, source) = match model_policy(&args.model, args.policy.as_deref(), remote).await? {
+        PolicySource::Found(policy, source) => (*policy, source),
+        PolicySource::BadFile(code) => return Ok(code),
+    };
+    let admin = crate::runbook::Admin { url: &remote.admin };
+    let runbook = crate::runbook::build(&args.model, &policy, &source, &admin);
+    match remote.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&runbook)?),
+        Output::Text => print!("{}", crate::runbook::render_markdown(&runbook)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when the rehearsal passed, 1 when not (as `backstop demo`).
+pub async fn gameday(args: GamedayArgs, remote: &Remote) -> anyhow::Result<ExitCode> {
+    if args.live {
+        eprintln!(
+            "backstop: live gameday is not available yet: the gateway cannot inject faults into a designated rehearsal candidate. \
+             Run without --live to rehearse the plan in the simulator (the same controller and policy on a virtual clock)."
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let (policy, source) = match model_policy(&args.model, args.policy.as_deref(), remote).await? {
+        PolicySource::Found(policy, source) => (*policy, source),
+        PolicySource::BadFile(code) => return Ok(code),
+    };
+    let options = crate::gameday::GamedayOptions {
+        fault: args.fault,
+        runs: args.runs,
+        seed: args.seed,
+        detect_within_s: args.detect_within.as_secs_f64(),
+        rate_per_s: args.rate,
+    };
+    let model = args.model;
+    let report = tokio::task::spawn_blocking(move || {
+        crate::gameday::run(&model, &policy, &source, &options)
+    })
+    .await
+    .map_err(|e| anyhow!("the rehearsal failed: {e}"))??;
+    match remote.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{}", crate::gameday::render_text(&report)),
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,6 +124,30 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Print the one-page runbook for a model's current policy: triggers in
+    /// words, what happens by itself, manual rollback commands, recovery
+    /// checks, who is notified, where evidence goes.
+    #[command(
+        after_help = "Examples:\n  backstop runbook fraud-scorer\n  backstop runbook fraud-scorer --policy policy.yaml --output json"
+    )]
+    Runbook {
+        #[command(flatten)]
+        args: cli::RunbookArgs,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Rehearse the plan: inject a fault into the candidate (in the
+    /// simulator) and check that the policy rolls back within the target,
+    /// with a healthy control for false rollbacks. Exit 0 passed, 1 not.
+    #[command(
+        after_help = "Examples:\n  backstop gameday fraud-scorer --fault latency\n  backstop gameday fraud-scorer --policy policy.yaml --fault errors --runs 50 --output json\n  backstop gameday fraud-scorer --fault timeouts --detect-within 30s --seed 7"
+    )]
+    Gameday {
+        #[command(flatten)]
+        args: cli::GamedayArgs,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
     /// Run thousands of rollouts of the real controller on a virtual clock:
     /// false rollbacks, missed regressions, detection delay.
     #[command(
@@ -264,6 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return runtime.block_on(cli::promote(&model, &bundle, &reason, &remote));
         }
         Command::Gc { remote } => return runtime.block_on(cli::gc(&remote)),
+        Command::Runbook { args, remote } => return runtime.block_on(cli::runbook(args, &remote)),
+        Command::Gameday { args, remote } => return runtime.block_on(cli::gameday(args, &remote)),
         Command::Rollout { command, remote } => {
             return runtime.block_on(cli::rollout(command, &remote));
         }

@@ -92,6 +92,10 @@ pub struct RolloutView {
     /// The incident the rollback opened (this process only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// The rollout's policy (normalized, baseline resolved), with webhook
+    /// addresses cut to scheme and host and hook header values redacted:
+    /// what `backstop runbook` and `backstop gameday` read.
+    pub policy: Policy,
 }
 
 struct Active {
@@ -789,6 +793,7 @@ impl Rollouts {
             updated_unix_ms: entry.record.updated_unix_ms,
             rollback_timing: rollback,
             incident: entry.incident.clone(),
+            policy: crate::runbook::shown_policy(&entry.rollout.policy),
         }
     }
 
@@ -844,6 +849,7 @@ fn stored_view(record: &RolloutRecord) -> Result<RolloutView, RolloutError> {
         updated_unix_ms: record.updated_unix_ms,
         rollback_timing: None,
         incident: None,
+        policy: crate::runbook::shown_policy(&rollout.policy),
     })
 }
 

@@ -210,7 +210,8 @@ async fn list_rollouts(
         (status = 200, description = "`{id, model, candidate, baseline, strategy, phase, \
             paused_by?, stage, stages, candidate_percent, shadow_percent, stage_elapsed_ms, \
             stage_hold_ms, waiting_for_traffic, triggers: [...], verdict?, open, \
-            created_unix_ms, updated_unix_ms, rollback_timing?}`", body = serde_json::Value),
+            created_unix_ms, updated_unix_ms, rollback_timing?, policy}` (`policy`: \
+            webhook addresses cut to scheme and host, hook header values redacted)", body = serde_json::Value),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 404, description = "`rollout_not_found`", body = ErrorBody),
         (status = 503, description = "`rollouts_unavailable`, `store_unavailable`", body = ErrorBody),
@@ -459,6 +460,41 @@ models:
             .expect("rollout.create is audited");
         assert_eq!(created["actor"], LOCAL_OPERATOR);
         assert_eq!(created["target"], format!("m/{id}"));
+    }
+
+    /// The status carries the policy (what `backstop runbook` reads), with
+    /// the baseline resolved and no webhook secret or hook header value.
+    #[tokio::test]
+    async fn the_status_carries_the_policy_without_secrets() {
+        let f = fixture();
+        let text = format!(
+            "{POLICY}hooks:\n  - {{ name: flags, url: \"https://flags.internal/off?key=s3cr3t\", headers: {{ Authorization: \"Bearer s3cr3t\" }} }}\nnotify:\n  - {{ name: chat, url: \"https://hooks.slack.com/services/s3cr3t\", format: slack }}\n  - {{ name: pager, url_env: PAGER_URL, format: alertmanager, severities: [critical] }}\n"
+        );
+        let (status, view) = start(&f.app, &text, false).await;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        let (status, shown) = call(&f.app, get("/api/v1/rollouts/m")).await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        assert!(!shown.to_string().contains("s3cr3t"), "{shown}");
+        let policy: backstop_core::policy::Policy =
+            serde_json::from_value(shown["policy"].clone()).unwrap();
+        policy.check().unwrap();
+        assert_eq!(policy.baseline.as_deref(), Some("v1"));
+        assert_eq!(
+            policy.notify[0].url.as_deref(),
+            Some("https://hooks.slack.com/…")
+        );
+        assert_eq!(policy.notify[1].url_env.as_deref(), Some("PAGER_URL"));
+        assert_eq!(policy.hooks[0].headers["Authorization"], "[redacted]");
+        let runbook = crate::runbook::build(
+            "m",
+            &policy,
+            "rollout",
+            &crate::runbook::Admin {
+                url: "http://admin",
+            },
+        );
+        assert_eq!(runbook.baseline, "v1");
+        assert_eq!(runbook.notifications.receivers.len(), 2);
     }
 
     #[tokio::test]

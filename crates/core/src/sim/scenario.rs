@@ -113,6 +113,11 @@ pub struct RunResult {
     pub rolled_back: bool,
     /// Seconds from onset to the verdict (rolled back after onset).
     pub detection_delay_s: Option<f64>,
+    /// Seconds from the candidate's first request to the verdict (the
+    /// verdict's own `detection_ms`), when `detection_delay_s` is set: what
+    /// a rehearsal of a candidate that is faulty from the start measures,
+    /// so a blue/green warm-up without traffic does not count.
+    pub detection_from_first_request_s: Option<f64>,
     /// Candidate requests from the onset to the verdict.
     pub exposed_requests: u64,
     /// Rolled back before the regression began: a false rollback.
@@ -175,12 +180,18 @@ pub fn run_once(policy: &Policy, scenario: &Scenario, seed: u64) -> RunResult {
     }
     let verdict_ms = rollout.verdict.as_ref().map(|v| v.at_ms);
     let after_onset = verdict_ms.filter(|&at| at > onset_ms || scenario.onset_s == 0);
+    let detected = after_onset.filter(|_| !scenario.healthy());
     RunResult {
         rolled_back: verdict_ms.is_some(),
         false_rollback: verdict_ms.is_some() && (scenario.healthy() || after_onset.is_none()),
-        detection_delay_s: after_onset
-            .filter(|_| !scenario.healthy())
-            .map(|at| (at - onset_ms) as f64 / 1000.0),
+        detection_delay_s: detected.map(|at| (at - onset_ms) as f64 / 1000.0),
+        detection_from_first_request_s: detected.and(
+            rollout
+                .verdict
+                .as_ref()
+                .and_then(|v| v.detection_ms)
+                .map(|ms| ms as f64 / 1000.0),
+        ),
         exposed_requests: exposed,
     }
 }
@@ -249,7 +260,7 @@ pub fn run_scenario(
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
