@@ -936,14 +936,10 @@ fn judge_recovery(
         }
         _ => (None, "none"),
     };
-    let p95_max =
-        reference
-            .as_ref()
-            .and_then(|r| r.p95_ms)
-            .map(|p95| match verification.latency_p95 {
-                Threshold::RelativePercent(p) => p95 * (1.0 + p / 100.0),
-                _ => p95,
-            });
+    let p95_max = reference
+        .as_ref()
+        .and_then(|r| r.p95_ms)
+        .map(|p95| latency_max(verification, p95));
     let error_rate_max = reference.as_ref().map(|r| {
         let rate = r.error_rate.unwrap_or(0.0);
         match verification.error_rate {
@@ -1028,7 +1024,7 @@ fn judge_recovery(
                     candidate <= baseline + error_slack(verification, baseline)
                 }
                 backstop_core::policy::MetricKind::Latency => {
-                    candidate <= baseline * latency_factor(verification)
+                    candidate <= latency_max(verification, baseline)
                 }
             },
             _ => false,
@@ -1042,7 +1038,7 @@ fn judge_recovery(
                 _ => true,
             };
             let latency = match (c.p95_ms, after.p95_ms) {
-                (Some(c), Some(b)) => c <= b * latency_factor(verification),
+                (Some(c), Some(b)) => c <= latency_max(verification, b),
                 _ => true,
             };
             errors && latency
@@ -1071,11 +1067,13 @@ fn error_slack(verification: &Verification, rate: f64) -> f64 {
     }
 }
 
-fn latency_factor(verification: &Verification) -> f64 {
-    match verification.latency_p95 {
+/// The highest latency (ms) still "no worse than" `ms` by the policy's slack.
+fn latency_max(verification: &Verification, ms: f64) -> f64 {
+    let factor = match verification.latency_p95 {
         Threshold::RelativePercent(p) => 1.0 + p / 100.0,
         _ => 1.0,
-    }
+    };
+    (ms * factor).max(ms + verification.latency_tolerance.as_ms() as f64)
 }
 
 /// Adds `b`'s counts to `a` (latency: the worse p95 of the two, which is

@@ -172,6 +172,8 @@ async fn a_rollback_opens_an_incident_with_frozen_redacted_evidence_and_tells_pe
     v2.behaviour.set_error_rate(0.3);
     // The pager fails twice before it takes the alert: retried, delivered.
     let pager = Receiver::start(2).await;
+    let flags = Receiver::start(0).await;
+    let team = Receiver::start(0).await;
     let backstop = Backstop::start(&config(&v1.url(), &v2.url()));
     let dir = tempfile::tempdir().unwrap();
     register_v2(&backstop, dir.path()).await;
@@ -182,29 +184,31 @@ async fn a_rollback_opens_an_incident_with_frozen_redacted_evidence_and_tells_pe
         &[ERROR_TRIGGER],
     );
     text.push_str(&format!(
-        r#"evidence: {{ sample_percent: 100, samples: 50, redact: [ssn], hash: [user_id] }}
+        r#"evidence: {{ sample_percent: 100, samples: 2000, redact: [ssn], hash: [user_id] }}
 verification: {{ window: 2s, min_sample: 20 }}
 hooks:
-  - {{ name: flags-off, url: "{pager}/hooks/flags", timeout: 1s, retries: 0 }}
+  - {{ name: flags-off, url: "{flags}/hooks/flags", timeout: 1s, retries: 0 }}
   - {{ name: cache, url: "http://127.0.0.1:9/never", timeout: 500ms, retries: 1 }}
 notify:
   - {{ name: oncall, url: "{pager}/alerts", format: alertmanager, severities: [critical] }}
-  - {{ name: team, url: "{pager}/slack", format: slack }}
+  - {{ name: team, url: "{team}/slack", format: slack }}
 "#,
-        pager = pager.url
+        pager = pager.url,
+        flags = flags.url,
+        team = team.url
     ));
     let load = Load::start(&backstop, 4, 50, Duration::from_secs(25));
+    // The baseline's own figures before the rollout: what recovery is
+    // judged against.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rollout = start(&client, &backstop, &text).await;
     let id = rollout["id"].as_str().unwrap().to_string();
     send_secrets(&client, &backstop, 40).await;
     let done = wait_for_phase(&client, &backstop, &id, "rolled_back").await;
-    let seen = load.finish().await;
-    // The failing hook changed nothing: no client request failed.
-    assert!(failures(&seen).is_empty(), "{:?}", failures(&seen));
-
     let incident_id = done["incident"]
         .as_str()
         .expect("the rollout names its incident");
+    // Traffic goes on through the verification window.
     let incident = wait_for_incident(
         &client,
         &backstop,
@@ -213,6 +217,9 @@ notify:
         |v| v["state"] != "verifying" && v["hooks"].as_array().is_some_and(|h| h.len() == 2),
     )
     .await;
+    let seen = load.finish().await;
+    // The failing hook changed nothing: no client request failed.
+    assert!(failures(&seen).is_empty(), "{:?}", failures(&seen));
 
     // What happened, with the numbers.
     assert_eq!(incident["severity"], "critical");
@@ -287,7 +294,8 @@ notify:
     assert_eq!(hook("flags-off")["ok"], true);
     assert_eq!(hook("cache")["ok"], false);
     assert_eq!(hook("cache")["attempts"], 2);
-    assert_eq!(pager.hits("/hooks/flags").len(), 1);
+    assert_eq!(flags.hits("/hooks/flags").len(), 1);
+    assert_eq!(flags.hits("/hooks/flags")[0]["incident"], incident_id);
 
     // The pager got the alert on the third attempt; the team channel got
     // the opening and the recovery; the pager (critical only) too.
@@ -312,7 +320,7 @@ notify:
     assert!(alerts.len() >= 3);
     assert_eq!(alerts[0][0]["labels"]["incident"], incident_id);
     assert_eq!(alerts[0][0]["labels"]["severity"], "critical");
-    assert!(pager.hits("/slack").iter().all(|b| b["text"].is_string()));
+    assert!(team.hits("/slack").iter().all(|b| b["text"].is_string()));
 
     // Nothing redacted reached the disk either (store, WAL, artifacts).
     let leaks = disk_contains(&backstop.data_dir, SECRET.as_bytes());

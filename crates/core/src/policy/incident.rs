@@ -67,6 +67,10 @@ pub struct Verification {
     /// value, as `"+20%"`.
     #[serde(default = "default_latency_slack")]
     pub latency_p95: Threshold,
+    /// A p95 within this much of its pre-rollout value always passes, so
+    /// noise at millisecond latencies is not called a failed recovery.
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: Period,
     /// Largest change of the baseline's error rate vs its pre-rollout
     /// value, as `"+1pp"` or `"+50%"`.
     #[serde(default = "default_error_slack")]
@@ -83,6 +87,7 @@ impl Default for Verification {
         Self {
             window: default_verification_window(),
             latency_p95: default_latency_slack(),
+            latency_tolerance: default_latency_tolerance(),
             error_rate: default_error_slack(),
             min_sample: default_verification_sample(),
         }
@@ -95,6 +100,10 @@ fn default_verification_window() -> Period {
 
 fn default_latency_slack() -> Threshold {
     Threshold::RelativePercent(20.0)
+}
+
+fn default_latency_tolerance() -> Period {
+    Period::from_ms(5)
 }
 
 fn default_error_slack() -> Threshold {
