@@ -410,6 +410,72 @@ impl Incidents {
         (metrics, samples)
     }
 
+    /// After a restart: incidents still waiting for their verification
+    /// lost the statistics it needed (they live in memory), so each is
+    /// verified over a fresh window from now, on the baseline that has
+    /// served all traffic since (open rollouts come back on it too).
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, IncidentError> {
+        let store = self.store.clone();
+        let waiting: Vec<IncidentRecord> = blocking(move || store.incidents(None, 10_000))
+            .await?
+            .into_iter()
+            .filter(|i| i.state == "verifying")
+            .collect();
+        let epoch = unix_ms() / self.gateway.config.stats.bucket_ms;
+        for incident in &waiting {
+            {
+                let _update = self.update.lock().await;
+                let (mut stored, evidence, mut record) = self.load(&incident.id).await?;
+                let window = evidence
+                    .policy
+                    .verification
+                    .clone()
+                    .unwrap_or_default()
+                    .window;
+                record.timeline.push(TimelineEntry {
+                    at_unix_ms: unix_ms(),
+                    what: "restart".into(),
+                    detail: format!(
+                        "restarted before the verification: verifying {} over {window} from now",
+                        evidence.baseline.version
+                    ),
+                    actor: String::new(),
+                });
+                stored.record_json = to_json(&record);
+                stored.updated_unix_ms = unix_ms();
+                let store = self.store.clone();
+                blocking(move || store.update_incident(&stored, None)).await?;
+            }
+            self.schedule_verification(incident.id.clone(), epoch)
+                .await?;
+        }
+        Ok(waiting.len())
+    }
+
+    /// Verifies incident `id` once the window after `swap_epoch` is over.
+    async fn schedule_verification(
+        self: &Arc<Self>,
+        id: String,
+        swap_epoch: u64,
+    ) -> Result<(), IncidentError> {
+        let (_, evidence, _) = self.load(&id).await?;
+        let window = evidence
+            .policy
+            .verification
+            .clone()
+            .unwrap_or_default()
+            .window;
+        let incidents = self.clone();
+        tokio::spawn(async move {
+            let wait = window.as_ms() + 2 * incidents.gateway.config.stats.bucket_ms;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if let Err(e) = incidents.verify(&id, swap_epoch).await {
+                tracing::error!(incident = id, "Verification could not be stored: {e}");
+            }
+        });
+        Ok(())
+    }
+
     /// [`Incidents::open`], retried with back-off on store errors (a full
     /// disk, a transient I/O fault) for about a minute.
     pub async fn open_retrying(self: &Arc<Self>, opening: Opening) {
@@ -657,20 +723,8 @@ impl Incidents {
             verdict_text(&opening.verdict)
         );
 
-        let verification = opening.policy.verification.clone().unwrap_or_default();
-        let incidents = self.clone();
-        let verify_id = id.clone();
-        let swap_epoch = opening.swap_epoch;
-        tokio::spawn(async move {
-            let wait = verification.window.as_ms() + 2 * incidents.gateway.config.stats.bucket_ms;
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            if let Err(e) = incidents.verify(&verify_id, swap_epoch).await {
-                tracing::error!(
-                    incident = verify_id,
-                    "Verification could not be stored: {e}"
-                );
-            }
-        });
+        self.schedule_verification(id.clone(), opening.swap_epoch)
+            .await?;
         Ok(id)
     }
 

@@ -214,6 +214,11 @@ impl Rollouts {
             );
             active.insert(entry.record.id.clone(), entry);
         }
+        match self.incidents.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("{n} incident(s) were waiting for verification at restart: verifying them over a fresh window."),
+            Err(e) => tracing::error!("Incidents waiting for verification could not be resumed: {e}"),
+        }
         Ok(active.len())
     }
 

@@ -729,6 +729,11 @@ models:
         ("POST", "/api/v1/rollouts/{id}/promote"),
         ("POST", "/api/v1/rollouts/{id}/abort"),
         ("POST", "/api/v1/rollouts/{id}/rollback"),
+        ("GET", "/api/v1/incidents"),
+        ("GET", "/api/v1/incidents/{id}"),
+        ("GET", "/api/v1/incidents/{id}/export"),
+        ("GET", "/api/v1/report"),
+        ("GET", "/api/v1/annotations"),
     ];
 
     async fn openapi_document(gateway: &Arc<Gateway>) -> Value {

@@ -465,7 +465,7 @@ async fn a_notification_queued_before_a_kill_is_delivered_after_the_restart() {
         &[ERROR_TRIGGER],
     );
     text.push_str(&format!(
-        "notify:\n  - {{ name: oncall, url: \"{}/alerts\", format: alertmanager }}\n",
+        "verification: {{ window: 5s, min_sample: 20 }}\nnotify:\n  - {{ name: oncall, url: \"{}/alerts\", format: alertmanager }}\n",
         pager.url
     ));
     let load = Load::start(&backstop, 4, 50, Duration::from_secs(20));
@@ -496,5 +496,18 @@ async fn a_notification_queued_before_a_kill_is_delivered_after_the_restart() {
     assert_eq!(
         incident["evidence"]["verdict"]["trigger"]["metric"],
         "error_rate"
+    );
+    // The verification the kill interrupted runs over a fresh window.
+    let load = Load::start(&backstop, 4, 50, Duration::from_secs(15));
+    let incident = wait_for_incident(&client, &backstop, &incident_id, "verified", |v| {
+        v["state"] != "verifying"
+    })
+    .await;
+    load.finish().await;
+    assert_eq!(incident["state"], "recovered", "{incident:#}");
+    let timeline = incident["timeline"].to_string();
+    assert!(
+        timeline.contains("restarted before the verification"),
+        "{timeline}"
     );
 }
