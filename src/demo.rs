@@ -64,6 +64,17 @@ pub struct DemoReport {
     pub data_dir: PathBuf,
     /// Audit entries of the rollout, `#seq action`.
     pub audit: Vec<String>,
+    /// The incident the rollback opened.
+    pub incident: Option<String>,
+    /// `recovered`, `not_recovered`, `unverified`, or `verifying` when the
+    /// verification had not finished.
+    pub incident_state: Option<String>,
+    /// From the verdict to the baseline serving within its limits.
+    pub time_to_recovered_s: Option<f64>,
+    /// Request/response pairs frozen into the incident (both versions).
+    pub samples_frozen: usize,
+    /// Webhook notifications the demo's local receiver took.
+    pub notifications_delivered: usize,
     pub client: LoadReport,
 }
 
@@ -71,15 +82,21 @@ impl DemoReport {
     /// The story went as designed: rolled back, nothing lost, nothing on
     /// `v2` after the swap. `backstop demo` exits 1 otherwise.
     pub fn as_designed(&self) -> bool {
-        self.rolled_back && self.requests_lost == 0 && self.candidate_requests_after_rollback == 0
+        self.rolled_back
+            && self.requests_lost == 0
+            && self.candidate_requests_after_rollback == 0
+            && self.incident.is_some()
     }
 }
 
 const MODEL: &str = "fraud-scorer";
 const BUCKET_MS: u64 = 250;
-/// Load keeps running this long after the verdict: it shows traffic
-/// staying on the baseline and nothing lost around the swap.
+/// Load keeps running at least this long after the verdict: it shows
+/// traffic staying on the baseline and nothing lost around the swap.
 const AFTER_VERDICT: Duration = Duration::from_secs(3);
+/// ... and until the incident's recovery is verified (the demo policy's
+/// window is 3 s), at most this long.
+const VERIFICATION_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -170,7 +187,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         },
     }));
 
-    let policy = crate::policy::parse(Path::new("examples/demo-policy.yaml"), DEMO_POLICY)?;
+    let mut policy = crate::policy::parse(Path::new("examples/demo-policy.yaml"), DEMO_POLICY)?;
+    // A local webhook receiver stands in for the pager: the incident's
+    // notification goes there, in Alertmanager's format.
+    let pager = Pager::start().await?;
+    policy.notify.push(backstop_core::policy::Receiver {
+        name: "pager".into(),
+        url: Some(format!("{}/api/v2/alerts", pager.url)),
+        url_env: None,
+        format: backstop_core::policy::WebhookFormat::Alertmanager,
+        severities: vec![backstop_core::policy::Severity::Critical],
+    });
     let started = Instant::now();
     let view = rollouts
         .start(policy, true, "demo")
@@ -219,8 +246,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
                 );
             }
         }
-        if ended_at.is_some_and(|at| at.elapsed() >= AFTER_VERDICT) {
-            break;
+        if let Some(at) = ended_at {
+            let verified = match &view.incident {
+                Some(incident) => rollouts
+                    .incidents()
+                    .get(incident)
+                    .await
+                    .is_ok_and(|i| i.state != "verifying"),
+                None => false,
+            };
+            if at.elapsed() >= AFTER_VERDICT && (verified || at.elapsed() >= VERIFICATION_WAIT) {
+                break;
+            }
         }
     }
     // Stop the load: it has shown what it needed to.
@@ -254,6 +291,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
             })
     });
     let audit = audit_lines(&rollouts, &id).await?;
+    let incident = match &view.incident {
+        Some(incident) => rollouts.incidents().get(incident).await.ok(),
+        None => None,
+    };
     let requests_lost = client.transport_errors
         + client
             .statuses
@@ -294,6 +335,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         candidate_requests_after_rollback,
         data_dir,
         audit,
+        incident: view.incident.clone(),
+        incident_state: incident.as_ref().map(|i| i.state.clone()),
+        time_to_recovered_s: incident.as_ref().and_then(|i| {
+            let ms = i.record.verification.as_ref()?.time_to_recovered_ms?;
+            Some(ms as f64 / 1000.0)
+        }),
+        samples_frozen: incident.as_ref().map_or(0, |i| {
+            i.evidence.samples.candidate.len() + i.evidence.samples.baseline.len()
+        }),
+        notifications_delivered: pager.received(),
         client,
     };
     if !options.json {
@@ -376,9 +427,65 @@ fn print_summary(report: &DemoReport) {
         report.data_dir.display()
     );
     println!("  audit log:       {}", report.audit.join(", "));
+    if let Some(incident) = &report.incident {
+        println!(
+            "  incident:        {incident}, {} ({} request/response pairs frozen, redacted per the policy)",
+            report
+                .incident_state
+                .as_deref()
+                .unwrap_or("?")
+                .replace('_', " "),
+            report.samples_frozen
+        );
+        if let Some(s) = report.time_to_recovered_s {
+            println!(
+                "  recovered:       v1 within its pre-rollout figures {s:.1} s after the verdict"
+            );
+        }
+        println!(
+            "  pager:           {} notification(s) delivered (Alertmanager format, local receiver)",
+            report.notifications_delivered
+        );
+    }
     println!(
         "                   (backstop audit list --model {MODEL} against a running gateway on that data_dir; `backstop audit verify` checks the chain)"
     );
+}
+
+/// The demo's stand-in pager: a loopback webhook receiver that counts what
+/// it is sent.
+struct Pager {
+    url: String,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Pager {
+    async fn start() -> anyhow::Result<Pager> {
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = received.clone();
+        let app = axum::Router::new().fallback(move || {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::Relaxed);
+                http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Pager {
+            url,
+            received,
+            _server: server,
+        })
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
 }
 
 fn embedded_model_defaults() -> ModelSpec {

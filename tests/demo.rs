@@ -29,6 +29,18 @@ fn the_demo_rolls_back_and_loses_nothing() {
         "{report}"
     );
     assert!(report["requests_sent"].as_u64().unwrap() > 0);
+    // The rollback opened an incident, told the (local) pager and
+    // verified that v1 serves as before.
+    assert!(
+        report["incident"].as_str().unwrap().starts_with("inc-"),
+        "{report}"
+    );
+    assert_eq!(report["incident_state"], "recovered", "{report}");
+    assert!(
+        report["notifications_delivered"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(report["samples_frozen"].as_u64().unwrap() > 0, "{report}");
     let audit: Vec<&str> = report["audit"]
         .as_array()
         .unwrap()
