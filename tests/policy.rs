@@ -128,3 +128,26 @@ fn schema_is_json_and_lists_the_metrics() {
     assert!(schema["$defs"]["Threshold"]["pattern"].is_string());
     assert!(schema["$defs"]["Duration"]["pattern"].is_string());
 }
+
+#[test]
+fn incident_sections_are_checked_with_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "model: fraud-scorer\ncandidate: v2\nstrategy: { canary: { steps: [5, 100], bake: 2m } }\ntriggers:\n  - { metric: error_rate, above: \"+1pp\", action: rollback }\nnotify:\n  - { name: pager, url: \"ftp://pager\", format: alertmanager }\n",
+    )
+    .unwrap();
+    let name = file.to_str().unwrap();
+    let out = backstop(&["policy", "check", name]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{name}:7:")) && stderr.contains("notify[0].url"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("not an http:// or https:// address"),
+        "{stderr}"
+    );
+}
