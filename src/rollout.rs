@@ -738,11 +738,25 @@ impl Rollouts {
             cohorts.retain(|c| &c.version != candidate);
         }
         spec.cohorts = cohorts;
+        let configured = spec.capture.clone();
         spec.capture = Some(capture_for(policy, spec.capture.take()));
-        self.gateway
-            .replace_model(model, spec, None)
-            .map(|_| ())
-            .map_err(|e| format!("{e:?}"))
+        match self.gateway.replace_model(model, spec.clone(), None) {
+            Ok(_) => Ok(()),
+            // Evidence settings must never stand in the way of routing (a
+            // rollback above all): route with the table's own sampling.
+            Err(e) if spec.capture != configured => {
+                tracing::error!(
+                    model,
+                    "The policy's evidence settings were refused ({e:?}); routing without them."
+                );
+                spec.capture = configured;
+                self.gateway
+                    .replace_model(model, spec, None)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:?}"))
+            }
+            Err(e) => Err(format!("{e:?}")),
+        }
     }
 
     /// Makes the candidate the registry's last-known-good when it is (in) a
@@ -833,9 +847,12 @@ fn capture_for(policy: &Policy, configured: Option<CaptureSpec>) -> CaptureSpec 
     hash.retain(|name| !redact.contains(name));
     hash.sort();
     hash.dedup();
+    // Within the gateway's memory bound per version, whatever the policy asks.
+    let samples_max =
+        (crate::config::CAPTURE_RING_BYTES_MAX / configured.body_max_bytes.max(1)).max(1);
     CaptureSpec {
         sample_percent: evidence.sample_percent,
-        samples: evidence.samples,
+        samples: evidence.samples.min(samples_max),
         body_max_bytes: configured.body_max_bytes,
         redact,
         hash,
