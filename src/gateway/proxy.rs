@@ -282,12 +282,12 @@ async fn proxy(
             match fault.next() {
                 FaultAction::Forward => {}
                 FaultAction::Error => {
-                    pending.take().finish(Outcome::ServerError);
+                    pending.take().finish_injected(Outcome::ServerError);
                     return Err(GatewayError::injected_fault(&model, &version.name));
                 }
                 FaultAction::Timeout => {
                     tokio::time::sleep(table.request_timeout).await;
-                    pending.take().finish(Outcome::Timeout);
+                    pending.take().finish_injected(Outcome::Timeout);
                     return Err(GatewayError::upstream_timeout(
                         &model,
                         &version.name,

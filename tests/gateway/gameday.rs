@@ -12,13 +12,20 @@ use std::time::Duration;
 /// Model `m`: v1 takes all traffic; `r` is a rehearsal version on the
 /// same upstream as v1 (as a real one would be on the LKG's upstreams).
 fn config(upstream: &str) -> String {
+    config_with(
+        upstream,
+        "{ interval_ms: 100, timeout_ms: 500, eject_after_failures: 100000 }",
+    )
+}
+
+fn config_with(upstream: &str, health: &str) -> String {
     format!(
         r#"
 listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 stats: {{ bucket_ms: 100 }}
 pin: {{ allow_from: ["127.0.0.1/32"] }}
-health: {{ interval_ms: 100, timeout_ms: 500, eject_after_failures: 100000 }}
+health: {health}
 models:
   m:
     versions:
@@ -310,4 +317,44 @@ async fn a_live_gameday_without_traffic_says_so_and_cleans_up() {
         stderr.contains("m/v1 is not a rehearsal version"),
         "{stderr}"
     );
+}
+
+/// Injected failures are the rehearsal version's, not its endpoint's: the
+/// endpoint it shares with the last-known-good is never ejected for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_failures_never_eject_the_shared_endpoint() {
+    let upstream = toy("v1").await;
+    let backstop = Backstop::start(&config_with(&upstream.url(), "{ eject_after_failures: 2 }"));
+    let client = HttpClient::new();
+    let answer = client
+        .put_json(
+            &backstop.admin_url("/api/v1/models/m/versions/r/fault"),
+            &json!({"error_percent": 100.0}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let url = backstop.url("/v2/models/m/infer");
+    for _ in 0..10 {
+        let answer = client.infer(&url, &[("x-backstop-pin", "r")]).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.version(), Some("r"));
+    }
+    for _ in 0..10 {
+        let answer = client.infer(&url, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.version(), Some("v1"));
+    }
+    let models = client
+        .get(&backstop.admin_url("/api/v1/models"))
+        .await
+        .json();
+    assert!(
+        !models.to_string().contains(r#""ejected":true"#),
+        "{models}"
+    );
+    let stats = client
+        .get(&backstop.admin_url("/api/v1/models/m/stats?window_ms=60000"))
+        .await
+        .json();
+    assert_eq!(stats["versions"]["r"]["server_errors"], 10, "{stats}");
 }
