@@ -562,6 +562,13 @@ impl LiveReport {
             } else {
                 format!("The rollout ended {phase}, not rolled back.")
             });
+            if phase == "promoted" {
+                reasons.push(format!(
+                    "The rollout PROMOTED the rehearsal version: {} now takes the traffic (its fault is cleared, and it serves from the upstreams it was given). Route the model back to {} by hand.",
+                    self.rehearsal,
+                    self.baseline.as_deref().unwrap_or("its baseline")
+                ));
+            }
             if self.catching_triggers.is_empty() {
                 reasons.push(format!(
                     "The policy has no rollback trigger that can catch a {} fault.",
@@ -982,6 +989,21 @@ mod tests {
         assert!(
             starved.reasons[0].contains("waiting for traffic"),
             "{starved:?}"
+        );
+
+        let mut promoted = LiveReport {
+            rolled_back: false,
+            detection_s: None,
+            phase: Some("promoted".into()),
+            catching_triggers: vec![],
+            ..live_report()
+        };
+        promoted.judge();
+        assert!(!promoted.passed);
+        assert!(promoted.reasons[1].contains("PROMOTED"), "{promoted:?}");
+        assert!(
+            promoted.reasons[2].contains("no rollback trigger"),
+            "{promoted:?}"
         );
 
         let mut stuck = LiveReport {
