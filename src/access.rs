@@ -186,6 +186,18 @@ const RULES: &[(On, &str, Need)] = &[
         "/api/v1/models/*/promote",
         Need::Role(Role::Approver),
     ),
+    // Gameday faults go only into rehearsal versions, and a rehearsal
+    // is run by those who run rollouts.
+    (
+        On::Put,
+        "/api/v1/models/*/versions/*/fault",
+        Need::Role(Role::Deployer),
+    ),
+    (
+        On::Delete,
+        "/api/v1/models/*/versions/*/fault",
+        Need::Role(Role::Deployer),
+    ),
     // Rollouts: deployers start and steer them, and may always send
     // traffic back (breakglass too); widening past a gate or promoting
     // now is the approver's call.

@@ -1362,10 +1362,18 @@ pub struct GamedayArgs {
     /// Simulated requests per second (baseline and candidate together).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
-    /// Rehearse on the live system against a rehearsal candidate (not
-    /// available yet: the simulator is the only mode).
+    /// Rehearse on the live system: the gateway injects the fault into the
+    /// model's rehearsal version (`rehearsal: true` in its routing table),
+    /// a rollout of it runs under the policy, and the fault is cleared at
+    /// the end. Needs live traffic on the model.
     #[arg(long)]
     pub live: bool,
+    /// With --live: the rehearsal version (default: the model's only one).
+    #[arg(long, requires = "live")]
+    pub rehearsal: Option<String>,
+    /// With --live: give up (abort the rollout, clear the fault) after this.
+    #[arg(long, default_value = "5m", value_parser = detect_target)]
+    pub timeout: std::time::Duration,
 }
 
 fn detect_target(text: &str) -> Result<std::time::Duration, String> {
@@ -1451,11 +1459,7 @@ pub async fn runbook(args: RunbookArgs, remote: &Remote) -> anyhow::Result<ExitC
 /// Exit 0 when the rehearsal passed, 1 when not (as `backstop demo`).
 pub async fn gameday(args: GamedayArgs, remote: &Remote) -> anyhow::Result<ExitCode> {
     if args.live {
-        eprintln!(
-            "backstop: live gameday is not available yet: the gateway cannot inject faults into a designated rehearsal candidate. \
-             Run without --live to rehearse the plan in the simulator (the same controller and policy on a virtual clock)."
-        );
-        return Ok(ExitCode::from(2));
+        return gameday_live(args, remote).await;
     }
     let (policy, source) = match model_policy(&args.model, args.policy.as_deref(), remote).await? {
         PolicySource::Found(policy, source) => (*policy, source),
@@ -1483,6 +1487,330 @@ pub async fn gameday(args: GamedayArgs, remote: &Remote) -> anyhow::Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How often a live rehearsal polls its rollout.
+const GAMEDAY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What the watch of a live rehearsal's rollout saw.
+#[derive(Default)]
+struct LiveWatch {
+    id: Option<String>,
+    view: Option<Value>,
+    timed_out: bool,
+}
+
+/// `backstop gameday MODEL --live`: fault on the rehearsal version, a
+/// rollout of it under the policy, and the fault cleared whatever happens.
+async fn gameday_live(args: GamedayArgs, remote: &Remote) -> anyhow::Result<ExitCode> {
+    use backstop_core::controller::strategy_name;
+    let started = std::time::Instant::now();
+    let api = Api::new(remote);
+    let model = args.model.clone();
+    let m = query_value(&model);
+    let routes = ok(api
+        .json(Method::GET, &format!("/api/v1/models/{m}/routes"), None)
+        .await?)?;
+    let versions = routes["spec"]["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let name_of = |v: &Value| v["name"].as_str().unwrap_or_default().to_string();
+    let rehearsals: Vec<String> = versions
+        .iter()
+        .filter(|v| v["rehearsal"].as_bool() == Some(true))
+        .map(name_of)
+        .collect();
+    let rehearsal = match &args.rehearsal {
+        Some(name) => {
+            if !versions.iter().any(|v| &name_of(v) == name) {
+                anyhow::bail!("{model} has no version {name:?} in its routing table");
+            }
+            if !rehearsals.contains(name) {
+                anyhow::bail!(
+                    "{model}/{name} is not a rehearsal version: mark it `rehearsal: true` in the routing table (it normally points at the last-known-good's upstreams)"
+                );
+            }
+            name.clone()
+        }
+        None => match rehearsals.as_slice() {
+            [one] => one.clone(),
+            [] => anyhow::bail!(
+                "{model} has no rehearsal version: add one with `rehearsal: true` (weight 0, the last-known-good's endpoints) to its routing table"
+            ),
+            many => anyhow::bail!(
+                "{model} has several rehearsal versions ({}): pick one with --rehearsal",
+                many.join(", ")
+            ),
+        },
+    };
+    let request_timeout_ms = routes["spec"]["timeouts"]["request_ms"]
+        .as_u64()
+        .unwrap_or(10_000);
+
+    let (mut policy, source) = match model_policy(&model, args.policy.as_deref(), remote).await? {
+        PolicySource::Found(policy, source) => (*policy, source),
+        PolicySource::BadFile(code) => return Ok(code),
+    };
+    if policy.model != model {
+        anyhow::bail!("the policy is for model {:?}, not {model:?}", policy.model);
+    }
+    // The same plan, aimed at the rehearsal version; the baseline is
+    // resolved by the gateway now (the current last-known-good).
+    let old = std::mem::replace(&mut policy.candidate, rehearsal.clone());
+    for cohort in &mut policy.cohorts {
+        if cohort.version == old {
+            cohort.version = rehearsal.clone();
+        }
+    }
+    policy.baseline = None;
+    let mut notes = Vec::new();
+    if args.policy.is_none() && (!policy.hooks.is_empty() || !policy.notify.is_empty()) {
+        // The server's copy has webhook addresses and hook headers redacted.
+        policy.hooks.clear();
+        policy.notify.clear();
+        notes.push("Hooks and notifications were left out: the server's copy of the policy has their addresses redacted. Pass --policy FILE to rehearse them too.".into());
+    }
+    policy
+        .check()
+        .map_err(|e| anyhow!("the rehearsal policy is not valid: {e}"))?;
+    let open = ok(api
+        .json(
+            Method::GET,
+            &format!("/api/v1/rollouts?model={m}&open=true"),
+            None,
+        )
+        .await?)?;
+    let open_ids: Vec<String> = open
+        .as_array()
+        .or_else(|| open["rollouts"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["id"].as_str())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(id) = open_ids.first() {
+        anyhow::bail!(
+            "{model} has an open rollout {id}: a rehearsal needs the model to itself; let it finish or abort it first"
+        );
+    }
+    let baseline_ms = if args.fault == crate::gameday::Fault::Latency {
+        baseline_latency_ms(&api, &m, &routes).await
+    } else {
+        None
+    };
+    let (injected, fault_detail) =
+        crate::gameday::live_fault(args.fault, &policy, baseline_ms, request_timeout_ms);
+
+    let fault_path = format!(
+        "/api/v1/models/{m}/versions/{}/fault",
+        query_value(&rehearsal)
+    );
+    ok(api
+        .json(
+            Method::PUT,
+            &fault_path,
+            Some(serde_json::to_value(injected)?),
+        )
+        .await?)?;
+    if remote.output == Output::Text {
+        eprintln!("backstop: fault set on {model}/{rehearsal}: {fault_detail}; rollout starting (Ctrl-C aborts and clears the fault)");
+    }
+
+    let watch = std::sync::Mutex::new(LiveWatch::default());
+    let result = tokio::select! {
+        result = live_rollout(&api, &policy, args.timeout, &watch) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let watch = watch.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut aborted = false;
+    // A rollout left open (timeout, interrupt, a pause) goes back to the
+    // baseline; the rehearsal version never becomes the new normal.
+    if let Some(id) = &watch.id {
+        let still_open = watch
+            .view
+            .as_ref()
+            .is_none_or(|v| v["open"].as_bool() != Some(false));
+        if still_open {
+            let path = format!("/api/v1/rollouts/{}/abort", query_value(id));
+            aborted =
+                matches!(api.json(Method::POST, &path, None).await, Ok(a) if a.status.is_success());
+        }
+    }
+    let mut fault_cleared = false;
+    for _ in 0..3 {
+        if let Ok(answer) = api.json(Method::DELETE, &fault_path, None).await {
+            if answer.status.is_success() {
+                fault_cleared = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if let Err(error) = result {
+        if !fault_cleared {
+            eprintln!("backstop: the fault on {model}/{rehearsal} could not be cleared: DELETE {fault_path}");
+        }
+        return Err(error.context(format!(
+            "gameday on {model}/{rehearsal} stopped{}{}",
+            if aborted {
+                "; its rollout was aborted"
+            } else {
+                ""
+            },
+            if fault_cleared {
+                "; the fault is cleared"
+            } else {
+                ""
+            }
+        )));
+    }
+
+    let view = watch.view.unwrap_or(Value::Null);
+    let phase = view["phase"].as_str().map(String::from);
+    let rolled_back = matches!(phase.as_deref(), Some("rolled_back" | "rejected"))
+        && view["verdict"]["by"].as_str() == Some("trigger");
+    let mut report = crate::gameday::LiveReport {
+        mode: "live".into(),
+        model: model.clone(),
+        policy_source: source,
+        strategy: strategy_name(&policy.strategy).into(),
+        fault: args.fault,
+        fault_detail,
+        injected,
+        rehearsal,
+        baseline: view["baseline"].as_str().map(String::from),
+        rollout: watch.id,
+        phase,
+        rolled_back,
+        detection_s: view["verdict"]["detection_ms"]
+            .as_f64()
+            .map(|ms| ms / 1000.0),
+        verdict_to_swap_us: view["rollback_timing"]["verdict_to_swap_us"].as_f64(),
+        trigger: view["verdict"]["trigger"]["rule"]
+            .as_str()
+            .map(String::from),
+        incident: view["incident"].as_str().map(String::from),
+        target_detect_s: args.detect_within.as_secs_f64(),
+        waiting_for_traffic: view["waiting_for_traffic"].as_bool() == Some(true),
+        candidate_requests: view["triggers"].as_array().and_then(|t| {
+            t.iter()
+                .filter_map(|t| t["candidate_requests"].as_u64())
+                .max()
+        }),
+        timed_out: watch.timed_out,
+        aborted,
+        fault_cleared,
+        catching_triggers: crate::gameday::catching_rules(&policy, args.fault),
+        passed: false,
+        reasons: Vec::new(),
+        notes,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    report.judge();
+    match remote.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{}", crate::gameday::render_live_text(&report)),
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Starts the rehearsal's rollout and watches it until it closes, stops
+/// for a human (paused, awaiting approval) or `timeout` runs out.
+async fn live_rollout(
+    api: &Api,
+    policy: &backstop_core::policy::Policy,
+    timeout: std::time::Duration,
+    watch: &std::sync::Mutex<LiveWatch>,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // JSON is YAML: the gateway parses it as it would a policy file.
+    let body = json!({
+        "policy": serde_json::to_string(policy)?,
+        "file": "gameday",
+        "force": true,
+    });
+    let view = ok(api
+        .json(Method::POST, "/api/v1/rollouts", Some(body))
+        .await?)?;
+    let id = view["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the gateway's answer has no rollout id"))?
+        .to_string();
+    let set = |view: Value| {
+        let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+        w.view = Some(view);
+    };
+    {
+        let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+        w.id = Some(id.clone());
+    }
+    set(view);
+    let path = format!("/api/v1/rollouts/{}", query_value(&id));
+    loop {
+        tokio::time::sleep(GAMEDAY_POLL).await;
+        let view = ok(api.json(Method::GET, &path, None).await?)?;
+        let open = view["open"].as_bool() != Some(false);
+        let phase = view["phase"].as_str().unwrap_or_default().to_string();
+        let incident_pending = !open && phase == "rolled_back" && view["incident"].is_null();
+        set(view);
+        if !open {
+            // The incident is opened just after the swap: give it a moment.
+            if incident_pending && tokio::time::Instant::now() + GAMEDAY_POLL < deadline {
+                for _ in 0..10 {
+                    tokio::time::sleep(GAMEDAY_POLL).await;
+                    let view = ok(api.json(Method::GET, &path, None).await?)?;
+                    let done = !view["incident"].is_null();
+                    set(view);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if phase == "paused" || phase == "awaiting_approval" {
+            // The plan stopped for a human rather than rolling back.
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            watch.lock().unwrap_or_else(|e| e.into_inner()).timed_out = true;
+            return Ok(());
+        }
+    }
+}
+
+/// The baseline's p50/p95/p99 over the last minute, milliseconds: what the
+/// latency fault is sized from. The baseline is the version taking most
+/// traffic now.
+async fn baseline_latency_ms(api: &Api, m: &str, routes: &Value) -> Option<(f64, f64, f64)> {
+    let baseline = routes["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .max_by_key(|v| v["weight"].as_u64().unwrap_or(0))?["name"]
+        .as_str()?
+        .to_string();
+    let stats = api
+        .json(
+            Method::GET,
+            &format!("/api/v1/models/{m}/stats?window_ms=60000"),
+            None,
+        )
+        .await
+        .ok()?;
+    let window = stats
+        .json
+        .get("versions")
+        .unwrap_or(&stats.json)
+        .get(&baseline)?;
+    let ms = |key: &str| window[key].as_f64().map(|us| us / 1000.0);
+    Some((ms("p50_us")?, ms("p95_us")?, ms("p99_us")?))
 }
 
 #[cfg(test)]

@@ -288,6 +288,74 @@ pub struct VersionSpec {
     /// all, however the others fare.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub fallback: bool,
+    /// A designated rehearsal candidate for `backstop gameday --live`
+    /// (default false): it normally serves from the same upstreams as the
+    /// last-known-good, and it is the only kind of version that may carry
+    /// an injected fault.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rehearsal: bool,
+    /// A fault the gateway injects into this version's requests. Set and
+    /// cleared over the admin API (`PUT|DELETE
+    /// /api/v1/models/{model}/versions/{version}/fault`), never in the
+    /// config file, so a restart always clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultSpec>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Most latency a fault may add, milliseconds.
+pub const FAULT_LATENCY_MAX_MS: u64 = 600_000;
+
+/// What the gateway does to a rehearsal version's requests: every one is
+/// delayed by `latency_ms` before it is forwarded; `error_percent` of them
+/// are answered 503 `injected_fault` without forwarding (a server error
+/// of the version), and `timeout_percent` are held until the route's
+/// request timeout and answered as a timeout.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(default)]
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub error_percent: f64,
+    #[serde(default)]
+    pub timeout_percent: f64,
+}
+
+impl FaultSpec {
+    /// Checks the numbers; paths are relative to the fault.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.latency_ms > FAULT_LATENCY_MAX_MS {
+            return Err(FieldError::new(
+                "latency_ms",
+                format!("must be at most {FAULT_LATENCY_MAX_MS} (10 min)"),
+            ));
+        }
+        for (field, value) in [
+            ("error_percent", self.error_percent),
+            ("timeout_percent", self.timeout_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err(FieldError::new(field, "must be between 0 and 100"));
+            }
+        }
+        if self.error_percent + self.timeout_percent > 100.0 {
+            return Err(FieldError::new(
+                "timeout_percent",
+                "error_percent and timeout_percent add up to more than 100",
+            ));
+        }
+        if self.latency_ms == 0 && self.error_percent == 0.0 && self.timeout_percent == 0.0 {
+            return Err(FieldError::new(
+                "",
+                "the fault does nothing: set latency_ms, error_percent or timeout_percent (DELETE clears a fault)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -561,6 +629,14 @@ impl Config {
             model
                 .check()
                 .map_err(|e| e.under(&format!("models.{name}")))?;
+            if let Some(i) = model.versions.iter().position(|v| v.fault.is_some()) {
+                // A fault in the file would survive restarts; the admin API
+                // keeps it in memory only.
+                return Err(FieldError::new(
+                    format!("models.{name}.versions[{i}].fault"),
+                    "faults are injected over the admin API only (PUT /api/v1/models/{model}/versions/{version}/fault), never from the config file",
+                ));
+            }
         }
         Ok(())
     }
@@ -619,6 +695,20 @@ impl ModelSpec {
             for (j, endpoint) in version.endpoints.iter().enumerate() {
                 parse_endpoint(endpoint)
                     .map_err(|m| FieldError::new(format!("versions[{i}].endpoints[{j}]"), m))?;
+            }
+            if let Some(fault) = &version.fault {
+                // Faults are for rehearsals: never on a version that serves
+                // users for real.
+                if !version.rehearsal {
+                    return Err(FieldError::new(
+                        at("fault"),
+                        format!(
+                            "version {:?} is not a rehearsal version: only a version with `rehearsal: true` may carry an injected fault",
+                            version.name
+                        ),
+                    ));
+                }
+                fault.check().map_err(|e| e.under(&at("fault")))?;
             }
         }
         if total_weight == 0 {
@@ -894,5 +984,85 @@ models:
         // Odd model names end up in paths; they must not break the locator.
         assert_eq!(locate(text, "models.m[1]]"), None);
         assert_eq!(locate(text, "a]["), None);
+    }
+
+    #[test]
+    fn a_rehearsal_version_is_marked_and_serialized_only_when_set() {
+        let text = GOOD.replace(
+            "        endpoints: [\"http://127.0.0.1:9002\"]",
+            "        endpoints: [\"http://127.0.0.1:9002\"]\n        rehearsal: true",
+        );
+        let config = parse(&text).unwrap();
+        let versions = &config.models["fraud-scorer"].versions;
+        assert!(!versions[0].rehearsal && versions[1].rehearsal);
+        let json = serde_json::to_value(versions).unwrap();
+        assert!(json[0].get("rehearsal").is_none(), "{json}");
+        assert!(json[0].get("fault").is_none(), "{json}");
+        assert_eq!(json[1]["rehearsal"], true);
+    }
+
+    fn with_fault(rehearsal: bool, fault: FaultSpec) -> Result<(), FieldError> {
+        let mut spec = parse(GOOD).unwrap().models["fraud-scorer"].clone();
+        spec.versions[1].rehearsal = rehearsal;
+        spec.versions[1].fault = Some(fault);
+        spec.check()
+    }
+
+    #[test]
+    fn only_a_rehearsal_version_may_carry_a_fault() {
+        let errors = FaultSpec {
+            error_percent: 10.0,
+            ..FaultSpec::default()
+        };
+        let error = with_fault(false, errors).unwrap_err();
+        assert_eq!(error.path, "versions[1].fault");
+        assert!(error.message.contains("not a rehearsal version"), "{error}");
+        assert_eq!(with_fault(true, errors), Ok(()));
+    }
+
+    #[test]
+    fn fault_numbers_are_checked_with_their_path() {
+        let fault = |latency_ms, error_percent, timeout_percent| FaultSpec {
+            latency_ms,
+            error_percent,
+            timeout_percent,
+        };
+        for (bad, path) in [
+            (fault(0, 100.5, 0.0), "versions[1].fault.error_percent"),
+            (fault(0, -1.0, 0.0), "versions[1].fault.error_percent"),
+            (fault(0, f64::NAN, 0.0), "versions[1].fault.error_percent"),
+            (fault(0, 0.0, 101.0), "versions[1].fault.timeout_percent"),
+            (fault(0, 60.0, 50.0), "versions[1].fault.timeout_percent"),
+            (
+                fault(FAULT_LATENCY_MAX_MS + 1, 0.0, 0.0),
+                "versions[1].fault.latency_ms",
+            ),
+            (fault(0, 0.0, 0.0), "versions[1].fault"),
+        ] {
+            let error = with_fault(true, bad).unwrap_err();
+            assert_eq!(error.path, path, "{bad:?}: {error}");
+        }
+        for good in [
+            fault(250, 0.0, 0.0),
+            fault(0, 100.0, 0.0),
+            fault(0, 50.0, 50.0),
+            fault(10, 0.5, 0.5),
+        ] {
+            assert_eq!(with_fault(true, good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_fault_in_the_config_file_is_refused() {
+        let text = GOOD.replace(
+            "        endpoints: [\"http://127.0.0.1:9002\"]",
+            "        endpoints: [\"http://127.0.0.1:9002\"]\n        rehearsal: true\n        fault: { error_percent: 10 }",
+        );
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.path, "models.fraud-scorer.versions[1].fault");
+        assert!(error.message.contains("admin API only"), "{error}");
+        let text = text.replace("error_percent: 10", "eror_percent: 10");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field `eror_percent`"), "{error}");
     }
 }

@@ -439,6 +439,242 @@ pub fn run(
     })
 }
 
+/// The fault a live rehearsal injects into the rehearsal version, and the
+/// same fault in words. Errors and timeouts are the simulator's +10pp;
+/// latency adds twice the baseline's p95 (×3 as in the simulator) or more
+/// when a latency rollback trigger's bound needs it, kept under 80% of the
+/// route's request timeout (beyond that it would be a timeout fault).
+pub fn live_fault(
+    fault: Fault,
+    policy: &Policy,
+    baseline_ms: Option<(f64, f64, f64)>,
+    request_timeout_ms: u64,
+) -> (crate::config::FaultSpec, String) {
+    use crate::config::FaultSpec;
+    match fault {
+        Fault::Errors => (
+            FaultSpec {
+                error_percent: FAULT_EXTRA_PP,
+                ..FaultSpec::default()
+            },
+            format!("{FAULT_EXTRA_PP}% of the rehearsal version's requests answered 503 by the gateway"),
+        ),
+        Fault::Timeouts => (
+            FaultSpec {
+                timeout_percent: FAULT_EXTRA_PP,
+                ..FaultSpec::default()
+            },
+            format!(
+                "{FAULT_EXTRA_PP}% of the rehearsal version's requests held {request_timeout_ms} ms (the route's timeout), then answered as timeouts"
+            ),
+        ),
+        Fault::Latency => {
+            let (p50, p95, p99) = baseline_ms.unwrap_or((0.0, 0.0, 0.0));
+            let mut added = ((LATENCY_FACTOR_MIN - 1.0) * p95).max(50.0);
+            for t in catching(policy, Fault::Latency) {
+                let base = match t.metric {
+                    Metric::LatencyP50 => p50,
+                    Metric::LatencyP95 => p95,
+                    _ => p99,
+                };
+                let needed = match t.above {
+                    Some(Threshold::RelativePercent(p)) => base * (1.5 * (1.0 + p / 100.0) - 1.0),
+                    Some(Threshold::LatencyMs(ms)) => 1.5 * ms - base,
+                    _ => 0.0,
+                };
+                added = added.max(needed);
+            }
+            let cap = 0.8 * request_timeout_ms as f64;
+            let added = added.min(cap).max(1.0).round() as u64;
+            (
+                FaultSpec {
+                    latency_ms: added,
+                    ..FaultSpec::default()
+                },
+                match baseline_ms {
+                    Some(_) => format!("+{added} ms on every request to the rehearsal version (baseline p95 {p95:.0} ms)"),
+                    None => format!("+{added} ms on every request to the rehearsal version (no baseline latency in the last minute to size it from)"),
+                },
+            )
+        }
+    }
+}
+
+/// A live rehearsal's result. Fields shared with [`GamedayReport`] keep
+/// its names and meaning; part of `backstop gameday --live --output json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveReport {
+    /// `live`.
+    pub mode: String,
+    pub model: String,
+    pub policy_source: String,
+    pub strategy: String,
+    pub fault: Fault,
+    pub fault_detail: String,
+    /// What the gateway was told to inject.
+    pub injected: crate::config::FaultSpec,
+    /// The rehearsal version (the rollout's candidate) and its baseline.
+    pub rehearsal: String,
+    pub baseline: Option<String>,
+    /// The rehearsal's rollout id, once started.
+    pub rollout: Option<String>,
+    /// Its phase when the rehearsal ended.
+    pub phase: Option<String>,
+    pub rolled_back: bool,
+    /// From the rehearsal version's first request to the verdict.
+    pub detection_s: Option<f64>,
+    /// From the verdict to the baseline's table being installed.
+    pub verdict_to_swap_us: Option<f64>,
+    /// The rule that rolled it back.
+    pub trigger: Option<String>,
+    pub incident: Option<String>,
+    pub target_detect_s: f64,
+    /// The rollout was waiting for traffic (a trigger lacked its sample)
+    /// when the rehearsal ended.
+    pub waiting_for_traffic: bool,
+    /// Requests the rehearsal version had in the rollout's current stage.
+    pub candidate_requests: Option<u64>,
+    /// `--timeout` ran out before a verdict.
+    pub timed_out: bool,
+    /// The rehearsal aborted its still-open rollout (timeout, interrupt,
+    /// or a pause instead of a rollback): traffic back on the baseline.
+    pub aborted: bool,
+    /// The fault was cleared at the end (false: clear it by hand).
+    pub fault_cleared: bool,
+    pub catching_triggers: Vec<String>,
+    pub passed: bool,
+    pub reasons: Vec<String>,
+    pub notes: Vec<String>,
+    pub elapsed_s: f64,
+}
+
+impl LiveReport {
+    /// Passed: rolled back by a trigger within the target. Fills `reasons`.
+    pub fn judge(&mut self) {
+        let mut reasons = Vec::new();
+        if !self.rolled_back {
+            let phase = self.phase.as_deref().unwrap_or("not started");
+            let starved = self.waiting_for_traffic || self.candidate_requests == Some(0);
+            reasons.push(if self.timed_out && starved {
+                format!("No verdict before --timeout: the rollout was waiting for traffic (phase {phase}). Is there live traffic on {}?", self.model)
+            } else if self.timed_out {
+                format!("No rollback before --timeout (phase {phase}).")
+            } else {
+                format!("The rollout ended {phase}, not rolled back.")
+            });
+            if phase == "promoted" {
+                reasons.push(format!(
+                    "The rollout PROMOTED the rehearsal version: {} now takes the traffic (its fault is cleared, and it serves from the upstreams it was given). Route the model back to {} by hand.",
+                    self.rehearsal,
+                    self.baseline.as_deref().unwrap_or("its baseline")
+                ));
+            }
+            if self.catching_triggers.is_empty() {
+                reasons.push(format!(
+                    "The policy has no rollback trigger that can catch a {} fault.",
+                    self.fault.name()
+                ));
+            }
+        }
+        match self.detection_s {
+            Some(d) if self.rolled_back && d > self.target_detect_s => reasons.push(format!(
+                "Detection took {d:.1} s, over the {} s target.",
+                self.target_detect_s
+            )),
+            _ => {}
+        }
+        if !self.fault_cleared {
+            reasons.push(format!(
+                "The fault could not be cleared: run `curl -X DELETE $BACKSTOP_ADMIN/api/v1/models/{}/versions/{}/fault`.",
+                self.model, self.rehearsal
+            ));
+        }
+        self.passed = self.rolled_back
+            && self.detection_s.is_some_and(|d| d <= self.target_detect_s)
+            && self.fault_cleared;
+        self.reasons = reasons;
+    }
+}
+
+/// The live report as text.
+pub fn render_live_text(r: &LiveReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "# Gameday: {} — {} fault (live mode)\n",
+        r.model,
+        r.fault.name()
+    );
+    let _ = writeln!(out, "Fault: {}.", r.fault_detail);
+    let _ = writeln!(
+        out,
+        "Rehearsal version {} vs baseline {}; policy: {} ({}). Rollout {} ({:.1} s).\n",
+        r.rehearsal,
+        opt(&r.baseline),
+        r.policy_source,
+        r.strategy,
+        opt(&r.rollout),
+        r.elapsed_s
+    );
+    let _ = writeln!(
+        out,
+        "- rolled back:        {} (phase {})",
+        if r.rolled_back { "yes" } else { "no" },
+        opt(&r.phase)
+    );
+    let _ = writeln!(
+        out,
+        "- detection:          {} (target {} s)",
+        r.detection_s.map_or("-".into(), |d| format!("{d:.1} s")),
+        r.target_detect_s
+    );
+    let _ = writeln!(
+        out,
+        "- rehearsal requests: {}",
+        r.candidate_requests
+            .map_or("-".into(), |n| format!("{n} in the last stage"))
+    );
+    let _ = writeln!(
+        out,
+        "- verdict to swap:    {}",
+        r.verdict_to_swap_us
+            .map_or("-".into(), |us| format!("{us:.0} µs"))
+    );
+    let _ = writeln!(out, "- trigger:            {}", opt(&r.trigger));
+    let _ = writeln!(out, "- incident:           {}", opt(&r.incident));
+    let _ = writeln!(
+        out,
+        "- fault cleared:      {}",
+        if r.fault_cleared { "yes" } else { "NO" }
+    );
+    for note in &r.notes {
+        let _ = writeln!(out, "- note: {note}");
+    }
+    if r.passed {
+        let _ = writeln!(
+            out,
+            "\nPASSED: the plan rolled the rehearsal version back within {} s.",
+            r.target_detect_s
+        );
+    } else {
+        let _ = writeln!(out, "\nFAILED:");
+        for reason in &r.reasons {
+            let _ = writeln!(out, "- {reason}");
+        }
+    }
+    out
+}
+
+/// Rollback triggers that can see `fault`, as rules.
+pub fn catching_rules(policy: &Policy, fault: Fault) -> Vec<String> {
+    catching(policy, fault)
+        .iter()
+        .map(|t| backstop_core::analysis::trigger::rule_text(t))
+        .collect()
+}
+
 /// The report as text: a few lines an on-call engineer can read.
 pub fn render_text(report: &GamedayReport) -> String {
     use std::fmt::Write;
@@ -664,5 +900,118 @@ mod tests {
         ] {
             assert!(run("m", &policy, "file", &bad).is_err());
         }
+    }
+
+    #[test]
+    fn live_faults_match_the_simulated_ones_and_stay_under_the_timeout() {
+        let policy = sim_policy();
+        let (errors, _) = live_fault(Fault::Errors, &policy, None, 10_000);
+        assert_eq!(errors.error_percent, FAULT_EXTRA_PP);
+        assert_eq!((errors.latency_ms, errors.timeout_percent), (0, 0.0));
+        let (timeouts, detail) = live_fault(Fault::Timeouts, &policy, None, 2_000);
+        assert_eq!(timeouts.timeout_percent, FAULT_EXTRA_PP);
+        assert!(detail.contains("2000 ms"), "{detail}");
+        // ×3 the baseline's p95 at least (+2×p95).
+        let (latency, _) = live_fault(Fault::Latency, &policy, Some((20.0, 40.0, 60.0)), 10_000);
+        assert!(latency.latency_ms >= 80, "{latency:?}");
+        // An absolute bound far above: 1.5× it, capped under the timeout.
+        let text = "model: m\ncandidate: v2\nstrategy: { canary: { steps: [5, 100], bake: 30s } }\ntriggers:\n  - { metric: latency_p95, above: 5s, action: rollback }\n";
+        let high = crate::policy::parse(Path::new("p.yaml"), text).unwrap();
+        let (latency, _) = live_fault(Fault::Latency, &high, Some((20.0, 40.0, 60.0)), 10_000);
+        assert_eq!(latency.latency_ms, 7460);
+        let (latency, _) = live_fault(Fault::Latency, &high, Some((20.0, 40.0, 60.0)), 1_000);
+        assert_eq!(latency.latency_ms, 800);
+        // No baseline figures yet: a floor, never zero (a fault must do something).
+        let (latency, _) = live_fault(Fault::Latency, &policy, None, 10_000);
+        assert!(
+            latency.latency_ms >= 50 && latency.check().is_ok(),
+            "{latency:?}"
+        );
+    }
+
+    fn live_report() -> LiveReport {
+        LiveReport {
+            mode: "live".into(),
+            model: "m".into(),
+            policy_source: "file".into(),
+            strategy: "canary".into(),
+            fault: Fault::Errors,
+            fault_detail: String::new(),
+            injected: crate::config::FaultSpec::default(),
+            rehearsal: "r".into(),
+            baseline: Some("v1".into()),
+            rollout: Some("ro-1".into()),
+            phase: Some("rolled_back".into()),
+            rolled_back: true,
+            detection_s: Some(3.0),
+            verdict_to_swap_us: Some(40.0),
+            trigger: Some("error_rate above +2pp vs baseline".into()),
+            incident: None,
+            target_detect_s: 15.0,
+            waiting_for_traffic: false,
+            candidate_requests: Some(400),
+            timed_out: false,
+            aborted: false,
+            fault_cleared: true,
+            catching_triggers: vec!["error_rate above +2pp vs baseline".into()],
+            passed: false,
+            reasons: vec![],
+            notes: vec![],
+            elapsed_s: 4.0,
+        }
+    }
+
+    #[test]
+    fn a_live_rehearsal_passes_only_when_rolled_back_in_time_and_cleared() {
+        let mut r = live_report();
+        r.judge();
+        assert!(r.passed && r.reasons.is_empty(), "{r:?}");
+        assert!(render_live_text(&r).contains("PASSED"));
+
+        let mut slow = LiveReport {
+            detection_s: Some(20.0),
+            ..live_report()
+        };
+        slow.judge();
+        assert!(!slow.passed);
+        assert!(slow.reasons[0].contains("over the 15 s target"), "{slow:?}");
+
+        let mut starved = LiveReport {
+            rolled_back: false,
+            detection_s: None,
+            phase: Some("running".into()),
+            timed_out: true,
+            waiting_for_traffic: true,
+            ..live_report()
+        };
+        starved.judge();
+        assert!(!starved.passed);
+        assert!(
+            starved.reasons[0].contains("waiting for traffic"),
+            "{starved:?}"
+        );
+
+        let mut promoted = LiveReport {
+            rolled_back: false,
+            detection_s: None,
+            phase: Some("promoted".into()),
+            catching_triggers: vec![],
+            ..live_report()
+        };
+        promoted.judge();
+        assert!(!promoted.passed);
+        assert!(promoted.reasons[1].contains("PROMOTED"), "{promoted:?}");
+        assert!(
+            promoted.reasons[2].contains("no rollback trigger"),
+            "{promoted:?}"
+        );
+
+        let mut stuck = LiveReport {
+            fault_cleared: false,
+            ..live_report()
+        };
+        stuck.judge();
+        assert!(!stuck.passed);
+        assert!(render_live_text(&stuck).contains("DELETE"), "{stuck:?}");
     }
 }

@@ -137,10 +137,11 @@ enum Command {
         remote: cli::Remote,
     },
     /// Rehearse the plan: inject a fault into the candidate (in the
-    /// simulator) and check that the policy rolls back within the target,
-    /// with a healthy control for false rollbacks. Exit 0 passed, 1 not.
+    /// simulator, or with --live into the model's rehearsal version on the
+    /// running gateway) and check that the policy rolls back within the
+    /// target. Exit 0 passed, 1 not.
     #[command(
-        after_help = "Examples:\n  backstop gameday fraud-scorer --fault latency\n  backstop gameday fraud-scorer --policy policy.yaml --fault errors --runs 50 --output json\n  backstop gameday fraud-scorer --fault timeouts --detect-within 30s --seed 7"
+        after_help = "Examples:\n  backstop gameday fraud-scorer --fault latency\n  backstop gameday fraud-scorer --policy policy.yaml --fault errors --runs 50 --output json\n  backstop gameday fraud-scorer --fault timeouts --detect-within 30s --seed 7\n  backstop gameday fraud-scorer --live --fault errors --policy policy.yaml --timeout 5m"
     )]
     Gameday {
         #[command(flatten)]

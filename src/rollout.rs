@@ -969,4 +969,35 @@ models:
         let stored = registry.store().rollout("ro-1").unwrap().unwrap();
         assert_eq!((stored.phase.as_str(), stored.open), ("aborted", false));
     }
+
+    /// A gameday fault lives in the routing table: the rollout's own swaps
+    /// (stage changes, the rollback) carry it rather than clearing it.
+    #[tokio::test]
+    async fn rollout_swaps_keep_a_rehearsal_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path(), 1024).unwrap());
+        let config = crate::config::Config::parse(std::path::Path::new("t.yaml"), CONFIG).unwrap();
+        let gateway = Gateway::new(config).unwrap();
+        let mut spec = gateway.table("m").unwrap().spec.clone();
+        spec.versions[1].rehearsal = true;
+        spec.versions[1].fault = Some(crate::config::FaultSpec {
+            error_percent: 10.0,
+            ..Default::default()
+        });
+        gateway.replace_model("m", spec, None).unwrap();
+        let rollouts = Rollouts::new(gateway.clone(), registry);
+        let policy: Policy = serde_json::from_str(
+            r#"{"model":"m","candidate":"v2","baseline":"v1","strategy":{"canary":{"steps":[50,100],"bake":"1m"}},"triggers":[{"metric":"error_rate","above":"5%","action":"rollback"}]}"#,
+        )
+        .unwrap();
+        let fault = |gateway: &Gateway| gateway.table("m").unwrap().versions[1].fault.is_some();
+        rollouts.route(&policy, 25.0, 0.0).unwrap();
+        assert!(fault(&gateway), "a stage change keeps the fault");
+        rollouts.condemn(&policy).unwrap();
+        assert!(fault(&gateway), "the rollback keeps the fault");
+        assert_eq!(
+            weights(&gateway),
+            vec![("v1".to_string(), 10_000), ("v2".to_string(), 0)]
+        );
+    }
 }

@@ -105,7 +105,7 @@ fn gameday_fails_a_policy_that_waits_too_long_and_says_why() {
 }
 
 #[test]
-fn a_broken_policy_file_is_named_with_its_line_and_live_is_refused() {
+fn a_broken_policy_file_is_named_with_its_line_and_live_needs_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
     std::fs::write(
@@ -123,14 +123,21 @@ fn a_broken_policy_file_is_named_with_its_line_and_live_is_refused() {
     assert!(stderr.contains("bad.yaml:5:"), "{stderr}");
     assert!(stderr.contains("triggers[0].above"), "{stderr}");
 
+    // Live mode works on the running gateway: without one it says so
+    // (and has changed nothing), exit 1.
     let output = Command::new(env!("CARGO_BIN_EXE_backstop"))
         .args(["gameday", "m", "--fault", "latency", "--live"])
+        .args(["--admin", "http://127.0.0.1:9"])
+        .env_remove("BACKSTOP_ADMIN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
+    // --rehearsal belongs to live mode.
+    let output = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["gameday", "m", "--fault", "latency", "--rehearsal", "r"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("live gameday is not available yet"),
-        "{stderr}"
-    );
 }

@@ -6,6 +6,7 @@
 //! change changes nothing.
 
 pub mod auth;
+mod faults;
 mod incidents;
 mod metrics;
 mod openapi;
@@ -87,6 +88,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(auth::check))
         .merge(registry::routes())
         .merge(rollouts::routes())
+        .merge(faults::routes())
         .merge(incidents::routes())
         .merge(tokens::routes())
 }
@@ -709,6 +711,8 @@ models:
         ("GET", "/api/v1/models/{model}/versions/{id}/retain"),
         ("POST", "/api/v1/models/{model}/versions/{id}/retain"),
         ("DELETE", "/api/v1/models/{model}/versions/{id}/retain"),
+        ("PUT", "/api/v1/models/{model}/versions/{id}/fault"),
+        ("DELETE", "/api/v1/models/{model}/versions/{id}/fault"),
         ("GET", "/api/v1/models/{model}/bundles"),
         ("POST", "/api/v1/models/{model}/bundles"),
         ("GET", "/api/v1/models/{model}/bundles/{id}"),

@@ -231,13 +231,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn finish(self, outcome: Outcome) {
-        let elapsed = self.start.elapsed();
-        let latency_us = elapsed.as_micros() as u64;
-        self.state.stats.record(outcome, latency_us, self.bytes);
-        if let Some(capture) = self.capture {
-            capture.finish(self.state.clone(), outcome, elapsed);
-        }
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
         match outcome {
             Outcome::Success => self.endpoint.record_success(),
             Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError => {
@@ -252,6 +247,24 @@ impl Recorder {
                 }
             }
             Outcome::ClientError | Outcome::Cancelled => {}
+        }
+    }
+
+    /// Records the version's statistics and sample only: a gameday fault's
+    /// answer is the version's failure, not its endpoint's, and that
+    /// endpoint is usually the last-known-good's too — passive ejection
+    /// must never see it.
+    pub fn finish_injected(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    /// The version's statistics and its sample, if this request has one.
+    fn record(&mut self, outcome: Outcome) {
+        let elapsed = self.start.elapsed();
+        let latency_us = elapsed.as_micros() as u64;
+        self.state.stats.record(outcome, latency_us, self.bytes);
+        if let Some(capture) = self.capture.take() {
+            capture.finish(self.state.clone(), outcome, elapsed);
         }
     }
 }

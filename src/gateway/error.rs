@@ -115,6 +115,17 @@ impl GatewayError {
         )
     }
 
+    /// A gameday fault answered for the version: counted as its server
+    /// error, as a real failure would be.
+    pub fn injected_fault(model: &str, version: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "injected_fault",
+            Source::Upstream,
+            format!("{model}/{version}: error injected by a gameday fault (rehearsal version)"),
+        )
+    }
+
     pub fn upstream_timeout(model: &str, version: &str, timeout_ms: u64) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -158,7 +169,9 @@ impl GatewayError {
             "pin_not_allowed" => grpc::code::PERMISSION_DENIED,
             "body_too_large" => grpc::code::RESOURCE_EXHAUSTED,
             "upstream_timeout" => grpc::code::DEADLINE_EXCEEDED,
-            "upstream_connect_failed" | "upstream_error" => grpc::code::UNAVAILABLE,
+            "upstream_connect_failed" | "upstream_error" | "injected_fault" => {
+                grpc::code::UNAVAILABLE
+            }
             "internal" => grpc::code::INTERNAL,
             _ => grpc::code::INVALID_ARGUMENT,
         }

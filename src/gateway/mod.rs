@@ -298,6 +298,7 @@ impl Gateway {
                     self.state(model, &v.name),
                 );
                 route.fallback = v.fallback;
+                route.fault = v.fault.map(routing::InjectedFault::new);
                 route
             })
             .collect();

@@ -14,7 +14,7 @@ use super::capture::PendingCapture;
 use super::error::GatewayError;
 use super::grpc::{self, Scan};
 use super::h1::SendError;
-use super::routing::ModelTable;
+use super::routing::{FaultAction, ModelTable};
 use super::upstream::Endpoint;
 use super::Gateway;
 use crate::config::Protocol;
@@ -274,6 +274,28 @@ async fn proxy(
             grpc,
             capture,
         }));
+        // A gameday fault (rehearsal versions only): one branch otherwise.
+        if let Some(fault) = &version.fault {
+            if let Some(delay) = fault.delay {
+                tokio::time::sleep(delay).await;
+            }
+            match fault.next() {
+                FaultAction::Forward => {}
+                FaultAction::Error => {
+                    pending.take().finish_injected(Outcome::ServerError);
+                    return Err(GatewayError::injected_fault(&model, &version.name));
+                }
+                FaultAction::Timeout => {
+                    tokio::time::sleep(table.request_timeout).await;
+                    pending.take().finish_injected(Outcome::Timeout);
+                    return Err(GatewayError::upstream_timeout(
+                        &model,
+                        &version.name,
+                        table.request_timeout.as_millis() as u64,
+                    ));
+                }
+            }
+        }
         let result = table
             .client
             .send(&endpoint, head, upstream_body, table.request_timeout)

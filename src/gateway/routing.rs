@@ -11,7 +11,7 @@
 
 use super::upstream::{Endpoint, UpstreamClient};
 use super::VersionState;
-use crate::config::{CohortSpec, ModelSpec, Protocol, StickySpec, KEY_BUCKETS};
+use crate::config::{CohortSpec, FaultSpec, ModelSpec, Protocol, StickySpec, KEY_BUCKETS};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,64 @@ pub struct VersionRoute {
     next_endpoint: AtomicUsize,
     /// May take traffic when the weighted versions are all unhealthy.
     pub fallback: bool,
+    /// A gameday fault on a rehearsal version; `None` (always, outside a
+    /// rehearsal) costs the request path one branch.
+    pub fault: Option<InjectedFault>,
+}
+
+/// What an injected fault does to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Forward as usual (after the fault's delay, if any).
+    Forward,
+    /// Answer a server error without forwarding.
+    Error,
+    /// Hold until the route's timeout, then answer as a timeout.
+    Timeout,
+}
+
+/// A [`FaultSpec`] compiled for the request path.
+pub struct InjectedFault {
+    pub spec: FaultSpec,
+    pub delay: Option<Duration>,
+    /// Shares in basis points (1/10000).
+    error_bp: u64,
+    timeout_bp: u64,
+    /// Requests seen; picks which ones fail, so the shares are exact over
+    /// every 10000 requests (no random number generator on the hot path).
+    seen: AtomicU64,
+}
+
+/// Coprime with 10000: stepping by it visits every slot once per 10000
+/// requests, spreading the failures evenly rather than in one burst.
+const FAULT_STRIDE: u64 = 7919;
+
+impl InjectedFault {
+    pub fn new(spec: FaultSpec) -> Self {
+        Self {
+            delay: (spec.latency_ms > 0).then(|| Duration::from_millis(spec.latency_ms)),
+            error_bp: (spec.error_percent * 100.0).round() as u64,
+            timeout_bp: (spec.timeout_percent * 100.0).round() as u64,
+            seen: AtomicU64::new(0),
+            spec,
+        }
+    }
+
+    /// The fate of the next request.
+    pub fn next(&self) -> FaultAction {
+        if self.error_bp == 0 && self.timeout_bp == 0 {
+            return FaultAction::Forward;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        let slot = n.wrapping_mul(FAULT_STRIDE) % 10_000;
+        if slot < self.error_bp {
+            FaultAction::Error
+        } else if slot < self.error_bp + self.timeout_bp {
+            FaultAction::Timeout
+        } else {
+            FaultAction::Forward
+        }
+    }
 }
 
 impl VersionRoute {
@@ -46,6 +104,7 @@ impl VersionRoute {
             state,
             next_endpoint: AtomicUsize::new(0),
             fallback: true,
+            fault: None,
         }
     }
 
@@ -397,6 +456,8 @@ mod tests {
                     weight: *w,
                     endpoints: vec![format!("http://127.0.0.1:{}", 9000 + i)],
                     fallback: true,
+                    rehearsal: false,
+                    fault: None,
                 })
                 .collect(),
             sticky: Some(StickySpec::header("x-user-id")),
@@ -566,5 +627,29 @@ mod tests {
             stable_hash(b"user-1") % 10_000,
             stable_hash(b"user-1") % 10_000
         );
+    }
+
+    #[test]
+    fn injected_faults_hit_exact_shares_spread_out() {
+        let fault = InjectedFault::new(FaultSpec {
+            latency_ms: 5,
+            error_percent: 10.0,
+            timeout_percent: 2.5,
+        });
+        assert_eq!(fault.delay, Some(Duration::from_millis(5)));
+        let actions: Vec<FaultAction> = (0..10_000).map(|_| fault.next()).collect();
+        let count = |a: FaultAction| actions.iter().filter(|&&x| x == a).count();
+        assert_eq!(count(FaultAction::Error), 1000);
+        assert_eq!(count(FaultAction::Timeout), 250);
+        // Spread: every 100 consecutive requests see some errors, never a burst.
+        for window in actions.chunks(100) {
+            let errors = window.iter().filter(|&&a| a == FaultAction::Error).count();
+            assert!((5..=15).contains(&errors), "{errors} errors in 100");
+        }
+        let latency_only = InjectedFault::new(FaultSpec {
+            latency_ms: 100,
+            ..FaultSpec::default()
+        });
+        assert!((0..1000).all(|_| latency_only.next() == FaultAction::Forward));
     }
 }

@@ -5,6 +5,7 @@
 mod access;
 mod capture;
 mod errors;
+mod gameday;
 mod grpc;
 mod health;
 mod incident;

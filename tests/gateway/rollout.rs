@@ -212,14 +212,14 @@ pub(crate) async fn cli(backstop: &Backstop, dir: &Path, args: &[&str]) -> (i32,
 #[derive(Debug)]
 pub(crate) struct Seen {
     /// When the request was sent.
-    sent: Instant,
-    status: Option<StatusCode>,
+    pub(crate) sent: Instant,
+    pub(crate) status: Option<StatusCode>,
     /// `x-backstop-version`: the version that answered.
-    version: Option<String>,
+    pub(crate) version: Option<String>,
     /// A 500 that v2's toy server injected on purpose.
-    injected_by_v2: bool,
+    pub(crate) injected_by_v2: bool,
     /// A connection error or a missing answer.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Seen {
