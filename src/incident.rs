@@ -399,11 +399,21 @@ impl Incidents {
             baseline: WindowSummary::of(&range(&base, first, last)),
             series,
         };
-        // The redactions in force: the policy's and the gateway config's.
+        // The redactions in force: the policy's and the gateway config's,
+        // applied again to every sample (idempotent), since a ring may hold
+        // pairs taken before the rollout's redactions were installed.
         let capture = table.spec.capture.clone().unwrap_or_default();
+        let redactor = crate::redact::Redactor::new(&capture.redact, &capture.hash);
+        let redacted = |mut exchanges: Vec<CapturedExchange>| {
+            for exchange in &mut exchanges {
+                redact_again(&redactor, &mut exchange.request);
+                redact_again(&redactor, &mut exchange.response);
+            }
+            exchanges
+        };
         let samples = Samples {
-            candidate: self.gateway.samples(model, &policy.candidate),
-            baseline: self.gateway.samples(model, baseline),
+            candidate: redacted(self.gateway.samples(model, &policy.candidate)),
+            baseline: redacted(self.gateway.samples(model, baseline)),
             redacted: capture.redact,
             hashed: capture.hash,
         };
@@ -969,6 +979,22 @@ impl Incidents {
                 }
             })
             .collect())
+    }
+}
+
+/// A kept body under the redactions in force now: JSON redacted (again),
+/// text dropped when any field must be redacted (it cannot be searched).
+fn redact_again(redactor: &crate::redact::Redactor, body: &mut crate::redact::CapturedBody) {
+    use crate::redact::CapturedBody;
+    match body {
+        CapturedBody::Json(value) => redactor.value(value),
+        CapturedBody::Text(text) if !redactor.is_empty() => {
+            *body = CapturedBody::omitted(
+                text.len() as u64,
+                "not JSON, and fields are listed for redaction",
+            );
+        }
+        _ => {}
     }
 }
 

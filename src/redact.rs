@@ -109,10 +109,13 @@ impl Redactor {
     }
 
     fn action(&self, name: &str) -> Option<Action> {
+        // Names match whatever their case (`SSN`, `ssn`): a field that
+        // slipped through on its spelling would be kept in the clear.
+        let listed = |set: &HashSet<String>| set.iter().any(|n| n.eq_ignore_ascii_case(name));
         // Redaction wins when a name is in both lists: it keeps less.
-        if self.redact.contains(name) {
+        if listed(&self.redact) {
             Some(Action::Redact)
-        } else if self.hash.contains(name) {
+        } else if listed(&self.hash) {
             Some(Action::Hash)
         } else {
             None
@@ -131,7 +134,11 @@ impl Redactor {
                 };
                 for (key, field) in map.iter_mut() {
                     let by_key = self.action(key);
-                    if key == "data" && tensor.is_some() {
+                    // A named object (an OIP tensor, `{"name": "ssn",
+                    // "value": ...}`): every value but its name and shape
+                    // description belongs to the named field.
+                    let structural = matches!(key.as_str(), "name" | "datatype" | "shape");
+                    if tensor.is_some() && !structural {
                         match tensor.max(by_key) {
                             Some(Action::Redact) => *field = Value::from(REDACTED),
                             _ => hash_each(field),
@@ -140,7 +147,7 @@ impl Redactor {
                     }
                     match by_key {
                         Some(Action::Redact) => *field = Value::from(REDACTED),
-                        Some(Action::Hash) => *field = Value::from(keyed_hash(field)),
+                        Some(Action::Hash) => hash_value(field),
                         None => self.walk(field),
                     }
                 }
@@ -154,8 +161,22 @@ impl Redactor {
 fn hash_each(data: &mut Value) {
     match data {
         Value::Array(items) => items.iter_mut().for_each(hash_each),
-        other => *other = Value::from(keyed_hash(other)),
+        other => hash_value(other),
     }
+}
+
+/// Replaces a value by its keyed hash, unless it already is one (or is
+/// redacted): redacting a kept sample again leaves it as it was.
+fn hash_value(value: &mut Value) {
+    if let Value::String(text) = value {
+        let hashed = text
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if hashed || text == REDACTED {
+            return;
+        }
+    }
+    *value = Value::from(keyed_hash(value));
 }
 
 /// `sha256:<hex>`: HMAC-SHA256 of the value's JSON text under the
@@ -403,5 +424,30 @@ mod tests {
             r.body(deep.as_bytes(), 1 << 20),
             CapturedBody::Omitted { .. }
         ));
+    }
+
+    #[test]
+    fn names_match_whatever_their_case_and_named_objects_lose_every_value() {
+        let redactor = Redactor::new(&["ssn".to_string()], &["user_id".to_string()]);
+        let mut value = serde_json::json!({
+            "SSN": "123-45-6789",
+            "fields": [{"name": "Ssn", "value": "123-45-6789", "datatype": "BYTES"}],
+            "User_Id": "u-1"
+        });
+        redactor.value(&mut value);
+        let text = value.to_string();
+        assert!(!text.contains("123-45-6789"), "{text}");
+        assert!(!text.contains("u-1"), "{text}");
+        assert_eq!(value["fields"][0]["datatype"], "BYTES");
+    }
+
+    #[test]
+    fn redacting_again_changes_nothing() {
+        let redactor = Redactor::new(&["ssn".to_string()], &["user_id".to_string()]);
+        let mut once = serde_json::json!({"ssn": "1", "user_id": "u-1", "inputs": [{"name": "user_id", "data": ["a"]}]});
+        redactor.value(&mut once);
+        let mut twice = once.clone();
+        redactor.value(&mut twice);
+        assert_eq!(once, twice);
     }
 }
