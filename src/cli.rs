@@ -1198,6 +1198,19 @@ fn rollout_details(view: &Value) -> anyhow::Result<String> {
             }
         )?;
     }
+    if let Some(ramp) = &status.ramp {
+        let steps: Vec<String> = ramp.steps.iter().map(|s| percent(*s)).collect();
+        writeln!(
+            out,
+            "ramp       graduated rollback, step {}/{} ({}), held {} of {}; baseline {} requests since it began",
+            ramp.step + 1,
+            ramp.steps.len(),
+            steps.join(" → "),
+            span(ramp.step_elapsed_ms),
+            span(ramp.hold_ms),
+            ramp.baseline_requests
+        )?;
+    }
     let rows: Vec<[String; 7]> = status
         .triggers
         .iter()

@@ -568,6 +568,9 @@ impl Incidents {
             limit: None,
         };
         let history = blocking(move || store.audit(&filter)).await?;
+        let graduated = history
+            .iter()
+            .any(|e| e.draft.action == "rollout.ramp_down");
         let mut timeline: Vec<TimelineEntry> = history
             .iter()
             .map(|e| TimelineEntry {
@@ -604,7 +607,15 @@ impl Incidents {
         timeline.push(TimelineEntry {
             at_unix_ms: opening.swap.at_unix_ms,
             what: "swap".into(),
-            detail: if opening.swap.ok {
+            detail: if opening.swap.ok && graduated {
+                // The swap ended a ramp: timed from the last step's decision.
+                format!(
+                    "all traffic to {}, the last step of a graduated rollback {:.1} s after the verdict ({:.0} µs after its decision)",
+                    opening.baseline,
+                    opening.swap.at_unix_ms.saturating_sub(opening.verdict.at_ms) as f64 / 1000.0,
+                    opening.swap.verdict_to_swap_us
+                )
+            } else if opening.swap.ok {
                 format!(
                     "all traffic to {} ({:.0} µs after the verdict)",
                     opening.baseline, opening.swap.verdict_to_swap_us

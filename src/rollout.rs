@@ -72,6 +72,9 @@ impl From<StoreError> for RolloutError {
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct RollbackTiming {
     /// From the controller's verdict to the baseline table being installed.
+    /// For a graduated rollback the swap is the ramp's last step: this is
+    /// measured from the decision to take it (the verdict's own time is in
+    /// the verdict).
     pub verdict_to_swap_us: f64,
     /// From the install to the first request routed by the new table
     /// (absent until a request arrives).
@@ -207,11 +210,20 @@ impl Rollouts {
             let decided = Instant::now();
             self.carry_out(&mut entry, actions, decided, "controller", now)
                 .await;
-            tracing::warn!(
-                id = entry.record.id,
-                model = entry.record.model,
-                "Rollout was open at restart: all traffic is on the baseline; it stays paused until `backstop rollout resume`."
-            );
+            if entry.rollout.is_open() {
+                tracing::warn!(
+                    id = entry.record.id,
+                    model = entry.record.model,
+                    "Rollout was open at restart: all traffic is on the baseline; it stays paused until `backstop rollout resume`."
+                );
+            } else {
+                // A graduated rollback under way: the restart completed it.
+                tracing::warn!(
+                    id = entry.record.id,
+                    model = entry.record.model,
+                    "Rollout was rolling back at restart: the rollback is complete, all traffic is on the baseline."
+                );
+            }
             active.insert(entry.record.id.clone(), entry);
         }
         match self.incidents.recover().await {

@@ -432,6 +432,25 @@ fn automatic(model: &str, policy: &Policy, baseline: &str, shadow: bool) -> Vec<
             "When a rollback trigger fires: all traffic goes back to {baseline} in one routing-table swap; no request is dropped."
         )
     }];
+    let graduated = policy.rollback.as_ref().and_then(|r| r.graduated.as_ref());
+    let ramps = policy
+        .triggers
+        .iter()
+        .any(|t| t.action == Action::Rollback && t.severity == Severity::Warning);
+    if let (Some(graduated), true, false) = (graduated, ramps, shadow) {
+        steps.push(format!(
+            "When a warning-severity rollback trigger fires: {candidate}'s share steps down through {} (each held {}) before the swap to 0%, while {baseline} is watched against its own figures before the ramp ({} / {} slack); if it misbehaves, a critical trigger fires, an operator rolls back or the process restarts, the swap happens at once.",
+            graduated
+                .steps
+                .iter()
+                .map(|s| format!("{s}%"))
+                .collect::<Vec<_>>()
+                .join(" → "),
+            graduated.hold,
+            verification.latency_p95,
+            verification.error_rate
+        ));
+    }
     steps.push(format!(
         "{candidate} is condemned: a new rollout of it needs `backstop rollout start FILE --force` (audited)."
     ));

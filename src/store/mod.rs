@@ -157,8 +157,9 @@ pub struct RolloutRecord {
     pub model: String,
     pub candidate: String,
     pub baseline: String,
-    /// `running`, `paused`, `awaiting_approval`, `promoted`, `rolled_back`,
-    /// `aborted`, `shadow_passed`, `rejected`: opaque text to the store.
+    /// `running`, `paused`, `awaiting_approval`, `rolling_back`, `promoted`,
+    /// `rolled_back`, `aborted`, `shadow_passed`, `rejected`: opaque text to
+    /// the store.
     pub phase: String,
     /// Open until it reaches a final phase; at most one open rollout per
     /// model.

@@ -511,3 +511,69 @@ async fn a_notification_queued_before_a_kill_is_delivered_after_the_restart() {
         "{timeline}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_trigger_ramps_back_in_steps_and_the_incident_shows_the_ramp() {
+    let (v1, v2) = (toy("v1").await, toy("v2").await);
+    v2.behaviour.set_error_rate(0.3);
+    let backstop = Backstop::start(&config(&v1.url(), &v2.url()));
+    let client = HttpClient::new();
+    let mut text = policy(
+        "{ canary: { steps: [50, 100], bake: 60s } }",
+        &[
+            r#"{ metric: error_rate, above: "+2pp", min_sample: 20, severity: warning, action: rollback }"#,
+        ],
+    );
+    text.push_str(
+        "rollback: { graduated: { steps: [25, 5], hold: 1s } }\nverification: { window: 2s, min_sample: 20 }\n",
+    );
+    let load = Load::start(&backstop, 4, 50, Duration::from_secs(25));
+    let rollout = start(&client, &backstop, &text).await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let ramping = wait_for_phase(&client, &backstop, &id, "rolling_back").await;
+    assert_eq!(
+        ramping["ramp"]["steps"],
+        serde_json::json!([25.0, 5.0, 0.0]),
+        "{ramping:#}"
+    );
+    assert!(ramping["candidate_percent"].as_f64().unwrap() <= 25.0);
+    // Condemned from the verdict on: no command routes it up again.
+    let answer = client
+        .post_json(
+            &backstop.admin_url(&format!("/api/v1/rollouts/{id}/promote")),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_ne!(answer.status, StatusCode::OK, "{}", answer.json());
+    let done = wait_for_phase(&client, &backstop, &id, "rolled_back").await;
+    assert_eq!(done["verdict"]["candidate_percent"], 50.0);
+    let incident_id = done["incident"].as_str().unwrap().to_string();
+    let incident = wait_for_incident(&client, &backstop, &incident_id, "verification", |v| {
+        v["state"] != "verifying"
+    })
+    .await;
+    let seen = load.finish().await;
+    assert!(failures(&seen).is_empty(), "{:?}", failures(&seen));
+    assert_eq!(incident["severity"], "warning");
+    assert_eq!(incident["state"], "recovered", "{incident:#}");
+    // The ramp is in the timeline, before the swap that ended it.
+    let timeline = incident["timeline"].as_array().unwrap();
+    let at = |what: &str| {
+        timeline
+            .iter()
+            .filter(|e| e["what"] == what)
+            .map(|e| e["at_unix_ms"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (ramp, swap) = (at("rollout.ramp_down"), at("swap"));
+    assert_eq!(ramp.len(), 2, "{timeline:#?}");
+    // Two holds of 1s on the controller's clock (the verdict's), then the swap.
+    let verdict = at("verdict");
+    assert!(
+        swap[0] > ramp[1] && swap[0] >= verdict[0] + 2000,
+        "{timeline:#?}"
+    );
+    let detail = timeline.iter().find(|e| e["what"] == "swap").unwrap()["detail"].to_string();
+    assert!(detail.contains("graduated rollback"), "{detail}");
+    assert_audit_intact(&client, &backstop).await;
+}

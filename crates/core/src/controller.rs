@@ -12,11 +12,22 @@
 //! traffic never counts as healthy); the last stage either promotes the
 //! candidate or, for shadow, ends with the verdict "promote to canary".
 //!
+//! A verdict swaps all traffic to the baseline at once, except a
+//! `severity: warning` rollback trigger under a policy with
+//! `rollback.graduated`: then the candidate's share ramps down in steps
+//! (phase `rolling_back`) while the baseline is watched against its own
+//! figures before the ramp, and the swap to 0% ends the ramp, or comes at
+//! once if the baseline misbehaves, a critical trigger fires, an operator
+//! says `rollback`/`abort`, or the process restarts.
+//!
 //! Invariants (property-tested below): a rolled-back or rejected candidate
-//! is never routed traffic again; routed shares stay within 0..=100.
+//! is never routed traffic again, and during a graduated rollback never
+//! more than it had at the verdict; routed shares stay within 0..=100.
 
-use crate::analysis::trigger::{Sample, TriggerEval, TriggerStatus};
-use crate::policy::{self, FieldError, Policy, Severity, Strategy};
+use crate::analysis::trigger::{metric_value, Sample, TriggerEval, TriggerStatus};
+use crate::policy::{
+    self, FieldError, Metric, Policy, Severity, Strategy, Threshold, Verification,
+};
 use serde::{Deserialize, Serialize};
 
 /// One hour, for the anti-flap cap.
@@ -88,6 +99,9 @@ pub enum Phase {
     Running,
     AwaitingApproval,
     Paused,
+    /// A graduated rollback: the verdict is made and the candidate is
+    /// condemned; its share steps down to 0%.
+    RollingBack,
     /// The candidate is the new last-known-good.
     Promoted,
     /// A trigger or an operator put all traffic back: condemned.
@@ -104,13 +118,17 @@ impl Phase {
     pub fn is_final(self) -> bool {
         !matches!(
             self,
-            Phase::Running | Phase::AwaitingApproval | Phase::Paused
+            Phase::Running | Phase::AwaitingApproval | Phase::Paused | Phase::RollingBack
         )
     }
 
-    /// The candidate may not get traffic again without a human.
+    /// The candidate may not get traffic again without a human (during a
+    /// graduated rollback: no more than it had at the verdict).
     pub fn condemns(self) -> bool {
-        matches!(self, Phase::RolledBack | Phase::Rejected)
+        matches!(
+            self,
+            Phase::RolledBack | Phase::Rejected | Phase::RollingBack
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -118,6 +136,7 @@ impl Phase {
             Phase::Running => "running",
             Phase::AwaitingApproval => "awaiting_approval",
             Phase::Paused => "paused",
+            Phase::RollingBack => "rolling_back",
             Phase::Promoted => "promoted",
             Phase::RolledBack => "rolled_back",
             Phase::Aborted => "aborted",
@@ -255,6 +274,35 @@ pub struct Status {
     pub triggers: Vec<TriggerStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// A graduated rollback in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampStatus>,
+}
+
+/// Where a graduated rollback stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RampStatus {
+    /// The step now held, from 0.
+    pub step: usize,
+    /// The candidate's shares on the way down (those below its share at
+    /// the verdict), then 0.
+    pub steps: Vec<f64>,
+    pub step_elapsed_ms: u64,
+    pub hold_ms: u64,
+    /// Baseline requests judged since the ramp began.
+    pub baseline_requests: u64,
+}
+
+/// A graduated rollback in progress: the shares still to go and the
+/// baseline's requests since it began.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Ramp {
+    steps: Vec<f64>,
+    step: usize,
+    hold_ms: u64,
+    started_ms: u64,
+    step_started_ms: u64,
+    baseline: Sample,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,6 +334,9 @@ pub struct Rollout {
     rate_limited_noted: bool,
     waiting_notified: bool,
     pub verdict: Option<Verdict>,
+    /// Set while `phase` is `rolling_back`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ramp: Option<Ramp>,
 }
 
 impl Rollout {
@@ -335,6 +386,7 @@ impl Rollout {
             rate_limited_noted: false,
             waiting_notified: false,
             verdict: None,
+            ramp: None,
         };
         let mut actions = vec![record(
             "rollout.start",
@@ -366,7 +418,15 @@ impl Rollout {
             Input::Tick(observation) => self.tick(now_ms, observation, &mut actions),
             Input::Command(command) => self.command(now_ms, command, &mut actions)?,
             Input::Restarted => {
-                if self.is_open() {
+                if self.phase == Phase::RollingBack {
+                    // Fail safe: the runtime routes to the baseline at
+                    // startup anyway; finish the rollback so the state says
+                    // so and the incident opens.
+                    self.complete_ramp(
+                        "process restarted during the graduated rollback".into(),
+                        &mut actions,
+                    );
+                } else if self.is_open() {
                     self.phase = Phase::Paused;
                     self.paused_by = Some(PauseReason::Restart);
                     self.route(0.0, 0.0, &mut actions);
@@ -382,6 +442,10 @@ impl Rollout {
 
     fn tick(&mut self, now_ms: u64, observation: Observation, actions: &mut Vec<Action>) {
         if !self.is_open() {
+            return;
+        }
+        if self.phase == Phase::RollingBack {
+            self.ramp_tick(now_ms, observation, actions);
             return;
         }
         if observation.candidate.counts.requests > 0 {
@@ -407,6 +471,12 @@ impl Rollout {
             match trigger.action {
                 policy::Action::Rollback => {
                     let verdict = self.verdict(now_ms, "trigger", Some(status));
+                    if trigger.severity == Severity::Warning {
+                        if let Some(steps) = self.ramp_steps() {
+                            self.start_ramp(verdict, steps, now_ms, actions);
+                            return;
+                        }
+                    }
                     self.roll_back(verdict, actions);
                     return;
                 }
@@ -600,6 +670,7 @@ impl Rollout {
         };
         self.paused_by = None;
         self.routed = (0.0, 0.0);
+        self.ramp = None;
         let what = match &verdict.trigger {
             Some(status) => describe(status),
             None => "operator rollback".to_string(),
@@ -625,6 +696,218 @@ impl Rollout {
             ),
         });
         self.verdict = Some(verdict);
+    }
+
+    /// The graduated rollback's steps below the candidate's share now, or
+    /// `None` when the policy has none or none is below (swap at once).
+    fn ramp_steps(&self) -> Option<Vec<f64>> {
+        let graduated = self.policy.rollback.as_ref()?.graduated.as_ref()?;
+        // Shadow traffic never answers users: nothing to ramp.
+        if self.stages[self.stage].shadow_percent > 0.0 {
+            return None;
+        }
+        let steps: Vec<f64> = graduated
+            .steps
+            .iter()
+            .copied()
+            .filter(|&s| s < self.routed.0)
+            .collect();
+        (!steps.is_empty()).then_some(steps)
+    }
+
+    /// The verdict is made: the candidate is condemned and its share steps
+    /// down; the final `Rollback` carries this verdict unchanged.
+    fn start_ramp(
+        &mut self,
+        verdict: Verdict,
+        steps: Vec<f64>,
+        now_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let hold_ms = self
+            .policy
+            .rollback
+            .as_ref()
+            .and_then(|r| r.graduated.as_ref())
+            .map_or(0, |g| g.hold.as_ms());
+        let what = verdict
+            .trigger
+            .as_ref()
+            .map_or_else(|| "operator rollback".to_string(), describe);
+        let from = self.routed.0;
+        self.phase = Phase::RollingBack;
+        self.paused_by = None;
+        self.verdict = Some(verdict);
+        self.route(steps[0], 0.0, actions);
+        actions.push(record(
+            "rollout.ramp_down",
+            format!(
+                "graduated rollback (warning trigger) {what}: candidate {from}% → {}%, step 1/{}, held {}",
+                steps[0],
+                steps.len() + 1,
+                policy::Period::from_ms(hold_ms)
+            ),
+        ));
+        actions.push(Action::Notify {
+            severity: Severity::Warning,
+            message: format!(
+                "rolling back {} of {} in steps ({}% → 0%): {what}",
+                self.policy.candidate,
+                self.policy.model,
+                steps
+                    .iter()
+                    .map(|s| format!("{s}%"))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+        });
+        self.ramp = Some(Ramp {
+            steps,
+            step: 0,
+            hold_ms,
+            started_ms: now_ms,
+            step_started_ms: now_ms,
+            baseline: Sample::default(),
+        });
+    }
+
+    /// One tick of a graduated rollback: a critical trigger or a baseline
+    /// beyond its slack completes it at once; otherwise the next step
+    /// comes when this one's hold is over, and the swap after the last.
+    fn ramp_tick(&mut self, now_ms: u64, observation: Observation, actions: &mut Vec<Action>) {
+        let Some(ramp) = self.ramp.as_mut() else {
+            // Not reachable through `step`; finish safely if it ever is.
+            self.complete_ramp("graduated rollback without its plan".into(), actions);
+            return;
+        };
+        ramp.baseline.merge(&observation.baseline);
+        // Severe triggers always swap at once, even mid-ramp. The reference
+        // stays the baseline before the ramp.
+        let critical = self.triggers.iter_mut().find_map(|t| {
+            let severe = t.trigger.action == policy::Action::Rollback
+                && t.trigger.severity == Severity::Critical;
+            (severe && t.observe(now_ms, &observation.candidate, &self.reference))
+                .then_some(t.index)
+        });
+        self.stage_candidate.merge(&observation.candidate);
+        self.stage_baseline.merge(&observation.baseline);
+        if let Some(index) = critical {
+            let status = self.trigger_status(index);
+            self.complete_ramp(
+                format!(
+                    "critical trigger fired during the ramp: {}",
+                    describe(&status)
+                ),
+                actions,
+            );
+            return;
+        }
+        if let Some(why) = self.baseline_misbehaves() {
+            self.complete_ramp(why, actions);
+            return;
+        }
+        let Some(ramp) = self.ramp.as_mut() else {
+            return;
+        };
+        if now_ms.saturating_sub(ramp.step_started_ms) < ramp.hold_ms {
+            return;
+        }
+        let Some(&next) = ramp.steps.get(ramp.step + 1) else {
+            let verdict = self.verdict.clone();
+            self.final_rollback(verdict, actions);
+            return;
+        };
+        let from = ramp.steps[ramp.step];
+        ramp.step += 1;
+        ramp.step_started_ms = now_ms;
+        let (step, total) = (ramp.step, ramp.steps.len());
+        self.route(next, 0.0, actions);
+        actions.push(record(
+            "rollout.ramp_down",
+            format!(
+                "graduated rollback: candidate {from}% → {next}%, step {}/{}",
+                step + 1,
+                total + 1
+            ),
+        ));
+    }
+
+    /// Ends a graduated rollback now (baseline misbehaving, critical
+    /// trigger, operator, restart): the swap to 0% with the verdict.
+    fn complete_ramp(&mut self, why: String, actions: &mut Vec<Action>) {
+        let verdict = self.verdict.clone();
+        let share = self.routed.0;
+        let before = actions.len();
+        self.final_rollback(verdict, actions);
+        // After the swap: recording why never delays it.
+        actions.insert(
+            (before + 1).min(actions.len()),
+            record(
+                "rollout.ramp_aborted",
+                format!("{why}: candidate {share}% → 0% at once"),
+            ),
+        );
+    }
+
+    fn final_rollback(&mut self, verdict: Option<Verdict>, actions: &mut Vec<Action>) {
+        // The verdict is set when the ramp starts; a stored state without
+        // one still rolls back, as the operator's.
+        let verdict = verdict.unwrap_or_else(|| {
+            let at = self
+                .ramp
+                .as_ref()
+                .map_or(self.stage_started_ms, |r| r.started_ms);
+            self.verdict(at, "operator", None)
+        });
+        self.roll_back(verdict, actions);
+    }
+
+    /// The baseline since the ramp began, against its own figures before
+    /// it, with the `verification` slack: `Some(why)` when it is worse.
+    /// Too few requests (either side) judge nothing: the ramp goes on.
+    fn baseline_misbehaves(&self) -> Option<String> {
+        let ramp = self.ramp.as_ref()?;
+        let verification = self.policy.verification.clone().unwrap_or_default();
+        let (now, before) = (&ramp.baseline, &self.reference);
+        let min = verification.min_sample;
+        if now.judged() < min || before.judged() < min {
+            return None;
+        }
+        let mut why = Vec::new();
+        if let (Some(rate), Some(reference)) = (
+            metric_value(Metric::ErrorRate, now),
+            metric_value(Metric::ErrorRate, before),
+        ) {
+            let max = error_rate_max(&verification, reference);
+            if rate > max + 1e-12 {
+                why.push(format!(
+                    "error rate {:.2}% vs {:.2}% before the ramp (max {:.2}%)",
+                    rate * 100.0,
+                    reference * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+        if let (Some(p95), Some(reference)) = (
+            metric_value(Metric::LatencyP95, now),
+            metric_value(Metric::LatencyP95, before),
+        ) {
+            let max = latency_max(&verification, reference);
+            if p95 > max {
+                why.push(format!(
+                    "p95 {p95:.1} ms vs {reference:.1} ms before the ramp (max {max:.1} ms)"
+                ));
+            }
+        }
+        (!why.is_empty()).then(|| {
+            format!(
+                "baseline {} misbehaves during the graduated rollback: {}, {} vs {} requests",
+                self.baseline(),
+                why.join(", "),
+                now.judged(),
+                before.judged()
+            )
+        })
     }
 
     fn verdict(&self, now_ms: u64, by: &str, trigger: Option<TriggerStatus>) -> Verdict {
@@ -677,6 +960,17 @@ impl Rollout {
         };
         if !self.is_open() {
             return refuse("it is finished");
+        }
+        if self.phase == Phase::RollingBack {
+            // Condemned from the verdict on: nothing routes the candidate
+            // up again; `rollback` and `abort` finish the ramp now.
+            return match command {
+                Command::Rollback | Command::Abort => {
+                    self.complete_ramp(format!("operator {}", command.name()), actions);
+                    Ok(())
+                }
+                _ => refuse("a graduated rollback is under way (`rollback` completes it now)"),
+            };
         }
         match command {
             Command::Pause => {
@@ -755,11 +1049,20 @@ impl Rollout {
             shadow_percent: self.routed.1,
             stage_elapsed_ms: now_ms.saturating_sub(self.stage_started_ms),
             stage_hold_ms: stage.hold_ms,
-            waiting_for_traffic: self.is_open() && self.waiting_for_traffic(),
+            waiting_for_traffic: self.is_open()
+                && self.phase != Phase::RollingBack
+                && self.waiting_for_traffic(),
             triggers: (0..self.triggers.len())
                 .map(|i| self.trigger_status(i))
                 .collect(),
             verdict: self.verdict.clone(),
+            ramp: self.ramp.as_ref().map(|ramp| RampStatus {
+                step: ramp.step,
+                steps: ramp.steps.iter().copied().chain([0.0]).collect(),
+                step_elapsed_ms: now_ms.saturating_sub(ramp.step_started_ms),
+                hold_ms: ramp.hold_ms,
+                baseline_requests: ramp.baseline.judged(),
+            }),
         }
     }
 }
@@ -795,6 +1098,25 @@ pub fn describe(status: &TriggerStatus) -> String {
         status.e_value.min(1e12),
         status.e_value_needed
     )
+}
+
+/// The highest error rate still within `verification`'s slack of `rate`.
+fn error_rate_max(verification: &Verification, rate: f64) -> f64 {
+    match verification.error_rate {
+        Threshold::PercentagePoints(pp) => rate + pp / 100.0,
+        Threshold::RelativePercent(p) => rate * (1.0 + p / 100.0),
+        _ => rate,
+    }
+}
+
+/// The highest p95 (ms) still within `verification`'s slack of `ms` (as
+/// the incident's recovery check).
+fn latency_max(verification: &Verification, ms: f64) -> f64 {
+    let factor = match verification.latency_p95 {
+        Threshold::RelativePercent(p) => 1.0 + p / 100.0,
+        _ => 1.0,
+    };
+    (ms * factor).max(ms + verification.latency_tolerance.as_ms() as f64)
 }
 
 #[cfg(test)]
@@ -1172,9 +1494,249 @@ mod tests {
         assert_eq!(rollout.routed.0, 10.0);
     }
 
+    /// Canary at 50% whose error trigger is a warning, under a policy with a
+    /// graduated rollback of [25, 5] held 10s; latency stays critical.
+    fn graduated(error_severity: &str) -> Policy {
+        let mut p = policy(
+            serde_json::json!({ "canary": { "steps": [50, 100], "bake": "60s" } }),
+            serde_json::json!([
+                { "metric": "error_rate", "above": "+1pp", "severity": error_severity, "action": "rollback" },
+                { "metric": "latency_p95", "above": "+30%", "action": "rollback" }
+            ]),
+        );
+        p.rollback = serde_json::from_value(
+            serde_json::json!({ "graduated": { "steps": [25, 5], "hold": "10s" } }),
+        )
+        .unwrap();
+        p
+    }
+
+    /// Failing candidate until the verdict; returns its time and actions.
+    fn until_verdict(rollout: &mut Rollout) -> (u64, Vec<Action>) {
+        for t in 1..=60 {
+            let obs = second(rollout, 60, 10_000);
+            let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+            if rollout.verdict.is_some() {
+                return (t * 1000, actions);
+            }
+        }
+        panic!("no verdict");
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record { kind, .. } => Some(kind.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rollback_of(actions: &[Action]) -> Option<&Verdict> {
+        actions.iter().find_map(|a| match a {
+            Action::Rollback { verdict } => Some(verdict),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_warning_trigger_ramps_back_in_steps_then_swaps() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+        let (at, actions) = until_verdict(&mut rollout);
+        assert_eq!(routes(&actions), vec![(25.0, 0.0)]);
+        assert!(rollback_of(&actions).is_none(), "swapped at once");
+        assert_eq!(kinds(&actions), vec!["rollout.ramp_down"]);
+        assert_eq!(rollout.phase, Phase::RollingBack);
+        assert!(rollout.phase.condemns() && rollout.is_open());
+        let verdict = rollout.verdict.clone().unwrap();
+        assert_eq!((verdict.at_ms, verdict.candidate_percent), (at, 50.0));
+        let status = rollout.status(at + 1000);
+        assert_eq!(status.phase.name(), "rolling_back");
+        let ramp = status.ramp.unwrap();
+        assert_eq!((ramp.step, ramp.steps), (0, vec![25.0, 5.0, 0.0]));
+        // Each step is held 10s, with or without traffic; then the swap,
+        // with the verdict as it was made.
+        let mut seen = vec![];
+        let mut swapped = None;
+        for t in 1..=25 {
+            let now = at + t * 1000;
+            let obs = if t % 2 == 0 {
+                Observation::default()
+            } else {
+                second(&rollout, 60, 10_000)
+            };
+            let actions = rollout.step(now, Input::Tick(obs)).unwrap();
+            seen.extend(routes(&actions).into_iter().map(|r| (now - at, r.0)));
+            if let Some(v) = rollback_of(&actions) {
+                assert_eq!(v, &verdict);
+                assert!(!kinds(&actions).contains(&"rollout.ramp_aborted"));
+                swapped = Some(now - at);
+            }
+        }
+        assert_eq!(seen, vec![(10_000, 5.0)]);
+        assert_eq!(swapped, Some(20_000));
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert_eq!(rollout.routed, (0.0, 0.0));
+        assert_eq!(rollout.verdict, Some(verdict));
+        assert!(rollout.status(at + 30_000).ramp.is_none());
+    }
+
+    #[test]
+    fn a_misbehaving_baseline_completes_the_ramp_at_once() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+        let (at, _) = until_verdict(&mut rollout);
+        let verdict = rollout.verdict.clone().unwrap();
+        // The baseline fails 5% of its requests (0.4% before the ramp).
+        let mut obs = second(&rollout, 60, 10_000);
+        obs.baseline = sample(750, 38, 10_000);
+        let actions = rollout.step(at + 1000, Input::Tick(obs)).unwrap();
+        assert_eq!(rollback_of(&actions), Some(&verdict));
+        assert!(routes(&actions).is_empty());
+        // The swap comes first; then why.
+        assert!(matches!(actions[0], Action::Rollback { .. }));
+        let why = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Record { kind, detail } if kind == "rollout.ramp_aborted" => Some(detail),
+                _ => None,
+            })
+            .expect("ramp_aborted recorded");
+        assert!(
+            why.contains("error rate 5.07% vs 0.40% before the ramp (max 1.40%)"),
+            "{why}"
+        );
+        assert!(why.contains("25% → 0% at once"), "{why}");
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert_eq!(rollout.routed, (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_slower_baseline_completes_the_ramp_but_too_few_requests_judge_nothing() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+        let (at, _) = until_verdict(&mut rollout);
+        // 50 slow baseline requests: below verification.min_sample (100).
+        let obs = Observation {
+            baseline: sample(50, 0, 40_000),
+            ..Observation::default()
+        };
+        let actions = rollout.step(at + 1000, Input::Tick(obs.clone())).unwrap();
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(rollout.phase, Phase::RollingBack);
+        // 100: judged; p95 40ms against 10ms before (+20% or +5ms).
+        let actions = rollout.step(at + 2000, Input::Tick(obs)).unwrap();
+        assert!(rollback_of(&actions).is_some());
+        let why = format!("{actions:?}");
+        assert!(why.contains("max 15.0 ms"), "{why}");
+    }
+
+    #[test]
+    fn severe_triggers_still_swap_at_once() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("critical"), 0).unwrap();
+        let (_, actions) = until_verdict(&mut rollout);
+        assert!(rollback_of(&actions).is_some());
+        assert!(routes(&actions).is_empty());
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        // An operator's rollback swaps at once too.
+        let (mut rollout, _) = Rollout::start("ro-2", graduated("warning"), 0).unwrap();
+        let actions = rollout
+            .step(1000, Input::Command(Command::Rollback))
+            .unwrap();
+        assert!(rollback_of(&actions).is_some());
+        assert_eq!(rollout.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn a_critical_trigger_during_the_ramp_completes_it() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+        let (at, _) = until_verdict(&mut rollout);
+        let mut completed = None;
+        for t in 1..=9 {
+            let obs = second(&rollout, 60, 100_000);
+            let actions = rollout.step(at + t * 1000, Input::Tick(obs)).unwrap();
+            if rollback_of(&actions).is_some() {
+                completed = Some(format!("{actions:?}"));
+                break;
+            }
+        }
+        let actions = completed.expect("completed before the next step");
+        assert!(
+            actions.contains("critical trigger fired during the ramp: latency_p95"),
+            "{actions}"
+        );
+        assert_eq!(rollout.routed, (0.0, 0.0));
+    }
+
+    #[test]
+    fn steps_at_or_above_the_share_are_skipped() {
+        let mut p = graduated("warning");
+        p.strategy = serde_json::from_value(
+            serde_json::json!({ "canary": { "steps": [5, 100], "bake": "60s" } }),
+        )
+        .unwrap();
+        let (mut rollout, _) = Rollout::start("ro-1", p.clone(), 0).unwrap();
+        let (_, actions) = until_verdict(&mut rollout);
+        // 25 and 5 are not below 5%: nothing to ramp.
+        assert!(rollback_of(&actions).is_some());
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        p.rollback =
+            serde_json::from_value(serde_json::json!({ "graduated": { "steps": [25, 2] } }))
+                .unwrap();
+        let (mut rollout, _) = Rollout::start("ro-2", p, 0).unwrap();
+        let (_, actions) = until_verdict(&mut rollout);
+        assert_eq!(routes(&actions), vec![(2.0, 0.0)]);
+        assert_eq!(rollout.status(0).ramp.unwrap().steps, vec![2.0, 0.0]);
+    }
+
+    #[test]
+    fn during_the_ramp_only_rollback_and_abort_apply_and_both_complete_it() {
+        for command in [Command::Rollback, Command::Abort] {
+            let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+            let (at, _) = until_verdict(&mut rollout);
+            let verdict = rollout.verdict.clone();
+            let before = rollout.clone();
+            for refused in [
+                Command::Promote,
+                Command::Resume,
+                Command::Approve,
+                Command::Pause,
+            ] {
+                let error = rollout.step(at + 500, Input::Command(refused)).unwrap_err();
+                assert!(error.message.contains("graduated rollback"), "{error:?}");
+                assert_eq!(rollout, before);
+            }
+            let actions = rollout.step(at + 1000, Input::Command(command)).unwrap();
+            assert_eq!(rollback_of(&actions).cloned(), verdict);
+            assert!(kinds(&actions).contains(&"rollout.ramp_aborted"));
+            assert_eq!(rollout.phase, Phase::RolledBack, "{command:?}");
+            assert_eq!(rollout.verdict, verdict);
+            assert_eq!(rollout.routed, (0.0, 0.0));
+        }
+    }
+
+    #[test]
+    fn a_restart_during_the_ramp_completes_it() {
+        let (mut rollout, _) = Rollout::start("ro-1", graduated("warning"), 0).unwrap();
+        let (at, _) = until_verdict(&mut rollout);
+        let verdict = rollout.verdict.clone();
+        // Persisted and reloaded, as the runtime does.
+        let json = serde_json::to_string(&rollout).unwrap();
+        rollout = serde_json::from_str(&json).unwrap();
+        assert_eq!(rollout.phase, Phase::RollingBack);
+        let actions = rollout.step(at + 5000, Input::Restarted).unwrap();
+        assert_eq!(rollback_of(&actions).cloned(), verdict);
+        assert!(kinds(&actions).contains(&"rollout.ramp_aborted"));
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert_eq!(rollout.paused_by, None);
+        assert_eq!(rollout.verdict, verdict);
+        assert_eq!(rollout.routed, (0.0, 0.0));
+    }
+
     /// Random sequences of ticks, commands and restarts: a condemned
-    /// candidate never gets traffic back, shares stay within 0..=100, and
-    /// what is routed always matches the last routing action.
+    /// candidate never gets traffic back (during a graduated rollback never
+    /// more than it had at the verdict, and it ends at 0), shares stay
+    /// within 0..=100, and what is routed always matches the last routing
+    /// action.
     #[test]
     fn no_sequence_of_inputs_breaks_the_invariants() {
         let mut rng = fastrand::Rng::with_seed(5);
@@ -1192,18 +1754,76 @@ mod tests {
             Command::Abort,
             Command::Rollback,
         ];
-        for round in 0..400 {
-            let p = policy(
+        let mut ramps = 0;
+        for round in 0..800 {
+            let severity = if (round / 4) % 2 == 0 {
+                "warning"
+            } else {
+                "critical"
+            };
+            let mut p = policy(
                 strategies[round % strategies.len()].clone(),
                 serde_json::json!([
-                    { "metric": "error_rate", "above": "+1pp", "action": "rollback", "min_sample": 20 },
-                    { "metric": "latency_p95", "above": "+30%", "action": "pause", "min_sample": 20 }
+                    { "metric": "error_rate", "above": "+1pp", "action": "rollback", "severity": severity, "min_sample": 20 },
+                    { "metric": "latency_p95", "above": "+30%", "action": "pause", "min_sample": 20 },
+                    { "metric": "latency_p99", "above": "+200%", "action": "rollback", "min_sample": 20 }
                 ]),
             );
+            if (round / 8) % 2 == 0 {
+                p.rollback = serde_json::from_value(serde_json::json!({
+                    "graduated": { "steps": [60, 20, 3], "hold": "1s" }
+                }))
+                .unwrap();
+            }
             let (mut rollout, actions) = Rollout::start("ro", p, 0).unwrap();
             let mut routed = routes(&actions).last().copied().unwrap_or((0.0, 0.0));
             let mut condemned = false;
-            for t in 1..200u64 {
+            // What a condemned candidate may still get: its share at the
+            // verdict during a graduated rollback, then nothing.
+            let mut ceiling = 100.0;
+            let mut t = 0u64;
+            let mut check = |rollout: &Rollout, actions: &[Action]| {
+                if !condemned && rollout.phase == Phase::RollingBack {
+                    condemned = true;
+                    ramps += 1;
+                    ceiling = rollout.verdict.as_ref().unwrap().candidate_percent;
+                }
+                for action in actions {
+                    match action {
+                        Action::Route {
+                            candidate_percent,
+                            shadow_percent,
+                        } => {
+                            assert!((0.0..=100.0).contains(candidate_percent));
+                            assert!((0.0..=100.0).contains(shadow_percent));
+                            assert!(
+                                !condemned
+                                    || (*candidate_percent < ceiling && *shadow_percent == 0.0),
+                                "condemned candidate routed up: {candidate_percent}% (ceiling {ceiling}%)"
+                            );
+                            if condemned {
+                                ceiling = *candidate_percent;
+                            }
+                            routed = (*candidate_percent, *shadow_percent);
+                        }
+                        Action::Rollback { .. } => {
+                            condemned = true;
+                            ceiling = 0.0;
+                            routed = (0.0, 0.0);
+                        }
+                        Action::Promote => {
+                            assert!(!condemned, "condemned candidate promoted");
+                            routed = (100.0, 0.0);
+                        }
+                        _ => {}
+                    }
+                }
+                assert_eq!(rollout.routed, routed);
+                assert_eq!(condemned, rollout.phase.condemns());
+                assert!(!condemned || rollout.routed.0 <= ceiling);
+            };
+            while t < 200 {
+                t += 1;
                 let input = match rng.u32(0..20) {
                     0 => Input::Command(commands[rng.usize(0..commands.len())]),
                     1 => Input::Restarted,
@@ -1216,34 +1836,20 @@ mod tests {
                 let Ok(actions) = rollout.step(t * 500, input) else {
                     continue;
                 };
-                for action in &actions {
-                    match action {
-                        Action::Route {
-                            candidate_percent,
-                            shadow_percent,
-                        } => {
-                            assert!((0.0..=100.0).contains(candidate_percent));
-                            assert!((0.0..=100.0).contains(shadow_percent));
-                            assert!(
-                                !condemned || (*candidate_percent == 0.0 && *shadow_percent == 0.0),
-                                "condemned candidate routed again"
-                            );
-                            routed = (*candidate_percent, *shadow_percent);
-                        }
-                        Action::Rollback { .. } => {
-                            condemned = true;
-                            routed = (0.0, 0.0);
-                        }
-                        Action::Promote => {
-                            assert!(!condemned, "condemned candidate promoted");
-                            routed = (100.0, 0.0);
-                        }
-                        _ => {}
-                    }
-                }
-                assert_eq!(rollout.routed, routed);
-                assert_eq!(condemned, rollout.phase.condemns());
+                check(&rollout, &actions);
+            }
+            // Left alone, a graduated rollback ends at 0%.
+            while rollout.phase == Phase::RollingBack && t < 400 {
+                t += 1;
+                let obs = second(&rollout, rng.u64(0..120), rng.u64(5_000..20_000));
+                let actions = rollout.step(t * 500, Input::Tick(obs)).unwrap();
+                check(&rollout, &actions);
+            }
+            if rollout.phase.condemns() {
+                assert!(matches!(rollout.phase, Phase::RolledBack | Phase::Rejected));
+                assert_eq!(rollout.routed, (0.0, 0.0));
             }
         }
+        assert!(ramps > 20, "only {ramps} graduated rollbacks exercised");
     }
 }

@@ -5,7 +5,7 @@
 //! Every part is optional with a sensible default, so a policy without any
 //! of it still opens a complete incident.
 
-use super::{check_name, FieldError, Period, Severity, Threshold};
+use super::{check_name, FieldError, Period, Severity, Threshold, PERIOD_MAX_MS};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -112,6 +112,93 @@ fn default_error_slack() -> Threshold {
 
 fn default_verification_sample() -> u64 {
     100
+}
+
+/// Most steps of a graduated rollback.
+pub const RAMP_STEPS_MAX: usize = 10;
+
+/// How traffic goes back to the baseline on a verdict. Default: all at
+/// once, for every verdict.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Ramp traffic back in steps for `severity: warning` rollback
+    /// triggers, watching the baseline on the way; critical triggers,
+    /// operator rollbacks and shadow rejections always swap at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graduated: Option<Graduated>,
+}
+
+/// A graduated rollback: the candidate's share steps down through `steps`,
+/// each held for `hold`, then the swap to 0%. If the baseline misbehaves on
+/// the way (beyond the `verification` slack of its own figures before the
+/// ramp) the swap happens at once.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Graduated {
+    /// The candidate's share at each step, percent, strictly decreasing,
+    /// each above 0 and below 100. Steps at or above the candidate's share
+    /// at the verdict are skipped.
+    #[serde(default = "default_ramp_steps")]
+    pub steps: Vec<f64>,
+    /// How long each step is held.
+    #[serde(default = "default_ramp_hold")]
+    pub hold: Period,
+}
+
+impl Default for Graduated {
+    fn default() -> Self {
+        Self {
+            steps: default_ramp_steps(),
+            hold: default_ramp_hold(),
+        }
+    }
+}
+
+fn default_ramp_steps() -> Vec<f64> {
+    vec![25.0, 5.0]
+}
+
+fn default_ramp_hold() -> Period {
+    Period::from_ms(10_000)
+}
+
+impl Rollback {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        let Some(graduated) = &self.graduated else {
+            return Ok(());
+        };
+        let at = |field: &str, message: String| {
+            FieldError::new(format!("rollback.graduated.{field}"), message)
+        };
+        let steps = &graduated.steps;
+        if steps.is_empty() || steps.len() > RAMP_STEPS_MAX {
+            return Err(at(
+                "steps",
+                format!("expected 1 to {RAMP_STEPS_MAX} steps, like [25, 5]"),
+            ));
+        }
+        for (i, &step) in steps.iter().enumerate() {
+            // `!(a < b)` rather than `a >= b` so NaN is refused too.
+            if !(step > 0.0 && step < 100.0) {
+                return Err(at(
+                    &format!("steps[{i}]"),
+                    "a step is the candidate's share, above 0 and below 100".into(),
+                ));
+            }
+            if i > 0 && step >= steps[i - 1] {
+                return Err(at(
+                    &format!("steps[{i}]"),
+                    format!("steps must decrease: {step} follows {}", steps[i - 1]),
+                ));
+            }
+        }
+        let hold = graduated.hold.as_ms();
+        if !(1000..=PERIOD_MAX_MS).contains(&hold) {
+            return Err(at("hold", "must be at least 1s and at most 7 days".into()));
+        }
+        Ok(())
+    }
 }
 
 /// An HTTP call made after a rollback (cache invalidation, feature flag
@@ -370,6 +457,38 @@ mod tests {
     fn defaults_are_valid() {
         Evidence::default().check().unwrap();
         Verification::default().check().unwrap();
+        Rollback::default().check().unwrap();
+        Rollback {
+            graduated: Some(Graduated::default()),
+        }
+        .check()
+        .unwrap();
+    }
+
+    #[test]
+    fn graduated_rollback_steps_decrease_within_0_and_100() {
+        let check = |steps: Vec<f64>, hold_ms: u64| {
+            Rollback {
+                graduated: Some(Graduated {
+                    steps,
+                    hold: Period::from_ms(hold_ms),
+                }),
+            }
+            .check()
+            .map_err(|e| e.path)
+        };
+        assert_eq!(check(vec![50.0, 25.0, 5.0, 1.0], 1000), Ok(()));
+        let steps = "rollback.graduated.steps";
+        assert_eq!(check(vec![], 10_000), Err(steps.to_string()));
+        assert_eq!(check(vec![9.0; 11], 10_000), Err(steps.to_string()));
+        assert_eq!(check(vec![25.0, 25.0], 10_000), Err(format!("{steps}[1]")));
+        assert_eq!(check(vec![5.0, 25.0], 10_000), Err(format!("{steps}[1]")));
+        assert_eq!(check(vec![100.0], 10_000), Err(format!("{steps}[0]")));
+        assert_eq!(check(vec![25.0, 0.0], 10_000), Err(format!("{steps}[1]")));
+        assert_eq!(check(vec![f64::NAN], 10_000), Err(format!("{steps}[0]")));
+        let hold = "rollback.graduated.hold".to_string();
+        assert_eq!(check(vec![25.0], 999), Err(hold.clone()));
+        assert_eq!(check(vec![25.0], PERIOD_MAX_MS + 1), Err(hold));
     }
 
     #[test]

@@ -14,7 +14,9 @@
 
 mod incident;
 
-pub use incident::{Evidence, Hook, Receiver, Verification, WebhookFormat};
+pub use incident::{
+    Evidence, Graduated, Hook, Receiver, Rollback, Verification, WebhookFormat, RAMP_STEPS_MAX,
+};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -77,6 +79,11 @@ pub struct Policy {
     /// +20% and errors within +1pp of the baseline's pre-rollout values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// How traffic goes back on a verdict. Default: all at once; with
+    /// `graduated`, warning-severity rollback triggers ramp it back in
+    /// steps while the baseline is watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
     /// HTTP calls made after a rollback, beside it (never delaying it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<Hook>,
@@ -729,6 +736,9 @@ impl Policy {
         if let Some(verification) = &self.verification {
             verification.check()?;
         }
+        if let Some(rollback) = &self.rollback {
+            rollback.check()?;
+        }
         incident::check_hooks(&self.hooks)?;
         incident::check_receivers(&self.notify)?;
         Ok(())
@@ -1055,6 +1065,37 @@ mod tests {
         }
         assert!(schema.contains(&serde_json::to_string(THRESHOLD_PATTERN).unwrap()));
         assert!(schema.contains(&serde_json::to_string(PERIOD_PATTERN).unwrap()));
+    }
+
+    #[test]
+    fn graduated_rollback_parses_and_names_its_fields() {
+        let parse = |rollback: serde_json::Value| {
+            serde_json::from_value::<Policy>(serde_json::json!({
+                "model": "m",
+                "candidate": "v2",
+                "strategy": { "canary": { "steps": [5, 100], "bake": "1m" } },
+                "triggers": [{ "metric": "error_rate", "above": "5%", "severity": "warning", "action": "rollback" }],
+                "rollback": rollback,
+            }))
+        };
+        let policy = parse(serde_json::json!({ "graduated": {} })).unwrap();
+        policy.check().unwrap();
+        let graduated = policy.rollback.unwrap().graduated.unwrap();
+        assert_eq!(graduated.steps, vec![25.0, 5.0]);
+        assert_eq!(graduated.hold.as_ms(), 10_000);
+        let policy =
+            parse(serde_json::json!({ "graduated": { "steps": [25, 50], "hold": "10s" } }));
+        assert_eq!(
+            policy.unwrap().check().unwrap_err().path,
+            "rollback.graduated.steps[1]"
+        );
+        let error = parse(serde_json::json!({ "graduated": { "step": [25] } })).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `step`"),
+            "{error}"
+        );
+        let schema = serde_json::to_string(&schema()).unwrap();
+        assert!(schema.contains("\"graduated\""), "{schema}");
     }
 
     #[test]
