@@ -140,6 +140,13 @@ const RULES: &[(On, &str, Need)] = &[
         "/api/v1/models/*/samples",
         Need::Role(Role::Deployer),
     ),
+    // An incident holds samples too; its list and the report do not.
+    (On::Read, "/api/v1/incidents/*", Need::Role(Role::Deployer)),
+    (
+        On::Read,
+        "/api/v1/incidents/*/**",
+        Need::Role(Role::Deployer),
+    ),
     (On::Read, "/**", Need::Role(Role::Viewer)),
     // Re-hashing artifacts changes nothing but the audit log.
     (
@@ -430,6 +437,15 @@ mod tests {
             (Method::GET, "/api/v1/models/m/routes", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/stats", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/samples", R(Role::Deployer)),
+            (Method::GET, "/api/v1/incidents", R(Role::Viewer)),
+            (Method::GET, "/api/v1/incidents/inc-1", R(Role::Deployer)),
+            (
+                Method::GET,
+                "/api/v1/incidents/inc-1/export",
+                R(Role::Deployer),
+            ),
+            (Method::GET, "/api/v1/report", R(Role::Viewer)),
+            (Method::GET, "/api/v1/annotations", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/versions", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/versions/v1", R(Role::Viewer)),
             (Method::GET, "/api/v1/events", R(Role::Viewer)),

@@ -26,6 +26,10 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Largest evidence document stored; samples beyond it are dropped
+/// (oldest first) and counted.
+const EVIDENCE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Requests a group of buckets needs before its figures say anything about
 /// recovery (for the time-to-recovered figure).
 const RECOVERY_GROUP_MIN: u64 = 20;
@@ -175,6 +179,9 @@ pub struct Samples {
     /// Fields replaced by `[redacted]` and by a keyed hash.
     pub redacted: Vec<String>,
     pub hashed: Vec<String>,
+    /// Pairs left out to keep the evidence storable.
+    #[serde(default)]
+    pub dropped: usize,
 }
 
 /// One line of the timeline.
@@ -216,9 +223,26 @@ pub struct VerificationResult {
     pub verified_unix_ms: u64,
 }
 
+/// The few facts lists and the report need, copied out of the evidence so
+/// they never read it (it can be megabytes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub candidate: String,
+    pub baseline: String,
+    /// The verdict in one line.
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection_ms: Option<u64>,
+    pub candidate_percent: f64,
+    pub swap_ok: bool,
+    pub verdict_to_swap_us: f64,
+}
+
 /// What grows after the incident opens.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(default)]
+    pub summary: Summary,
     pub timeline: Vec<TimelineEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationResult>,
@@ -265,13 +289,17 @@ pub struct IncidentSummary {
 #[derive(Debug)]
 pub enum IncidentError {
     NotFound(String),
+    /// The id is taken (an earlier write landed).
+    Conflict(String),
     Store(String),
 }
 
 impl std::fmt::Display for IncidentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            IncidentError::NotFound(m) | IncidentError::Store(m) => f.write_str(m),
+            IncidentError::NotFound(m) | IncidentError::Conflict(m) | IncidentError::Store(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -280,6 +308,7 @@ impl From<StoreError> for IncidentError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(m) => IncidentError::NotFound(m),
+            StoreError::Conflict(m) => IncidentError::Conflict(m),
             other => IncidentError::Store(other.to_string()),
         }
     }
@@ -416,6 +445,7 @@ impl Incidents {
             baseline: redacted(self.gateway.samples(model, baseline)),
             redacted: capture.redact,
             hashed: capture.hash,
+            dropped: 0,
         };
         (metrics, samples)
     }
@@ -433,33 +463,43 @@ impl Incidents {
             .collect();
         let epoch = unix_ms() / self.gateway.config.stats.bucket_ms;
         for incident in &waiting {
-            {
-                let _update = self.update.lock().await;
-                let (mut stored, evidence, mut record) = self.load(&incident.id).await?;
-                let window = evidence
-                    .policy
-                    .verification
-                    .clone()
-                    .unwrap_or_default()
-                    .window;
-                record.timeline.push(TimelineEntry {
-                    at_unix_ms: unix_ms(),
-                    what: "restart".into(),
-                    detail: format!(
-                        "restarted before the verification: verifying {} over {window} from now",
-                        evidence.baseline.version
-                    ),
-                    actor: String::new(),
-                });
-                stored.record_json = to_json(&record);
-                stored.updated_unix_ms = unix_ms();
-                let store = self.store.clone();
-                blocking(move || store.update_incident(&stored, None)).await?;
+            // One unreadable incident must not keep the others waiting.
+            if let Err(e) = self.resume_verification(&incident.id, epoch).await {
+                tracing::error!(incident = incident.id, "Verification not resumed: {e}");
             }
-            self.schedule_verification(incident.id.clone(), epoch)
-                .await?;
         }
         Ok(waiting.len())
+    }
+
+    async fn resume_verification(
+        self: &Arc<Self>,
+        id: &str,
+        epoch: u64,
+    ) -> Result<(), IncidentError> {
+        {
+            let _update = self.update.lock().await;
+            let (mut stored, evidence, mut record) = self.load(id).await?;
+            let window = evidence
+                .policy
+                .verification
+                .clone()
+                .unwrap_or_default()
+                .window;
+            record.timeline.push(TimelineEntry {
+                at_unix_ms: unix_ms(),
+                what: "restart".into(),
+                detail: format!(
+                    "restarted before the verification: verifying {} over {window} from now",
+                    evidence.baseline.version
+                ),
+                actor: String::new(),
+            });
+            stored.record_json = to_json(&record);
+            stored.updated_unix_ms = unix_ms();
+            let store = self.store.clone();
+            blocking(move || store.update_incident(&stored, None)).await?;
+        }
+        self.schedule_verification(id.to_string(), epoch).await
     }
 
     /// Verifies incident `id` once the window after `swap_epoch` is over.
@@ -486,17 +526,74 @@ impl Incidents {
         Ok(())
     }
 
-    /// [`Incidents::open`], retried with back-off on store errors (a full
-    /// disk, a transient I/O fault) for about a minute.
-    pub async fn open_retrying(self: &Arc<Self>, opening: Opening) {
+    /// Opens the incident for a rollback: people are told and the hooks
+    /// run first — neither waits for the evidence to be written — then the
+    /// incident is stored (retried with back-off on store errors; without
+    /// its samples if they are what fails), then verification is scheduled.
+    pub async fn open(self: &Arc<Self>, opening: Opening) {
+        let severity = severity_of(&opening);
+        self.notify(&opening.policy, opened_notification(&opening, severity))
+            .await;
+        if !opening.policy.hooks.is_empty() {
+            let incidents = self.clone();
+            let hooks = opening.policy.hooks.clone();
+            let body = serde_json::json!({
+                "incident": opening.id,
+                "model": opening.model,
+                "rollout": opening.rollout,
+                "candidate": opening.candidate,
+                "baseline": opening.baseline,
+                "severity": severity_name(severity),
+                "verdict": opening.verdict,
+            });
+            let id = opening.id.clone();
+            tokio::spawn(async move {
+                let results = notify::run_hooks(&hooks, &body).await;
+                // The incident may still be on its way to the store.
+                let mut delay = Duration::from_millis(250);
+                for _ in 0..8 {
+                    match incidents.record_hooks(&id, results.clone()).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(incident = id, "Hook results not stored yet: {e}"),
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(16));
+                }
+                tracing::error!(incident = id, "Hook results could not be stored.");
+            });
+        }
+
+        let mut opening = opening;
         let mut delay = Duration::from_millis(250);
         for attempt in 1..=8 {
-            match self.open(opening.clone()).await {
-                Ok(_) => return,
+            if attempt == 8 && !opening.samples.candidate.is_empty() {
+                // Last try: without the samples, which may be what fails.
+                opening.samples.dropped +=
+                    opening.samples.candidate.len() + opening.samples.baseline.len();
+                opening.samples.candidate.clear();
+                opening.samples.baseline.clear();
+            }
+            match self.store_incident(&opening, severity).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        incident = opening.id,
+                        model = opening.model,
+                        candidate = opening.candidate,
+                        "Incident opened: {}",
+                        verdict_text(&opening.verdict)
+                    );
+                    if let Err(e) = self
+                        .schedule_verification(opening.id.clone(), opening.swap_epoch)
+                        .await
+                    {
+                        tracing::error!(incident = opening.id, "Verification not scheduled: {e}");
+                    }
+                    return;
+                }
                 Err(e) => tracing::error!(
                     incident = opening.id,
                     attempt,
-                    "Could not open the incident (retrying): {e}"
+                    "Could not store the incident (retrying): {e}"
                 ),
             }
             tokio::time::sleep(delay).await;
@@ -504,24 +601,20 @@ impl Incidents {
         }
         tracing::error!(
             incident = opening.id,
-            "Gave up opening the incident; the verdict is in the audit log (rollout.verdict)."
+            "Gave up storing the incident; the verdict is in the audit log (rollout.verdict) and people were told."
         );
     }
 
-    /// Stores the incident (evidence frozen, candidate pinned, audited),
-    /// then runs what follows beside the caller: verification after its
-    /// window. Returns the incident's id.
-    pub async fn open(self: &Arc<Self>, opening: Opening) -> Result<String, IncidentError> {
+    /// Stores the incident (evidence frozen, candidate pinned, audited).
+    /// Idempotent: an incident already stored under this id is success.
+    async fn store_incident(
+        &self,
+        opening: &Opening,
+        severity: Severity,
+    ) -> Result<(), IncidentError> {
+        let opening = opening.clone();
         let id = opening.id.clone();
         let now = unix_ms();
-        let severity = match &opening.verdict.trigger {
-            Some(trigger) => opening
-                .policy
-                .triggers
-                .get(trigger.index)
-                .map_or(Severity::Critical, |t| t.severity),
-            None => Severity::Warning,
-        };
         let store = self.store.clone();
         let (model, candidate, baseline) = (
             opening.model.clone(),
@@ -554,10 +647,30 @@ impl Incidents {
             baseline_before_rollout: opening.baseline_before_rollout,
             samples: opening.samples,
             pinned: pinned.clone(),
-            policy: opening.policy.clone(),
+            // Hook headers and webhook addresses are credentials: kept cut.
+            policy: crate::runbook::shown_policy(&opening.policy),
         };
-        let evidence_json = serde_json::to_string(&evidence)
+        let mut evidence = evidence;
+        let mut evidence_json = serde_json::to_string(&evidence)
             .map_err(|e| IncidentError::Store(format!("evidence does not serialize: {e}")))?;
+        // Bounded, so one incident cannot fill the store: the oldest
+        // samples give way first.
+        while evidence_json.len() > EVIDENCE_MAX_BYTES {
+            let samples = &mut evidence.samples;
+            let side = if samples.candidate.len() >= samples.baseline.len() {
+                &mut samples.candidate
+            } else {
+                &mut samples.baseline
+            };
+            if side.is_empty() {
+                break;
+            }
+            let drop = side.len().div_ceil(2);
+            side.drain(..drop);
+            samples.dropped += drop;
+            evidence_json = serde_json::to_string(&evidence)
+                .map_err(|e| IncidentError::Store(format!("evidence does not serialize: {e}")))?;
+        }
         let evidence_sha256 = hex_sha256(evidence_json.as_bytes());
 
         let target = format!("{}/{}", opening.model, opening.rollout);
@@ -634,6 +747,15 @@ impl Incidents {
         timeline.sort_by_key(|e| e.at_unix_ms);
 
         let record = Record {
+            summary: Summary {
+                candidate: opening.candidate.clone(),
+                baseline: opening.baseline.clone(),
+                trigger: verdict_text(&opening.verdict),
+                detection_ms: opening.verdict.detection_ms,
+                candidate_percent: opening.verdict.candidate_percent,
+                swap_ok: opening.swap.ok,
+                verdict_to_swap_us: opening.swap.verdict_to_swap_us,
+            },
             timeline,
             ..Record::default()
         };
@@ -673,80 +795,16 @@ impl Incidents {
         };
         let store = self.store.clone();
         let stored = incident.clone();
-        blocking(move || store.create_incident(&stored, &pins, audit)).await?;
+        match blocking(move || store.create_incident(&stored, &pins, audit)).await {
+            Ok(()) => {}
+            // A retry after a write that did land.
+            Err(IncidentError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         self.gateway
             .rollout_events
             .count(&opening.model, "incident_open");
-
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert("candidate".to_string(), opening.candidate.clone());
-        fields.insert("baseline".to_string(), opening.baseline.clone());
-        fields.insert("trigger".to_string(), verdict_text(&opening.verdict));
-        fields.insert(
-            "traffic".to_string(),
-            format!(
-                "{}% on the candidate at the verdict",
-                opening.verdict.candidate_percent
-            ),
-        );
-        fields.insert(
-            "swap".to_string(),
-            if opening.swap.ok {
-                format!(
-                    "{:.0} µs after the verdict",
-                    opening.swap.verdict_to_swap_us
-                )
-            } else {
-                "FAILED".to_string()
-            },
-        );
-        let notification = Notification {
-            incident: id.clone(),
-            model: opening.model.clone(),
-            rollout: Some(opening.rollout.clone()),
-            kind: notify::INCIDENT_OPENED.into(),
-            severity,
-            title: format!(
-                "Backstop rolled back {} of {}",
-                opening.candidate, opening.model
-            ),
-            summary: verdict_text(&opening.verdict),
-            fields,
-            at_unix_ms: now,
-        };
-        self.notify(&opening.policy, notification).await;
-
-        if !opening.policy.hooks.is_empty() {
-            let incidents = self.clone();
-            let hooks = opening.policy.hooks.clone();
-            let body = serde_json::json!({
-                "incident": id,
-                "model": opening.model,
-                "rollout": opening.rollout,
-                "candidate": opening.candidate,
-                "baseline": opening.baseline,
-                "severity": severity_name(severity),
-                "verdict": opening.verdict,
-            });
-            let hook_id = id.clone();
-            tokio::spawn(async move {
-                let results = notify::run_hooks(&hooks, &body).await;
-                if let Err(e) = incidents.record_hooks(&hook_id, results).await {
-                    tracing::error!(incident = hook_id, "Hook results could not be stored: {e}");
-                }
-            });
-        }
-        tracing::warn!(
-            incident = id,
-            model = opening.model,
-            candidate = opening.candidate,
-            "Incident opened: {}",
-            verdict_text(&opening.verdict)
-        );
-
-        self.schedule_verification(id.clone(), opening.swap_epoch)
-            .await?;
-        Ok(id)
+        Ok(())
     }
 
     /// Queues a notification to every receiver of the policy that takes
@@ -769,6 +827,14 @@ impl Incidents {
 
     /// Stores the hooks' results in the incident, audited.
     async fn record_hooks(&self, id: &str, results: Vec<HookResult>) -> Result<(), IncidentError> {
+        // A hook's address may carry a token: kept cut, like the policy's.
+        let results: Vec<HookResult> = results
+            .into_iter()
+            .map(|mut hook| {
+                hook.url = crate::runbook::shown_url(&hook.url);
+                hook
+            })
+            .collect();
         let _update = self.update.lock().await;
         let (mut incident, evidence, mut record) = self.load(id).await?;
         let now = unix_ms();
@@ -881,7 +947,7 @@ impl Incidents {
             .rollout_events
             .count(&evidence.model, &format!("incident_{}", result.state));
         let (kind, severity) = match result.state.as_str() {
-            "recovered" => (notify::INCIDENT_RECOVERED, evidence.severity),
+            "recovered" => (notify::INCIDENT_RECOVERED, Severity::Warning),
             "not_recovered" => (notify::INCIDENT_NOT_RECOVERED, Severity::Critical),
             _ => ("incident.unverified", Severity::Warning),
         };
@@ -909,7 +975,22 @@ impl Incidents {
             fields,
             at_unix_ms: result.verified_unix_ms,
         };
-        self.notify(&evidence.policy, notification).await;
+        // The evidence keeps the policy with its addresses cut; the
+        // receivers come from the rollout's stored policy.
+        let store = self.store.clone();
+        let rollout = evidence.rollout.clone();
+        let policy = blocking(move || store.rollout(&rollout))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| serde_json::from_str::<Policy>(&r.policy_json).ok());
+        match policy {
+            Some(policy) => self.notify(&policy, notification).await,
+            None => tracing::error!(
+                incident = id,
+                "The rollout's policy is unreadable: nobody was told about the verification."
+            ),
+        }
         match result.state.as_str() {
             "recovered" => tracing::info!(incident = id, "Recovery verified."),
             state => tracing::error!(
@@ -941,7 +1022,10 @@ impl Incidents {
         let (incident, evidence, record) = self.load(id).await?;
         let notifier = self.notifier.clone();
         let key = id.to_string();
-        let notifications = blocking(move || notifier.deliveries(&key)).await?;
+        let mut notifications = blocking(move || notifier.deliveries(&key)).await?;
+        for row in &mut notifications {
+            row.url = row.url.as_deref().map(crate::runbook::shown_url);
+        }
         Ok(IncidentView {
             notifications,
             evidence_sha256: hex_sha256(incident.evidence_json.as_bytes()),
@@ -967,20 +1051,13 @@ impl Incidents {
         Ok(records
             .into_iter()
             .map(|r| {
-                let evidence: Option<Evidence> = serde_json::from_str(&r.evidence_json).ok();
+                let summary = serde_json::from_str::<Record>(&r.record_json)
+                    .map(|record| record.summary)
+                    .unwrap_or_default();
                 IncidentSummary {
-                    candidate: evidence
-                        .as_ref()
-                        .map(|e| e.candidate.version.clone())
-                        .unwrap_or_default(),
-                    baseline: evidence
-                        .as_ref()
-                        .map(|e| e.baseline.version.clone())
-                        .unwrap_or_default(),
-                    trigger: evidence
-                        .as_ref()
-                        .map(|e| verdict_text(&e.verdict))
-                        .unwrap_or_default(),
+                    candidate: summary.candidate,
+                    baseline: summary.baseline,
+                    trigger: summary.trigger,
                     id: r.id,
                     model: r.model,
                     rollout: r.rollout,
@@ -990,6 +1067,59 @@ impl Incidents {
                 }
             })
             .collect())
+    }
+}
+
+/// The incident's severity: its trigger's, or warning for an operator's
+/// rollback (the operator already knows).
+fn severity_of(opening: &Opening) -> Severity {
+    match &opening.verdict.trigger {
+        Some(trigger) => opening
+            .policy
+            .triggers
+            .get(trigger.index)
+            .map_or(Severity::Critical, |t| t.severity),
+        None => Severity::Warning,
+    }
+}
+
+/// "Backstop rolled back v2 of fraud-scorer", with the numbers.
+fn opened_notification(opening: &Opening, severity: Severity) -> Notification {
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("candidate".to_string(), opening.candidate.clone());
+    fields.insert("baseline".to_string(), opening.baseline.clone());
+    fields.insert("trigger".to_string(), verdict_text(&opening.verdict));
+    fields.insert(
+        "traffic".to_string(),
+        format!(
+            "{}% on the candidate at the verdict",
+            opening.verdict.candidate_percent
+        ),
+    );
+    fields.insert(
+        "swap".to_string(),
+        if opening.swap.ok {
+            format!(
+                "{:.0} µs after the verdict",
+                opening.swap.verdict_to_swap_us
+            )
+        } else {
+            "FAILED".to_string()
+        },
+    );
+    Notification {
+        incident: opening.id.clone(),
+        model: opening.model.clone(),
+        rollout: Some(opening.rollout.clone()),
+        kind: notify::INCIDENT_OPENED.into(),
+        severity,
+        title: format!(
+            "Backstop rolled back {} of {}",
+            opening.candidate, opening.model
+        ),
+        summary: verdict_text(&opening.verdict),
+        fields,
+        at_unix_ms: opening.swap.at_unix_ms,
     }
 }
 
@@ -1109,17 +1239,33 @@ fn judge_recovery(
     }
 
     let candidate_not_worse = (after.judged() >= min).then(|| match &evidence.verdict.trigger {
-        Some(trigger) => match (trigger.candidate_value, after.metric(trigger.metric)) {
-            (Some(candidate), Some(baseline)) => match trigger.metric.kind() {
-                backstop_core::policy::MetricKind::Rate => {
-                    candidate <= baseline + error_slack(verification, baseline)
-                }
-                backstop_core::policy::MetricKind::Latency => {
-                    candidate <= latency_max(verification, baseline)
-                }
-            },
-            _ => false,
-        },
+        Some(trigger) => {
+            let below = evidence
+                .policy
+                .triggers
+                .get(trigger.index)
+                .is_some_and(|t| t.below.is_some());
+            match (trigger.candidate_value, after.metric(trigger.metric)) {
+                // A `below` rule: worse is lower.
+                (Some(candidate), Some(baseline)) if below => match trigger.metric.kind() {
+                    backstop_core::policy::MetricKind::Rate => {
+                        candidate >= baseline - error_slack(verification, baseline)
+                    }
+                    backstop_core::policy::MetricKind::Latency => {
+                        latency_max(verification, candidate) >= baseline
+                    }
+                },
+                (Some(candidate), Some(baseline)) => match trigger.metric.kind() {
+                    backstop_core::policy::MetricKind::Rate => {
+                        candidate <= baseline + error_slack(verification, baseline)
+                    }
+                    backstop_core::policy::MetricKind::Latency => {
+                        candidate <= latency_max(verification, baseline)
+                    }
+                },
+                _ => false,
+            }
+        }
         // An operator's rollback: the candidate over the trigger window
         // against the baseline after the swap, on both signals.
         None => {

@@ -14,7 +14,7 @@
 //! | M9 | notifications sent | `notifications` |
 //! | M10 | rollbacks per rollout | `rollback_rate` |
 
-use crate::incident::{Evidence, Record};
+use crate::incident::Record;
 use crate::store::{AuditEntry, AuditFilter, OutboxState, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,7 +110,7 @@ pub struct Report {
 /// What one incident contributes.
 struct Row {
     model: String,
-    evidence: Evidence,
+    rollout: String,
     record: Record,
     incident_id: String,
 }
@@ -132,8 +132,8 @@ pub fn report(store: &dyn Store, model: Option<&str>, now: u64) -> Result<Report
         .into_iter()
         .filter_map(|r| {
             Some(Row {
-                evidence: serde_json::from_str(&r.evidence_json).ok()?,
                 record: serde_json::from_str(&r.record_json).ok()?,
+                rollout: r.rollout,
                 model: r.model,
                 incident_id: r.id,
             })
@@ -144,6 +144,15 @@ pub fn report(store: &dyn Store, model: Option<&str>, now: u64) -> Result<Report
         .map(|e: &AuditEntry| (e.draft.target.clone(), e.draft.action.clone()))
         .collect();
 
+    // Rollbacks whose incident never got stored still count against the
+    // audit's completeness: their `incident.open` is missing.
+    let with_incident: BTreeSet<&str> = rows.iter().map(|r| r.rollout.as_str()).collect();
+    let orphans: Vec<(String, String)> = rollouts
+        .iter()
+        .filter(|r| matches!(r.phase.as_str(), "rolled_back" | "rejected"))
+        .filter(|r| !with_incident.contains(r.id.as_str()))
+        .map(|r| (r.model.clone(), r.id.clone()))
+        .collect();
     let mut per_model: BTreeMap<String, (Vec<&Row>, u64)> = BTreeMap::new();
     for rollout in &rollouts {
         per_model.entry(rollout.model.clone()).or_default().1 += 1;
@@ -155,10 +164,13 @@ pub fn report(store: &dyn Store, model: Option<&str>, now: u64) -> Result<Report
     let models = per_model
         .iter()
         .map(|(name, (rows, rollouts))| {
+            let orphans: Vec<&(String, String)> =
+                orphans.iter().filter(|(m, _)| m == name).collect();
             figures(
                 name,
                 rows,
                 *rollouts,
+                &orphans,
                 &actions,
                 deliveries.get(name).unwrap_or(&empty),
             )
@@ -172,7 +184,15 @@ pub fn report(store: &dyn Store, model: Option<&str>, now: u64) -> Result<Report
         total.failed += d.failed;
         total.pending += d.pending;
     }
-    let overall = figures("*", &all, rollouts.len() as u64, &actions, &total);
+    let all_orphans: Vec<&(String, String)> = orphans.iter().collect();
+    let overall = figures(
+        "*",
+        &all,
+        rollouts.len() as u64,
+        &all_orphans,
+        &actions,
+        &total,
+    );
     Ok(Report {
         generated_unix_ms: now,
         audit_chain_ok,
@@ -185,6 +205,7 @@ fn figures(
     model: &str,
     rows: &[&Row],
     rollouts: u64,
+    orphans: &[&(String, String)],
     actions: &BTreeSet<(String, String)>,
     deliveries: &Deliveries,
 ) -> Figures {
@@ -196,7 +217,7 @@ fn figures(
     let success = verified
         .iter()
         .filter(|r| {
-            r.evidence.swap.ok
+            r.record.summary.swap_ok
                 && r.record
                     .verification
                     .as_ref()
@@ -218,7 +239,7 @@ fn figures(
     // verified); the share present is the audit's completeness.
     let (mut present, mut expected) = (0usize, 0usize);
     for row in rows {
-        let rollout_target = format!("{}/{}", row.model, row.evidence.rollout);
+        let rollout_target = format!("{}/{}", row.model, row.rollout);
         let incident_target = format!("{}/{}", row.model, row.incident_id);
         let mut needed = vec![
             (rollout_target.clone(), "rollout.create"),
@@ -234,21 +255,29 @@ fn figures(
             .filter(|(t, a)| actions.contains(&(t.clone(), a.to_string())))
             .count();
     }
+    for (model, rollout) in orphans {
+        let target = format!("{model}/{rollout}");
+        expected += 3;
+        present += ["rollout.create", "rollout.verdict"]
+            .iter()
+            .filter(|a| actions.contains(&(target.clone(), a.to_string())))
+            .count();
+    }
     Figures {
         model: model.to_string(),
         rollouts,
-        rollbacks: rows.len() as u64,
+        rollbacks: (rows.len() + orphans.len()) as u64,
         verified: verified.len() as u64,
         time_to_detect_s: Distribution::of(
             rows.iter()
-                .filter_map(|r| r.evidence.verdict.detection_ms)
+                .filter_map(|r| r.record.summary.detection_ms)
                 .map(|ms| ms as f64 / 1000.0)
                 .collect(),
         ),
         verdict_to_swap_us: Distribution::of(
             rows.iter()
-                .filter(|r| r.evidence.swap.ok)
-                .map(|r| r.evidence.swap.verdict_to_swap_us)
+                .filter(|r| r.record.summary.swap_ok)
+                .map(|r| r.record.summary.verdict_to_swap_us)
                 .collect(),
         ),
         time_to_recovered_s: Distribution::of(
@@ -265,13 +294,14 @@ fn figures(
         ),
         traffic_moved_percent: Distribution::of(
             rows.iter()
-                .map(|r| r.evidence.verdict.candidate_percent)
+                .map(|r| r.record.summary.candidate_percent)
                 .collect(),
         ),
         post_rollback_error_rate: (judged > 0).then(|| failures as f64 / judged as f64),
         audit_completeness: ratio(present, expected),
         notifications: deliveries.clone(),
-        rollback_rate: (rollouts > 0).then(|| rows.len() as f64 / rollouts as f64),
+        rollback_rate: (rollouts > 0)
+            .then(|| (rows.len() + orphans.len()) as f64 / rollouts as f64),
     }
 }
 
@@ -320,13 +350,18 @@ pub fn annotations(
         since_ms: from_ms,
         limit: None,
     })?;
-    Ok(entries
+    let events: Vec<AuditEntry> = entries
         .into_iter()
         .filter(|e| {
             e.draft.action.starts_with("rollout.") || e.draft.action.starts_with("incident.")
         })
         .filter(|e| to_ms.is_none_or(|to| e.at_ms <= to))
-        .take(limit)
+        .collect();
+    // The newest `limit`: those are what a dashboard looks at.
+    let skip = events.len().saturating_sub(limit);
+    Ok(events
+        .into_iter()
+        .skip(skip)
         .map(|e| {
             let model = e
                 .draft
@@ -360,5 +395,48 @@ mod tests {
         assert_eq!(d.count, 4);
         assert_eq!((d.p50, d.p95, d.max), (Some(2.0), Some(4.0), Some(4.0)));
         assert_eq!(Distribution::of(vec![]).p50, None);
+    }
+
+    /// A rollback whose incident never got stored still counts: as a
+    /// rollback, and as an `incident.open` missing from the audit log.
+    #[test]
+    fn a_rollback_without_its_incident_lowers_audit_completeness() {
+        use crate::store::sqlite::SqliteStore;
+        use crate::store::{AuditDraft, RolloutRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
+        let record = RolloutRecord {
+            id: "ro-1".into(),
+            model: "m".into(),
+            candidate: "v2".into(),
+            baseline: "v1".into(),
+            phase: "rolled_back".into(),
+            open: false,
+            policy_json: "{}".into(),
+            state_json: "{}".into(),
+            created_unix_ms: 1,
+            updated_unix_ms: 2,
+        };
+        let draft = |action: &str| AuditDraft {
+            actor: "controller".into(),
+            action: action.into(),
+            target: "m/ro-1".into(),
+            ..Default::default()
+        };
+        store.create_rollout(&record, draft("rollout.create")).unwrap();
+        store.append_audit(draft("rollout.verdict")).unwrap();
+        // Another model whose name shares the prefix is not counted.
+        store
+            .append_audit(AuditDraft {
+                target: "m_x/ro-9".into(),
+                ..draft("rollout.create")
+            })
+            .unwrap();
+        let report = report(&store, Some("m"), 10).unwrap();
+        assert_eq!(report.overall.rollbacks, 1);
+        assert_eq!(report.overall.rollback_rate, Some(1.0));
+        let completeness = report.overall.audit_completeness.unwrap();
+        assert!((completeness - 2.0 / 3.0).abs() < 1e-9, "{completeness}");
+        assert!(report.audit_chain_ok);
     }
 }

@@ -226,11 +226,15 @@ impl Rollouts {
             }
             active.insert(entry.record.id.clone(), entry);
         }
-        match self.incidents.recover().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!("{n} incident(s) were waiting for verification at restart: verifying them over a fresh window."),
-            Err(e) => tracing::error!("Incidents waiting for verification could not be resumed: {e}"),
-        }
+        // Beside startup: the listeners need not wait for it.
+        let incidents = self.incidents.clone();
+        tokio::spawn(async move {
+            match incidents.recover().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!("{n} incident(s) were waiting for verification at restart: verifying them over a fresh window."),
+                Err(e) => tracing::error!("Incidents waiting for verification could not be resumed: {e}"),
+            }
+        });
         Ok(active.len())
     }
 
@@ -246,6 +250,21 @@ impl Rollouts {
             message,
         };
         policy.check().map_err(|e| invalid(&e.path, e.message))?;
+        // Verification reads the gateway's buckets: its window must fit.
+        let stats = &self.gateway.config.stats;
+        let kept_ms = (stats.buckets as u64).saturating_sub(2) * stats.bucket_ms;
+        if let Some(verification) = &policy.verification {
+            if verification.window.as_ms() > kept_ms {
+                return Err(invalid(
+                    "verification.window",
+                    format!(
+                        "{} is longer than the statistics the gateway keeps ({}; stats.buckets × stats.bucket_ms)",
+                        verification.window,
+                        backstop_core::policy::Period::from_ms(kept_ms)
+                    ),
+                ));
+            }
+        }
         let model = policy.model.clone();
         let table = self
             .gateway
@@ -634,7 +653,7 @@ impl Rollouts {
             // Beside the rollout: its fsyncs and the verification that
             // follows must not hold the other rollouts' ticks.
             let incidents = self.incidents.clone();
-            tokio::spawn(async move { incidents.open_retrying(opening).await });
+            tokio::spawn(async move { incidents.open(opening).await });
         }
     }
 

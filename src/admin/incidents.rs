@@ -34,6 +34,9 @@ impl From<IncidentError> for ApiError {
             IncidentError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "incident_not_found", message)
             }
+            IncidentError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "incident_conflict", message)
+            }
             IncidentError::Store(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

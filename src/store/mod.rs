@@ -490,7 +490,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn incident(&self, id: &str) -> StoreResult<Option<IncidentRecord>>;
 
-    /// At most `limit` incidents, newest first, of one model or of all.
+    /// At most `limit` incidents, newest first, of one model or of all,
+    /// *without* their evidence (`evidence_json` is empty: it can be
+    /// megabytes each); [`Store::incident`] has it.
     fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>>;
 
     /// Queues a notification unless its `group_key` is queued already

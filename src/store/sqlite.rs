@@ -550,7 +550,8 @@ impl Store for SqliteStore {
             .prepare(
                 "SELECT seq, at_ms, actor, action, target, reason, before, after, prev_hash, hash
                  FROM audit
-                 WHERE (?1 IS NULL OR target = ?1 OR target LIKE ?1 || '/%')
+                 WHERE (?1 IS NULL OR target = ?1
+                        OR substr(target, 1, length(?1) + 1) = ?1 || '/')
                    AND (?2 IS NULL OR at_ms >= ?2)
                  ORDER BY seq
                  LIMIT ?3",
@@ -1142,12 +1143,14 @@ impl Store for SqliteStore {
     fn incidents(&self, model: Option<&str>, limit: usize) -> StoreResult<Vec<IncidentRecord>> {
         let conn = self.lock();
         let mut statement = conn
-            .prepare(&format!(
-                "SELECT {INCIDENT_COLUMNS} FROM incidents
+            .prepare(
+                "SELECT id, model, rollout, severity, state, opened_unix_ms, updated_unix_ms,
+                        '' AS evidence_json, record_json
+                 FROM incidents
                  WHERE (?1 IS NULL OR model = ?1)
                  ORDER BY opened_unix_ms DESC, rowid DESC
-                 LIMIT ?2"
-            ))
+                 LIMIT ?2",
+            )
             .map_err(unavailable)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = statement
