@@ -423,7 +423,9 @@ mod tests {
             target: "m/ro-1".into(),
             ..Default::default()
         };
-        store.create_rollout(&record, draft("rollout.create")).unwrap();
+        store
+            .create_rollout(&record, draft("rollout.create"))
+            .unwrap();
         store.append_audit(draft("rollout.verdict")).unwrap();
         // Another model whose name shares the prefix is not counted.
         store
