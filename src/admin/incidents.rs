@@ -135,13 +135,14 @@ async fn list_incidents(
     get,
     path = "/api/v1/incidents/{id}",
     tag = "incidents",
-    description = "Role: viewer. Samples were redacted as the policy says before they were kept.",
+    description = "Role: deployer. It holds request/response samples, redacted as the policy says before they were kept.",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Incident id (`inc-...`)")),
     responses(
         (status = 200, description = "`{id, model, rollout, severity, state, opened_unix_ms, \
             updated_unix_ms, evidence_sha256, evidence, timeline, verification?, hooks, notifications}`", body = serde_json::Value),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "`incident_not_found`", body = ErrorBody),
         (status = 503, description = "`incidents_unavailable`, `store_unavailable`", body = ErrorBody),
     )
@@ -172,12 +173,13 @@ pub struct Export {
     get,
     path = "/api/v1/incidents/{id}/export",
     tag = "incidents",
-    description = "Role: viewer.",
+    description = "Role: deployer.",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Incident id (`inc-...`)")),
     responses(
         (status = 200, description = "`{format: \"backstop-incident/1\", exported_unix_ms, incident, audit: [...], audit_chain_ok}`", body = serde_json::Value),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "`incident_not_found`", body = ErrorBody),
         (status = 503, description = "`incidents_unavailable`, `store_unavailable`", body = ErrorBody),
     )
