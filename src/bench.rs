@@ -371,7 +371,7 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     });
     for (name, process) in &capture_backstops {
         targets.push(Target {
-            name: *name,
+            name,
             addr: process.data,
             pid: process.process.pid(),
         });
