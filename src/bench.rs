@@ -5,7 +5,11 @@
 //!
 //! - `direct`: client → toy upstream;
 //! - `nginx`: client → nginx (one worker, upstream keep-alive) → toy upstream;
-//! - `backstop`: client → `backstop serve` → toy upstream.
+//! - `backstop`: client → `backstop serve` → toy upstream;
+//! - `backstop_capture`, `backstop_capture_1pct`: the same with the model's
+//!   sample capture on at 100% and at 1% (the default rollout setting),
+//!   redacting one field and hashing another that the request body holds,
+//!   so every sampled exchange is parsed, redacted and pushed into a ring.
 //!
 //! The toy upstream, nginx and the gateway are separate child processes, so
 //! the CPU time of each proxy can be read from `/proc/<pid>/stat` on its own.
@@ -91,6 +95,18 @@ const MODEL_PATH: &str = "/v2/models/bench/infer";
 const ROUTES_PATH: &str = "/api/v1/models/bench/routes";
 const INFER_BODY: &str =
     r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
+/// Capture setups: sampled shares (percent) and their setup names.
+const CAPTURE_SETUPS: [(&str, f64); 2] =
+    [("backstop_capture", 100.0), ("backstop_capture_1pct", 1.0)];
+/// Ring size per version in the capture setups.
+const CAPTURE_SAMPLES: usize = 100;
+/// Redacted in the capture setups: the tensor `x` of [`INFER_BODY`] (its
+/// `data` becomes "[redacted]").
+const CAPTURE_REDACT: &str = "x";
+/// Hashed in the capture setups: the `shape` field, in the request's and the
+/// toy upstream's answer's tensors.
+const CAPTURE_HASH: &str = "shape";
+const SAMPLES_PATH: &str = "/api/v1/models/bench/samples?version=v1";
 
 /// Everything `backstop bench` measured. Field names are stable: scripts
 /// and BENCHMARKS.md read them.
@@ -99,6 +115,8 @@ pub struct BenchReport {
     pub setups: Setups,
     pub ratios: Ratios,
     pub swap: SwapReport,
+    /// The capture setups' settings, and what their ring held afterwards.
+    pub capture: CaptureReport,
     pub machine: Machine,
     /// The command line that produced this report.
     pub command: String,
@@ -112,6 +130,10 @@ pub struct Setups {
     pub direct: SetupReport,
     pub nginx: SetupReport,
     pub backstop: SetupReport,
+    /// backstop with sample capture at 100%.
+    pub backstop_capture: SetupReport,
+    /// backstop with sample capture at 1%.
+    pub backstop_capture_1pct: SetupReport,
 }
 
 /// One setup's figures; null where the setup did not run or has no proxy.
@@ -148,14 +170,36 @@ pub struct RateReport {
 pub struct Ratios {
     pub backstop_over_nginx: Ratio,
     pub backstop_over_direct: Ratio,
+    /// The cost of sample capture: with it on, divided by backstop without.
+    pub backstop_capture_over_backstop: Ratio,
+    pub backstop_capture_1pct_over_backstop: Ratio,
 }
 
-/// backstop's figure divided by the other setup's; null where either is unknown.
+/// One setup's figure divided by the other setup's (backstop's, for the
+/// first two ratios); null where either is unknown.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ratio {
     pub max_rps: Option<f64>,
     pub p99_us_at_25pct: Option<f64>,
     pub cpu_us_per_req: Option<f64>,
+    pub p50_us_at_25pct: Option<f64>,
+    pub p50_us_at_75pct: Option<f64>,
+    pub p99_us_at_75pct: Option<f64>,
+}
+
+/// Sample capture in the capture setups.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CaptureReport {
+    /// Ring size per version.
+    pub samples: usize,
+    pub redact: Vec<String>,
+    pub hash: Vec<String>,
+    /// Read back from the 100% setup's ring after the run (null: the
+    /// read failed): samples kept, and whether the last one had its
+    /// request's `redact` tensor redacted and its `hash` field hashed.
+    pub kept: Option<u64>,
+    pub redacted: Option<bool>,
+    pub hashed: Option<bool>,
 }
 
 /// Routing-table swaps under load.
@@ -274,7 +318,19 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = TempDir::create()?;
 
     let toy = start_toy(&exe, &dir).await?;
-    let backstop = start_backstop(&exe, &dir, toy.addr, options.backstop_threads).await?;
+    let backstop = start_backstop(&exe, &dir, toy.addr, options.backstop_threads, None).await?;
+    let mut capture_backstops = Vec::with_capacity(CAPTURE_SETUPS.len());
+    for (name, percent) in CAPTURE_SETUPS {
+        let process = start_backstop(
+            &exe,
+            &dir,
+            toy.addr,
+            options.backstop_threads,
+            Some((name, percent)),
+        )
+        .await?;
+        capture_backstops.push((name, process));
+    }
     let nginx_binary = options.nginx.clone().or_else(find_nginx);
     let mut nginx_version = None;
     let nginx = match nginx_binary {
@@ -313,6 +369,13 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         addr: backstop.data,
         pid: backstop.process.pid(),
     });
+    for (name, process) in &capture_backstops {
+        targets.push(Target {
+            name,
+            addr: process.data,
+            pid: process.process.pid(),
+        });
+    }
     for target in &targets {
         wait_ready(target.addr)
             .await
@@ -426,19 +489,47 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         swap.errors
     );
 
-    let mut direct = None;
-    let mut nginx_report = None;
-    let mut backstop_report = None;
-    for (target, setup_runs) in targets.iter().zip(&runs) {
-        let report = setup_runs.summarize(&rates);
-        match target.name {
-            "direct" => direct = Some(report),
-            "nginx" => nginx_report = Some(report),
-            _ => backstop_report = Some(report),
-        }
+    // The ring of the 100% setup: full, and redacted as configured?
+    let mut capture = CaptureReport {
+        samples: CAPTURE_SAMPLES,
+        redact: vec![CAPTURE_REDACT.to_string()],
+        hash: vec![CAPTURE_HASH.to_string()],
+        ..CaptureReport::default()
+    };
+    match admin_call(
+        capture_backstops[0].1.admin,
+        Method::GET,
+        SAMPLES_PATH,
+        None,
+    )
+    .await
+    {
+        Ok(value) => check_samples(&value, &mut capture),
+        Err(error) => notes.push(format!("Reading the capture ring failed: {error:#}")),
     }
-    let direct = direct.context("direct setup missing")?;
-    let backstop_report = backstop_report.context("backstop setup missing")?;
+    eprintln!(
+        "bench: capture ring: {} samples kept, redacted {}, hashed {}",
+        fmt_opt_u64(capture.kept),
+        capture.redacted.unwrap_or(false),
+        capture.hashed.unwrap_or(false),
+    );
+
+    let mut summarized: Vec<(&str, SetupReport)> = targets
+        .iter()
+        .zip(&runs)
+        .map(|(target, setup_runs)| (target.name, setup_runs.summarize(&rates)))
+        .collect();
+    let mut take = |name: &str| {
+        summarized
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| summarized.swap_remove(i).1)
+    };
+    let direct = take("direct").context("direct setup missing")?;
+    let backstop_report = take("backstop").context("backstop setup missing")?;
+    let capture_report = take(CAPTURE_SETUPS[0].0).context("capture setup missing")?;
+    let capture_1pct_report = take(CAPTURE_SETUPS[1].0).context("capture setup missing")?;
+    let nginx_report = take("nginx");
     // Skipped nginx: same shape, null figures.
     let nginx_report = nginx_report.unwrap_or_else(|| SetupReport {
         rates: LOAD_PCTS
@@ -458,11 +549,14 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let ratios = Ratios {
         backstop_over_nginx: Ratio::of(&backstop_report, &nginx_report),
         backstop_over_direct: Ratio::of(&backstop_report, &direct),
+        backstop_capture_over_backstop: Ratio::of(&capture_report, &backstop_report),
+        backstop_capture_1pct_over_backstop: Ratio::of(&capture_1pct_report, &backstop_report),
     };
 
     // Stop the proxies before the upstream, so neither logs a lost upstream.
     drop(nginx);
     drop(backstop);
+    drop(capture_backstops);
     drop(toy);
     drop(dir);
 
@@ -471,9 +565,12 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             direct,
             nginx: nginx_report,
             backstop: backstop_report,
+            backstop_capture: capture_report,
+            backstop_capture_1pct: capture_1pct_report,
         },
         ratios,
         swap,
+        capture,
         machine: machine(),
         command: command_line(),
         settings: Settings {
@@ -539,6 +636,10 @@ impl SetupRuns {
 
 impl Ratio {
     fn of(backstop: &SetupReport, other: &SetupReport) -> Ratio {
+        let at = |setup: &SetupReport, slot: usize, p99: bool| {
+            let rate = setup.rates.get(slot)?;
+            if p99 { rate.p99_us } else { rate.p50_us }.map(|v| v as f64)
+        };
         fn divide(a: Option<f64>, b: Option<f64>) -> Option<f64> {
             match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -550,6 +651,9 @@ impl Ratio {
             max_rps: divide(backstop.max_rps, other.max_rps),
             p99_us_at_25pct: divide(as_f64(backstop.p99_us), as_f64(other.p99_us)),
             cpu_us_per_req: divide(backstop.cpu_us_per_req, other.cpu_us_per_req),
+            p50_us_at_25pct: divide(at(backstop, 0, false), at(other, 0, false)),
+            p50_us_at_75pct: divide(at(backstop, 1, false), at(other, 1, false)),
+            p99_us_at_75pct: divide(at(backstop, 1, true), at(other, 1, true)),
         }
     }
 }
@@ -768,6 +872,25 @@ async fn collect_swap(
         }
         Err(_) => report.admin_errors += 1,
     }
+}
+
+/// Reads a samples answer (`{samples: [...]}`) into `report`: how many
+/// were kept, and whether the newest request had the tensor
+/// [`CAPTURE_REDACT`] redacted and [`CAPTURE_HASH`] hashed.
+fn check_samples(answer: &serde_json::Value, report: &mut CaptureReport) {
+    let samples = answer.get("samples").and_then(serde_json::Value::as_array);
+    report.kept = samples.map(|s| s.len() as u64);
+    let tensor = samples
+        .and_then(|s| s.last())
+        .and_then(|s| s.pointer("/request/json/inputs/0"));
+    report.redacted =
+        Some(tensor.and_then(|t| t.get("data")) == Some(&crate::redact::REDACTED.into()));
+    report.hashed = Some(
+        tensor
+            .and_then(|t| t.get(CAPTURE_HASH))
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|h| h.starts_with("sha256:")),
+    );
 }
 
 /// The bench model's routing table with `v1_weight` on v1, the rest on v2.
@@ -1007,8 +1130,11 @@ async fn start_backstop(
     dir: &TempDir,
     toy: SocketAddr,
     threads: usize,
+    // Sample capture on: the setup's name and the sampled percent.
+    capture: Option<(&str, f64)>,
 ) -> anyhow::Result<BackstopProcess> {
-    let config = dir.path.join("backstop.yaml");
+    let name = capture.map_or("backstop", |(name, _)| name);
+    let config = dir.path.join(format!("{name}.yaml"));
     let mut top = if threads == 0 {
         String::new()
     } else {
@@ -1017,8 +1143,14 @@ async fn start_backstop(
     // The registry's files stay in the bench's temporary directory.
     top.push_str(&format!(
         "data_dir: \"{}\"\n",
-        dir.path.join("data").display()
+        dir.path.join(format!("{name}-data")).display()
     ));
+    let capture = capture.map_or(String::new(), |(_, percent)| {
+        format!(
+            "    capture: {{ sample_percent: {percent}, samples: {CAPTURE_SAMPLES}, \
+             redact: [{CAPTURE_REDACT}], hash: [{CAPTURE_HASH}] }}\n"
+        )
+    });
     std::fs::write(
         &config,
         format!(
@@ -1028,10 +1160,11 @@ async fn start_backstop(
                bench:\n    \
                  versions:\n      \
                    - {{ name: v1, weight: 100, endpoints: [\"http://{toy}\"] }}\n      \
-                   - {{ name: v2, weight: 0, endpoints: [\"http://{toy}\"] }}\n"
+                   - {{ name: v2, weight: 0, endpoints: [\"http://{toy}\"] }}\n\
+             {capture}"
         ),
     )?;
-    let log = dir.path.join("backstop.stderr");
+    let log = dir.path.join(format!("{name}.stderr"));
     let mut command = tokio::process::Command::new(exe);
     command
         .arg("serve")
@@ -1320,6 +1453,8 @@ impl BenchReport {
             ("direct", &self.setups.direct),
             ("nginx", &self.setups.nginx),
             ("backstop", &self.setups.backstop),
+            ("backstop, capture 100%", &self.setups.backstop_capture),
+            ("backstop, capture 1%", &self.setups.backstop_capture_1pct),
         ] {
             let _ = write!(
                 out,
@@ -1363,6 +1498,57 @@ impl BenchReport {
                 fmt_ratio(ratio.cpu_us_per_req)
             );
         }
+        let _ = writeln!(
+            out,
+            "\n| ÷ backstop | max rps | p50 / p99 at 25% | p50 / p99 at 75% | CPU µs/req | CPU µs/req added |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for (name, ratio, setup) in [
+            (
+                "capture 100%",
+                &self.ratios.backstop_capture_over_backstop,
+                &self.setups.backstop_capture,
+            ),
+            (
+                "capture 1%",
+                &self.ratios.backstop_capture_1pct_over_backstop,
+                &self.setups.backstop_capture_1pct,
+            ),
+        ] {
+            let added = setup
+                .cpu_us_per_req
+                .zip(self.setups.backstop.cpu_us_per_req)
+                .map(|(with, without)| with - without);
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} / {} | {} / {} | {} | {} |",
+                fmt_ratio(ratio.max_rps),
+                fmt_ratio(ratio.p50_us_at_25pct),
+                fmt_ratio(ratio.p99_us_at_25pct),
+                fmt_ratio(ratio.p50_us_at_75pct),
+                fmt_ratio(ratio.p99_us_at_75pct),
+                fmt_ratio(ratio.cpu_us_per_req),
+                added.map_or("–".to_string(), |a| format!("{a:+.1}")),
+            );
+        }
+        let c = &self.capture;
+        let yes_no = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "–",
+        };
+        let _ = writeln!(
+            out,
+            "\nCapture setups: `capture: {{ sample_percent: 100 | 1, samples: {}, redact: [{}], \
+             hash: [{}] }}`. The 100% setup's ring afterwards: {} samples; tensor redacted: {}; \
+             field hashed: {}.",
+            c.samples,
+            c.redact.join(", "),
+            c.hash.join(", "),
+            fmt_opt_u64(c.kept),
+            yes_no(c.redacted),
+            yes_no(c.hashed),
+        );
         let w = &self.swap;
         let _ = writeln!(
             out,
@@ -1473,17 +1659,33 @@ mod tests {
             cpu_us_per_req: None,
             ..setup.clone()
         };
+        let capture = SetupReport {
+            cpu_us_per_req: Some(60.0),
+            ..setup.clone()
+        };
         let report = BenchReport {
             ratios: Ratios {
                 backstop_over_nginx: Ratio::of(&setup, &SetupReport::default()),
                 backstop_over_direct: Ratio::of(&setup, &direct),
+                backstop_capture_over_backstop: Ratio::of(&capture, &setup),
+                backstop_capture_1pct_over_backstop: Ratio::of(&setup, &setup),
             },
             setups: Setups {
                 direct,
                 nginx: SetupReport::default(),
+                backstop_capture: capture,
+                backstop_capture_1pct: setup.clone(),
                 backstop: setup,
             },
             swap: SwapReport::default(),
+            capture: CaptureReport {
+                samples: CAPTURE_SAMPLES,
+                redact: vec![CAPTURE_REDACT.to_string()],
+                hash: vec![CAPTURE_HASH.to_string()],
+                kept: Some(100),
+                redacted: Some(true),
+                hashed: Some(true),
+            },
             machine: machine(),
             command: "backstop bench --quick".to_string(),
             settings: Settings {
@@ -1498,7 +1700,13 @@ mod tests {
             notes: vec!["nginx not found".to_string()],
         };
         let json = serde_json::to_value(&report).unwrap();
-        for setup in ["direct", "nginx", "backstop"] {
+        for setup in [
+            "direct",
+            "nginx",
+            "backstop",
+            "backstop_capture",
+            "backstop_capture_1pct",
+        ] {
             for field in [
                 "max_rps",
                 "p50_us",
@@ -1524,6 +1732,20 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(json["setups"]["backstop"]["rates"][0]["load_pct"], 25);
+        let ratio = &json["ratios"]["backstop_capture_over_backstop"];
+        assert_eq!(ratio["cpu_us_per_req"], 1.2);
+        assert_eq!(ratio["max_rps"], 1.0);
+        assert_eq!(ratio["p99_us_at_25pct"], 1.0);
+        assert_eq!(ratio["p50_us_at_25pct"], 1.0);
+        // No 75% figures in these runs: null, not a division by zero.
+        assert_eq!(ratio["p99_us_at_75pct"], serde_json::Value::Null);
+        assert_eq!(
+            json["ratios"]["backstop_capture_1pct_over_backstop"]["max_rps"],
+            1.0
+        );
+        for field in ["samples", "redact", "hash", "kept", "redacted", "hashed"] {
+            assert!(json["capture"].get(field).is_some(), "capture.{field}");
+        }
         for field in ["swaps", "p50_us", "p99_us", "max_us", "errors"] {
             assert!(json["swap"].get(field).is_some(), "swap.{field}");
         }
@@ -1534,5 +1756,44 @@ mod tests {
             "{markdown}"
         );
         assert!(markdown.contains("includes the gap until the next request"));
+        assert!(
+            markdown.contains("| backstop, capture 100% | 1100 | 60.0 | 100 / 400 / 900 |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| capture 100% | 1.00× | 1.00× / 1.00× | – / – | 1.20× | +10.0 |"),
+            "{markdown}"
+        );
+    }
+
+    #[test]
+    fn capture_config_parses_and_redacts_the_bench_body() {
+        // The capture setups' settings, as start_backstop writes them.
+        let text = format!(
+            "models:\n  bench:\n    versions:\n      \
+             - {{ name: v1, weight: 1, endpoints: [\"http://127.0.0.1:9\"] }}\n    \
+             capture: {{ sample_percent: 100, samples: {CAPTURE_SAMPLES}, \
+             redact: [{CAPTURE_REDACT}], hash: [{CAPTURE_HASH}] }}\n"
+        );
+        let config = crate::config::Config::parse(Path::new("bench.yaml"), &text).unwrap();
+        let spec = config.models["bench"].capture.clone().unwrap();
+        assert_eq!(spec.sample_percent, 100.0);
+        let redactor = crate::redact::Redactor::new(&spec.redact, &spec.hash);
+        let body = match redactor.body(INFER_BODY.as_bytes(), spec.body_max_bytes) {
+            crate::redact::CapturedBody::Json(value) => value,
+            other => panic!("{other:?}"),
+        };
+        // What the bench reads back from the ring after a run.
+        let answer = serde_json::json!({ "samples": [{ "request": { "json": body } }] });
+        let mut report = CaptureReport::default();
+        check_samples(&answer, &mut report);
+        assert_eq!(report.kept, Some(1));
+        assert_eq!(report.redacted, Some(true));
+        assert_eq!(report.hashed, Some(true));
+        // And a ring of unredacted bodies is told apart.
+        let raw: serde_json::Value = serde_json::from_str(INFER_BODY).unwrap();
+        let answer = serde_json::json!({ "samples": [{ "request": { "json": raw } }] });
+        check_samples(&answer, &mut report);
+        assert_eq!((report.redacted, report.hashed), (Some(false), Some(false)));
     }
 }
