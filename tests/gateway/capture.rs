@@ -92,7 +92,16 @@ async fn samples_are_redacted_bounded_and_kept_across_swaps() {
     assert_eq!(answer.status, StatusCode::OK);
     let samples_now = wait_for_count(&client, &backstop, 2).await;
 
-    let first = &samples_now[0];
+    // Samples are kept as their exchanges end, on tasks of their own: find
+    // them by request id, not by position.
+    let find = |id: &str| {
+        samples_now
+            .iter()
+            .find(|s| s["request_id"] == id)
+            .unwrap_or_else(|| panic!("no sample {id}: {samples_now:?}"))
+            .clone()
+    };
+    let first = &find("req-1");
     assert_eq!(first["request_id"], "req-1");
     assert_eq!(first["method"], "POST");
     assert_eq!(first["path"], "/v2/models/m/infer");
@@ -107,7 +116,7 @@ async fn samples_are_redacted_bounded_and_kept_across_swaps() {
     assert!(alice.starts_with("sha256:"), "{alice}");
     assert_eq!(first["response"]["json"]["model_version"], "v1");
 
-    let second = &samples_now[1];
+    let second = &find("req-2");
     let inputs = &second["request"]["json"]["inputs"];
     assert_eq!(inputs[0]["data"], "[redacted]");
     assert_eq!(inputs[1]["data"][0], alice, "equal values, equal hashes");

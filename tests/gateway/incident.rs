@@ -578,3 +578,42 @@ async fn a_warning_trigger_ramps_back_in_steps_and_the_incident_shows_the_ramp()
     assert!(detail.contains("graduated rollback"), "{detail}");
     assert_audit_intact(&client, &backstop).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_rollback_opens_an_incident_with_the_timeouts_in_its_evidence() {
+    let (v1, v2) = (toy("v1").await, toy("v2").await);
+    v2.behaviour.set_latency(Duration::from_millis(400));
+    let backstop = Backstop::start(
+        &config(&v1.url(), &v2.url())
+            .replace("  m:\n", "  m:\n    timeouts: { request_ms: 200 }\n"),
+    );
+    let client = HttpClient::new();
+    let mut text = policy(
+        "{ canary: { steps: [50, 100], bake: 60s } }",
+        &[r#"{ metric: timeout_rate, above: "+2pp", min_sample: 20, action: rollback }"#],
+    );
+    text.push_str("evidence: { sample_percent: 100, samples: 200 }\n");
+    let load = Load::start(&backstop, 4, 50, Duration::from_secs(20));
+    let rollout = start(&client, &backstop, &text).await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let done = wait_for_phase(&client, &backstop, &id, "rolled_back").await;
+    load.finish().await;
+    let incident_id = done["incident"].as_str().unwrap();
+    let incident = wait_for_incident(&client, &backstop, incident_id, "stored", |_| true).await;
+    let evidence = &incident["evidence"];
+    assert_eq!(evidence["verdict"]["trigger"]["metric"], "timeout_rate");
+    assert!(
+        evidence["metrics"]["candidate"]["timeouts"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(evidence["metrics"]["baseline"]["timeouts"], 0);
+    let outcomes: Vec<&str> = evidence["samples"]["candidate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert!(outcomes.contains(&"timeout"), "{outcomes:?}");
+}
