@@ -4,11 +4,15 @@
 //! (lock-free, no allocation); the analysis and the controller read
 //! [`WindowSnapshot`]s over the windows they ask for.
 
+pub mod drift;
 pub mod histogram;
 pub mod sequential;
 pub mod trigger;
 pub mod window;
 
+pub use drift::{
+    chi_square, ks, psi, CategoricalSketch, ChiSquareResult, KsResult, NumericSketch, PsiBand,
+};
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
 pub use trigger::Sample;
 pub use window::{Outcome, VersionStats, WindowSnapshot};
