@@ -41,9 +41,9 @@
 //! [`Limits::max_elements`] elements is `too_large` and its data is not
 //! walked further; data nested deeper than [`Limits::max_depth`] is
 //! `too_deep` (serde_json itself refuses input nested deeper than 128).
-//! At most one violation of each kind is reported per tensor or field, with
-//! the count of offending elements and the first of them. `check` never
-//! panics.
+//! Elements that do not fit are reported once per tensor, with their count
+//! and the first of them; a tensor gets at most one violation for its shape
+//! and one for its element count. `check` never panics.
 //!
 //! Cost: the body is parsed once into a `serde_json::Value`; measuring it on
 //! the hot path is left to the issue that wires the check into the gateway.
@@ -549,7 +549,12 @@ impl InputSignature {
                     Some(n) => {
                         // The inferred size must still fit the signature.
                         let at = dims.iter().position(|&d| d == -1).unwrap_or(0);
-                        let listed = spec.shape.get(at).copied().unwrap_or(-1);
+                        // (A rank that differs is already reported.)
+                        let listed = if dims.len() == spec.shape.len() {
+                            spec.shape.get(at).copied().unwrap_or(-1)
+                        } else {
+                            -1
+                        };
                         if listed != -1 && listed as u64 != n {
                             report.push(
                                 ViolationKind::Shape,
@@ -1216,6 +1221,8 @@ mod tests {
         assert!(ok.is_valid(), "{:?}", ok.violations);
         let bad = fixed.check(&tensor("INT32", json!([-1, 2]), json!([1, 2, 3, 4])));
         assert_eq!(kinds(&bad), vec![ViolationKind::Shape]);
+        let rank = fixed.check(&tensor("INT32", json!([-1]), json!([1, 2, 3, 4])));
+        assert_eq!(kinds(&rank), vec![ViolationKind::Shape]);
         // Zero-sized known dimensions leave nothing to infer from.
         let zero = one("INT32", json!([-1, -1]));
         let report = zero.check(&tensor("INT32", json!([0, -1]), json!([1])));
