@@ -23,6 +23,7 @@ pub mod registry;
 pub mod report;
 pub mod rollout;
 pub mod runbook;
+pub mod signature;
 pub mod sim;
 pub mod store;
 pub mod toy;

@@ -702,12 +702,13 @@ fn version_draft(actor: &str, action: &str, model: &str, id: &str, reason: Strin
     }
 }
 
-/// An OIP tensor as a signature lists it.
+/// An OIP tensor as a signature lists it (also read by
+/// [`crate::signature`], which checks requests against it).
 #[derive(Deserialize)]
-struct Tensor {
-    name: String,
-    datatype: String,
-    shape: Vec<i64>,
+pub(crate) struct Tensor {
+    pub(crate) name: String,
+    pub(crate) datatype: String,
+    pub(crate) shape: Vec<i64>,
 }
 
 /// `-1` stands for any size.
