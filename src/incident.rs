@@ -974,6 +974,8 @@ impl Incidents {
             summary: result.reasons.join("; "),
             fields,
             at_unix_ms: result.verified_unix_ms,
+            // Recovered ends the rollback's alert (Alertmanager resolves it).
+            resolves: (result.state == "recovered").then_some(evidence.severity),
         };
         // The evidence keeps the policy with its addresses cut; the
         // receivers come from the rollout's stored policy.
@@ -1120,6 +1122,7 @@ fn opened_notification(opening: &Opening, severity: Severity) -> Notification {
         summary: verdict_text(&opening.verdict),
         fields,
         at_unix_ms: opening.swap.at_unix_ms,
+        resolves: None,
     }
 }
 

@@ -110,16 +110,22 @@ pub fn slack(n: &Notification) -> Value {
 /// the incident and kind only, so every resend of it is the same alert
 /// and Alertmanager dedupes it; the numbers go in the annotations.
 pub fn alertmanager(n: &Notification) -> Value {
+    // The end of an earlier alert carries that alert's labels, so
+    // Alertmanager resolves it rather than opening another.
+    let (kind, severity) = match n.resolves {
+        Some(opened) => ("incident.opened", opened),
+        None => (n.kind.as_str(), n.severity),
+    };
     let mut labels = Map::new();
-    labels.insert("alertname".into(), alertname(&n.kind).into());
+    labels.insert("alertname".into(), alertname(kind).into());
     labels.insert("model".into(), n.model.clone().into());
-    labels.insert("severity".into(), severity_name(n.severity).into());
+    labels.insert("severity".into(), severity_name(severity).into());
     labels.insert("incident".into(), n.incident.clone().into());
     // An empty label is no label to Alertmanager; leave it out instead.
     if let Some(rollout) = n.rollout.as_ref().filter(|r| !r.is_empty()) {
         labels.insert("rollout".into(), rollout.clone().into());
     }
-    labels.insert("route".into(), route(n.severity).into());
+    labels.insert("route".into(), route(severity).into());
     let mut description = n.summary.clone();
     for (name, value) in &n.fields {
         description.push_str(&format!("\n{name}: {value}"));
@@ -132,11 +138,15 @@ pub fn alertmanager(n: &Notification) -> Value {
             annotations.insert(name.clone(), value.clone().into());
         }
     }
-    json!([{
+    let mut alert = json!({
         "labels": labels,
         "annotations": annotations,
         "startsAt": rfc3339(n.at_unix_ms),
-    }])
+    });
+    if n.resolves.is_some() {
+        alert["endsAt"] = rfc3339(n.at_unix_ms).into();
+    }
+    json!([alert])
 }
 
 /// `incident.opened` is a rollback; other kinds get their own alert name
@@ -209,7 +219,31 @@ mod tests {
                 ("baseline".to_string(), "v1".to_string()),
             ]),
             at_unix_ms: 1_700_000_000_123,
+            resolves: None,
         }
+    }
+
+    /// Recovery ends the rollback's alert: same labels, with `endsAt`.
+    #[test]
+    fn a_recovery_resolves_the_rollback_alert_in_alertmanager() {
+        let opened = alertmanager(&sample(Severity::Critical));
+        let recovered = alertmanager(&Notification {
+            kind: "incident.recovered".into(),
+            severity: Severity::Warning,
+            resolves: Some(Severity::Critical),
+            ..sample(Severity::Warning)
+        });
+        assert_eq!(opened[0]["labels"], recovered[0]["labels"]);
+        assert!(opened[0].get("endsAt").is_none());
+        assert!(recovered[0]["endsAt"].is_string());
+        // Other formats show it as what it is.
+        let generic = generic(&Notification {
+            kind: "incident.recovered".into(),
+            resolves: Some(Severity::Critical),
+            ..sample(Severity::Warning)
+        });
+        assert_eq!(generic["kind"], "incident.recovered");
+        assert_eq!(generic["route"], "ticket");
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub struct Notification {
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
     pub at_unix_ms: u64,
+    /// Set on good news that ends an earlier alert (`incident.recovered`):
+    /// the severity that alert had. Alertmanager receivers that took it get
+    /// this as its resolution (same labels, `endsAt`), whatever their
+    /// severities; other formats see an ordinary notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub resolves: Option<Severity>,
 }
 
 /// How the worker paces itself.
@@ -151,7 +158,12 @@ impl Notifier {
         let now = now_ms();
         let mut summary = EnqueueSummary::default();
         for receiver in receivers {
-            if !receiver.severities.contains(&n.severity) {
+            // An Alertmanager receiver that took the alert takes its end.
+            let severity = match n.resolves {
+                Some(opened) if receiver.format == WebhookFormat::Alertmanager => opened,
+                _ => n.severity,
+            };
+            if !receiver.severities.contains(&severity) {
                 summary.skipped.push(receiver.name.clone());
                 continue;
             }
@@ -557,6 +569,7 @@ mod tests {
             summary: "error rate of v2 at 4.1% vs 0.3%".into(),
             fields: BTreeMap::from([("trigger".to_string(), "error_rate".to_string())]),
             at_unix_ms: 1_700_000_000_000,
+            resolves: None,
         }
     }
 
@@ -679,6 +692,34 @@ mod tests {
             1
         );
         assert_eq!(notifier.deliveries("inc-1").unwrap().len(), 2);
+    }
+
+    /// A critical-only Alertmanager receiver takes the end of the alert it
+    /// took (a warning); a critical-only JSON receiver does not.
+    #[test]
+    fn the_end_of_an_alert_reaches_the_alertmanager_that_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let notifier = Notifier::new(open(dir.path()), fast());
+        let alertmanager = Receiver {
+            format: WebhookFormat::Alertmanager,
+            ..receiver(
+                "am",
+                "http://127.0.0.1:9/api/v2/alerts",
+                &[Severity::Critical],
+            )
+        };
+        let pager = receiver("pager", "http://127.0.0.1:9/", &[Severity::Critical]);
+        let recovered = Notification {
+            kind: INCIDENT_RECOVERED.into(),
+            resolves: Some(Severity::Critical),
+            ..notification(Severity::Warning)
+        };
+        let summary = notifier
+            .enqueue(&[alertmanager, pager], &recovered)
+            .unwrap();
+        assert_eq!(summary.skipped, ["pager"]);
+        assert_eq!(summary.queued.len(), 1);
+        assert_eq!(summary.queued[0].receiver, "am");
     }
 
     #[tokio::test]

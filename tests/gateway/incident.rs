@@ -297,9 +297,9 @@ notify:
     assert_eq!(flags.hits("/hooks/flags").len(), 1);
     assert_eq!(flags.hits("/hooks/flags")[0]["incident"], incident_id);
 
-    // The pager (critical only) got the alert on its third attempt; the
-    // team channel got the opening and the recovery (a warning: good news
-    // pages nobody).
+    // The pager (critical only) got the alert on its third attempt, then
+    // its end (Alertmanager: same labels, `endsAt`); the team channel got
+    // the opening and the recovery (a warning: good news pages nobody).
     let incident = wait_for_incident(
         &client,
         &backstop,
@@ -307,7 +307,7 @@ notify:
         "notifications delivered",
         |v| {
             let n = v["notifications"].as_array().cloned().unwrap_or_default();
-            n.len() == 3 && n.iter().all(|n| n["state"] == "delivered")
+            n.len() == 4 && n.iter().all(|n| n["state"] == "delivered")
         },
     )
     .await;
@@ -321,6 +321,9 @@ notify:
     assert!(alerts.len() >= 3);
     assert_eq!(alerts[0][0]["labels"]["incident"], incident_id);
     assert_eq!(alerts[0][0]["labels"]["severity"], "critical");
+    let resolved = alerts.last().unwrap();
+    assert_eq!(resolved[0]["labels"], alerts[0][0]["labels"]);
+    assert!(resolved[0]["endsAt"].is_string(), "{resolved}");
     assert!(team.hits("/slack").iter().all(|b| b["text"].is_string()));
 
     // Nothing redacted reached the disk either (store, WAL, artifacts).
@@ -375,7 +378,7 @@ notify:
     assert_eq!(figures["rollback_success_rate"], 1.0);
     assert_eq!(figures["false_rollback_rate"], 0.0);
     assert_eq!(figures["audit_completeness"], 1.0);
-    assert_eq!(figures["notifications"]["delivered"], 3);
+    assert_eq!(figures["notifications"]["delivered"], 4);
     assert_eq!(figures["traffic_moved_percent"]["max"], 50.0);
 
     let annotations = get_json(&client, &backstop, "/api/v1/annotations?model=m").await;
