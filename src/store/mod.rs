@@ -504,6 +504,9 @@ pub trait Store: Send + Sync + 'static {
     /// At most `limit` pending notifications whose next attempt is due at
     /// `now_ms`, the longest-waiting first. Rows left pending by an earlier
     /// process are included: that is how none is lost across a restart.
+    /// A row waits while an earlier row of its incident and receiver is
+    /// still pending: a receiver hears of an incident in order (an alert's
+    /// end never arrives before the alert).
     fn due_notifications(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<OutboxRecord>>;
 
     /// Records one attempt on a pending notification (counting it) and

@@ -1212,6 +1212,12 @@ impl Store for SqliteStore {
             &format!(
                 "SELECT {OUTBOX_COLUMNS} FROM outbox
                  WHERE state = 'pending' AND next_attempt_unix_ms <= ?1
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox AS earlier
+                       WHERE earlier.incident = outbox.incident
+                         AND earlier.receiver = outbox.receiver
+                         AND earlier.state = 'pending'
+                         AND earlier.id < outbox.id)
                  ORDER BY next_attempt_unix_ms, id LIMIT ?2"
             ),
             params![now, limit],
@@ -2366,6 +2372,36 @@ mod tests {
 
     fn outbox_ids(rows: Vec<OutboxRecord>) -> Vec<u64> {
         rows.into_iter().map(|r| r.id).collect()
+    }
+
+    /// A receiver hears of an incident in order: a later row (the alert's
+    /// end) waits while an earlier one is still being retried.
+    #[test]
+    fn a_later_notification_waits_for_the_earlier_one_to_the_same_receiver() {
+        let (_dir, store) = open();
+        store
+            .enqueue_notification(&outbox("inc-1", "pager", 500))
+            .unwrap();
+        let mut recovered = outbox("inc-1", "pager", 10);
+        recovered.kind = "incident.recovered".into();
+        recovered.group_key = "inc-1/pager/incident.recovered".into();
+        store.enqueue_notification(&recovered).unwrap();
+        // Another receiver is not held up.
+        store
+            .enqueue_notification(&outbox("inc-1", "slack", 10))
+            .unwrap();
+        assert_eq!(outbox_ids(store.due_notifications(100, 10).unwrap()), [3]);
+        assert_eq!(
+            outbox_ids(store.due_notifications(500, 10).unwrap()),
+            [3, 1]
+        );
+        store
+            .record_attempt(1, &Attempt::Delivered { at_unix_ms: 501 })
+            .unwrap();
+        assert_eq!(
+            outbox_ids(store.due_notifications(600, 10).unwrap()),
+            [2, 3]
+        );
     }
 
     #[test]
