@@ -16,7 +16,9 @@ use crate::gateway::capture::CapturedExchange;
 use crate::gateway::{unix_ms, Gateway};
 use crate::notify::{self, HookResult, Notification, Notifier, NotifierConfig};
 use crate::store::OutboxRecord;
-use crate::store::{AuditDraft, AuditFilter, IncidentRecord, Retention, Store, StoreError};
+use crate::store::{
+    blocking, AuditDraft, AuditFilter, IncidentRecord, Retention, Store, StoreError,
+};
 use backstop_core::analysis::window::Counts;
 use backstop_core::analysis::WindowSnapshot;
 use backstop_core::controller::Verdict;
@@ -543,7 +545,7 @@ impl Incidents {
                 "rollout": opening.rollout,
                 "candidate": opening.candidate,
                 "baseline": opening.baseline,
-                "severity": severity_name(severity),
+                "severity": severity.name(),
                 "verdict": opening.verdict,
             });
             let id = opening.id.clone();
@@ -636,7 +638,8 @@ impl Incidents {
         let evidence = Evidence {
             model: opening.model.clone(),
             rollout: opening.rollout.clone(),
-            strategy: strategy_name(&opening.policy).to_string(),
+            strategy: backstop_core::controller::strategy_name(&opening.policy.strategy)
+                .to_string(),
             candidate: candidate_subject,
             baseline: baseline_subject,
             verdict: opening.verdict.clone(),
@@ -671,7 +674,7 @@ impl Incidents {
             evidence_json = serde_json::to_string(&evidence)
                 .map_err(|e| IncidentError::Store(format!("evidence does not serialize: {e}")))?;
         }
-        let evidence_sha256 = hex_sha256(evidence_json.as_bytes());
+        let evidence_sha256 = crate::store::audit::hex(&Sha256::digest(evidence_json.as_bytes()));
 
         let target = format!("{}/{}", opening.model, opening.rollout);
         let store = self.store.clone();
@@ -741,7 +744,7 @@ impl Incidents {
         timeline.push(TimelineEntry {
             at_unix_ms: now,
             what: "incident.open".into(),
-            detail: format!("incident {id} opened, severity {}", severity_name(severity)),
+            detail: format!("incident {id} opened, severity {}", severity.name()),
             actor: opening.actor.clone(),
         });
         timeline.sort_by_key(|e| e.at_unix_ms);
@@ -763,7 +766,7 @@ impl Incidents {
             id: id.clone(),
             model: opening.model.clone(),
             rollout: opening.rollout.clone(),
-            severity: severity_name(severity).into(),
+            severity: severity.name().into(),
             state: "verifying".into(),
             opened_unix_ms: now,
             updated_unix_ms: now,
@@ -788,7 +791,7 @@ impl Incidents {
             before: None,
             after: Some(serde_json::json!({
                 "rollout": opening.rollout,
-                "severity": severity_name(severity),
+                "severity": severity.name(),
                 "evidence_sha256": evidence_sha256,
                 "pinned": pinned,
             })),
@@ -798,8 +801,8 @@ impl Incidents {
         match blocking(move || store.create_incident(&stored, &pins, audit)).await {
             Ok(()) => {}
             // A retry after a write that did land.
-            Err(IncidentError::Conflict(_)) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(StoreError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
         self.gateway
             .rollout_events
@@ -878,7 +881,7 @@ impl Incidents {
         incident.record_json = to_json(&record);
         incident.updated_unix_ms = now;
         let store = self.store.clone();
-        blocking(move || store.update_incident(&incident, Some(audit))).await
+        Ok(blocking(move || store.update_incident(&incident, Some(audit))).await?)
     }
 
     /// Judges the baseline over the verification window after the swap and
@@ -1030,7 +1033,9 @@ impl Incidents {
         }
         Ok(IncidentView {
             notifications,
-            evidence_sha256: hex_sha256(incident.evidence_json.as_bytes()),
+            evidence_sha256: crate::store::audit::hex(&Sha256::digest(
+                incident.evidence_json.as_bytes(),
+            )),
             id: incident.id,
             model: incident.model,
             rollout: incident.rollout,
@@ -1379,48 +1384,6 @@ pub fn verdict_text(verdict: &Verdict) -> String {
     )
 }
 
-pub fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Critical => "critical",
-        Severity::Warning => "warning",
-    }
-}
-
-fn strategy_name(policy: &Policy) -> &'static str {
-    use backstop_core::policy::Strategy;
-    match policy.strategy {
-        Strategy::Canary(_) => "canary",
-        Strategy::BlueGreen(_) => "blue_green",
-        Strategy::Shadow(_) => "shadow",
-        Strategy::Linear(_) => "linear",
-    }
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("incident records serialize")
-}
-
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    format!(
-        "inc-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, IncidentError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| IncidentError::Store(format!("store task failed: {e}")))?
-        .map_err(IncidentError::from)
 }

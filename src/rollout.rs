@@ -13,9 +13,9 @@
 
 use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, StickySpec};
 use crate::gateway::{unix_ms, Event, Gateway};
-use crate::incident::{self, Incidents, Opening, Swap, WindowSummary};
+use crate::incident::{Incidents, Opening, Swap, WindowSummary};
 use crate::registry::{PromoteRequest, Registry};
-use crate::store::{AuditDraft, RolloutRecord, Store, StoreError};
+use crate::store::{blocking, AuditDraft, RolloutRecord, Store, StoreError};
 use backstop_core::analysis::Sample;
 use backstop_core::controller::{Action, Command, Input, Observation, Rollout, Status};
 use backstop_core::policy::Policy;
@@ -313,7 +313,7 @@ impl Rollouts {
             }
         }
 
-        let id = new_id();
+        let id = crate::store::new_id("ro");
         let now = unix_ms();
         let policy_json =
             serde_json::to_string(&policy).map_err(|e| RolloutError::Store(e.to_string()))?;
@@ -592,7 +592,7 @@ impl Rollouts {
                     // Evidence out of memory before anything rotates it.
                     let (metrics, samples) =
                         self.incidents.capture(&entry.rollout.policy, &verdict);
-                    let id = incident::new_id();
+                    let id = crate::store::new_id("inc");
                     entry.incident = Some(id.clone());
                     opening = Some(Opening {
                         id,
@@ -919,24 +919,6 @@ fn find_key(active: &BTreeMap<String, Active>, id: &str) -> Option<String> {
 
 fn state_json(rollout: &Rollout) -> String {
     serde_json::to_string(rollout).expect("a rollout serializes")
-}
-
-fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    format!(
-        "ro-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, RolloutError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| RolloutError::Store(format!("store task failed: {e}")))?
-        .map_err(RolloutError::from)
 }
 
 #[cfg(test)]

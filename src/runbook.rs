@@ -373,13 +373,6 @@ fn severity_words(severity: Severity) -> &'static str {
     }
 }
 
-fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Critical => "critical",
-        Severity::Warning => "warning",
-    }
-}
-
 fn action_name(action: Action) -> &'static str {
     match action {
         Action::Rollback => "rollback",
@@ -413,7 +406,7 @@ fn trigger_text(trigger: &Trigger) -> TriggerText {
             severity_words(trigger.severity)
         ),
         action: action_name(trigger.action).into(),
-        severity: severity_name(trigger.severity).into(),
+        severity: trigger.severity.name().into(),
         min_sample: trigger.min_sample,
         for_period: trigger.for_period.to_string(),
     }
@@ -617,11 +610,7 @@ fn notifications(receivers: &[Receiver]) -> Notifications {
                     (None, Some(url)) => shown_url(url),
                     (None, None) => "(no address)".into(),
                 },
-                severities: r
-                    .severities
-                    .iter()
-                    .map(|s| severity_name(*s).to_string())
-                    .collect(),
+                severities: r.severities.iter().map(|s| s.name().to_string()).collect(),
                 page,
                 ticket,
             }

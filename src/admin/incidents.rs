@@ -5,7 +5,7 @@ use super::{AdminState, ApiError, ErrorBody};
 use crate::gateway::unix_ms;
 use crate::incident::{IncidentError, IncidentSummary, IncidentView, Incidents};
 use crate::report::{Annotation, Report};
-use crate::store::{AuditEntry, AuditFilter, Store, StoreError};
+use crate::store::{blocking, AuditEntry, AuditFilter, Store, StoreError};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -76,15 +76,6 @@ fn store(state: &AdminState) -> Result<Arc<dyn Store>, ApiError> {
             "incidents need a data directory: set data_dir in the gateway's config",
         )
     })
-}
-
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(store_unavailable)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -207,7 +198,8 @@ async fn export_incident(
         let chain = store.audit(&AuditFilter::default())?;
         Ok((entries, crate::store::audit::verify(&chain).is_ok()))
     })
-    .await?;
+    .await
+    .map_err(store_unavailable)?;
     Ok(Json(Export {
         format: "backstop-incident/1".into(),
         exported_unix_ms: unix_ms(),
@@ -244,7 +236,8 @@ async fn get_report(
     let model = query.model.filter(|m| !m.is_empty());
     let report =
         blocking(move || crate::report::report(store.as_ref(), model.as_deref(), unix_ms()))
-            .await?;
+            .await
+            .map_err(store_unavailable)?;
     Ok(Json(report))
 }
 
@@ -295,6 +288,7 @@ async fn get_annotations(
             limit,
         )
     })
-    .await?;
+    .await
+    .map_err(store_unavailable)?;
     Ok(Json(annotations))
 }

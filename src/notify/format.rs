@@ -23,13 +23,6 @@ pub fn route(severity: Severity) -> &'static str {
     }
 }
 
-pub fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Critical => "critical",
-        Severity::Warning => "warning",
-    }
-}
-
 /// The request body for a receiver of this format.
 pub fn render(format: WebhookFormat, n: &Notification) -> Value {
     match format {
@@ -51,7 +44,7 @@ pub fn generic(n: &Notification) -> Value {
 /// A Slack incoming-webhook message: `text` for notifications and clients
 /// without blocks, `blocks` for the channel.
 pub fn slack(n: &Notification) -> Value {
-    let severity = severity_name(n.severity).to_uppercase();
+    let severity = n.severity.name().to_uppercase();
     let text = format!(
         "[{severity}] {}: {} (model {}, incident {})",
         n.title, n.summary, n.model, n.incident
@@ -119,7 +112,7 @@ pub fn alertmanager(n: &Notification) -> Value {
     let mut labels = Map::new();
     labels.insert("alertname".into(), alertname(kind).into());
     labels.insert("model".into(), n.model.clone().into());
-    labels.insert("severity".into(), severity_name(severity).into());
+    labels.insert("severity".into(), severity.name().into());
     labels.insert("incident".into(), n.incident.clone().into());
     // An empty label is no label to Alertmanager; leave it out instead.
     if let Some(rollout) = n.rollout.as_ref().filter(|r| !r.is_empty()) {

@@ -175,7 +175,7 @@ impl Notifier {
                 format: receiver.format.name().to_string(),
                 url: receiver.url.clone(),
                 url_env: receiver.url_env.clone(),
-                severity: format::severity_name(n.severity).to_string(),
+                severity: n.severity.name().to_string(),
                 kind: n.kind.clone(),
                 group_key: format!("{}/{}/{}", n.incident, receiver.name, n.kind),
                 payload: payload.clone(),

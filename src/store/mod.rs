@@ -345,6 +345,22 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Runs a store call on the blocking pool (the store is synchronous).
+pub async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// A fresh record id: `prefix-` and 12 random hex digits (`ro-3f9a0c1b2e7d`).
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    format!("{prefix}-{}", audit::hex(&bytes))
+}
+
 /// Registry and audit log storage. Implementations must make every
 /// acknowledged write durable and every change atomic with its audit entry.
 pub trait Store: Send + Sync + 'static {

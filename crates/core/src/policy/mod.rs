@@ -338,6 +338,16 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    /// The name users write (`critical`, `warning`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
