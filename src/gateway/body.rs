@@ -228,6 +228,7 @@ pub struct Recorder {
     pub grpc: bool,
     /// A sampled exchange's bodies so far (`None`: not sampled).
     pub capture: Option<Box<PendingCapture>>,
+    pub request_id: super::request_id::RequestId,
 }
 
 impl Recorder {

@@ -14,6 +14,7 @@ pub mod h1;
 mod health;
 pub mod listener;
 pub mod proxy;
+pub mod request_id;
 pub mod routing;
 pub mod upstream;
 

@@ -14,6 +14,7 @@ use super::capture::PendingCapture;
 use super::error::GatewayError;
 use super::grpc::{self, Scan};
 use super::h1::SendError;
+use super::request_id::{RequestId, REQUEST_ID_HEADER};
 use super::routing::{FaultAction, ModelTable};
 use super::upstream::Endpoint;
 use super::Gateway;
@@ -60,15 +61,21 @@ pub async fn handle(
     remote: Peer,
 ) -> Response<GatewayBody> {
     let grpc = grpc::is_grpc(request.headers());
-    match proxy(&gateway, request, remote, grpc).await {
+    let request_id = RequestId::new();
+    let mut response = match proxy(&gateway, request, remote, grpc, request_id).await {
         Ok(response) => response,
         Err(error) => {
             if error.source == super::error::Source::Internal {
-                tracing::error!(code = error.code, error = %error.message, "Gateway failure.");
+                tracing::error!(code = error.code, error = %error.message, request_id = %request_id, "Gateway failure.");
             }
             error.into_response(grpc)
         }
-    }
+    };
+    // Every answer, errors included, so a client can quote it.
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id.header_value());
+    response
 }
 
 /// Where a request is headed.
@@ -116,6 +123,7 @@ async fn proxy(
     request: Request<Incoming>,
     remote: Peer,
     grpc: bool,
+    request_id: RequestId,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let start = Instant::now();
     let limit = gateway.config.limits.request_body_max_bytes;
@@ -206,6 +214,10 @@ async fn proxy(
         strip_hop_by_hop(&mut parts.headers, grpc);
         parts.headers.remove(&gateway.pin_header);
         append_forwarded_for(&mut parts.headers, &remote);
+        // Ours replaces any the client sent: the id must be unique.
+        parts
+            .headers
+            .insert(REQUEST_ID_HEADER, request_id.header_value());
         let path_and_query = match &forward_path {
             Some(path) => path.as_str(),
             None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -238,6 +250,7 @@ async fn proxy(
                                 &parts,
                                 &path_and_query,
                                 bytes.clone(),
+                                request_id,
                             );
                         } else {
                             note_shadow_dropped(&table, shadow);
@@ -273,6 +286,7 @@ async fn proxy(
             outcome: Outcome::Success,
             grpc,
             capture,
+            request_id,
         }));
         // A gameday fault (rehearsal versions only): one branch otherwise.
         if let Some(fault) = &version.fault {
@@ -323,12 +337,12 @@ async fn proxy(
             }
             Err(SendError::Connect(why)) => {
                 let url = recorder.endpoint.url.clone();
-                tracing::debug!(model, version = %version.name, endpoint = %url, error = %why, "Upstream connect failed.");
+                tracing::debug!(model, version = %version.name, request_id = %request_id, endpoint = %url, error = %why, "Upstream connect failed.");
                 recorder.finish(Outcome::ConnectError);
                 return Err(GatewayError::upstream_connect(&model, &version.name, &url));
             }
             Err(SendError::Upstream(why)) => {
-                tracing::debug!(model, version = %version.name, error = %why, "Upstream request failed.");
+                tracing::debug!(model, version = %version.name, request_id = %request_id, error = %why, "Upstream request failed.");
                 recorder.finish(Outcome::ServerError);
                 return Err(GatewayError::upstream_error(&model, &version.name, &why));
             }
@@ -591,6 +605,7 @@ fn spawn_shadow(
     parts: &Parts,
     path_and_query: &str,
     body: Bytes,
+    request_id: RequestId,
 ) {
     let version = &table.versions[shadow];
     let Ok(permit) = gateway.shadow_permits.clone().try_acquire_owned() else {
@@ -630,6 +645,7 @@ fn spawn_shadow(
             outcome: Outcome::Success,
             grpc,
             capture,
+            request_id,
         };
         let send = table.client.send(
             &recorder.endpoint,

@@ -167,3 +167,45 @@ async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
     }
     assert!(v1.behaviour.requests() >= 20);
 }
+
+/// Every answer carries a fresh `x-backstop-request-id`; the model server
+/// gets the same id, and one sent by the client never survives (it could
+/// collide with another request's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_gets_an_id_the_upstream_and_client_both_see() {
+    // An upstream that answers with the id it was sent.
+    let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        headers
+            .get("x-backstop-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let backstop = Backstop::start(&one_version(&upstream, "", ""));
+    let client = HttpClient::new();
+    let url = backstop.url("/v2/models/m/infer");
+    let spoofed = [("x-backstop-request-id", "0000")];
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let answer = client.infer(&url, &spoofed).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let id = answer.headers["x-backstop-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(
+            String::from_utf8_lossy(&answer.body),
+            id,
+            "upstream saw the same id"
+        );
+        assert!(seen.insert(id.to_string()), "ids are unique");
+    }
+    // Errors carry one too.
+    let answer = client
+        .infer(&backstop.url("/v2/models/nope/infer"), &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.headers["x-backstop-request-id"].len(), 32);
+}
