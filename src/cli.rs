@@ -1225,6 +1225,7 @@ fn rollout_details(view: &Value) -> anyhow::Result<String> {
                     TriggerState::Ok => "ok",
                     TriggerState::Breaching => "breaching",
                     TriggerState::Fired => "fired",
+                    TriggerState::Unavailable => "unavailable",
                 }
                 .to_string(),
                 format!("{} / {}", evidence(t.e_value), evidence(t.e_value_needed)),

@@ -148,7 +148,9 @@ fn breached_by(trigger: &Trigger, fault: Fault, latency_factor: f64) -> bool {
     match trigger.above {
         Some(Threshold::RelativePercent(p)) => after > before * (1.0 + p / 100.0),
         Some(Threshold::PercentagePoints(p)) => after - before > p,
-        Some(Threshold::RatePercent(p)) | Some(Threshold::LatencyMs(p)) => after > p,
+        Some(Threshold::RatePercent(p))
+        | Some(Threshold::LatencyMs(p))
+        | Some(Threshold::Value(p)) => after > p,
         None => false,
     }
 }

@@ -93,6 +93,8 @@ impl WindowSummary {
             Metric::LatencyP99 => self.p99_ms,
             Metric::ErrorRate => self.error_rate,
             Metric::TimeoutRate => self.timeout_rate,
+            // Model-aware signals are not part of the recovery figures.
+            _ => None,
         }
     }
 }
@@ -1262,6 +1264,7 @@ fn judge_recovery(
                     backstop_core::policy::MetricKind::Latency => {
                         latency_max(verification, candidate) >= baseline
                     }
+                    _ => false,
                 },
                 (Some(candidate), Some(baseline)) => match trigger.metric.kind() {
                     backstop_core::policy::MetricKind::Rate => {
@@ -1270,6 +1273,7 @@ fn judge_recovery(
                     backstop_core::policy::MetricKind::Latency => {
                         candidate <= latency_max(verification, baseline)
                     }
+                    _ => false,
                 },
                 _ => false,
             }

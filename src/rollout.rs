@@ -514,6 +514,7 @@ impl Rollouts {
                     Sample {
                         counts: window.counts,
                         latency_us: window.latency_us,
+                        signals: Default::default(),
                     }
                 })
                 .unwrap_or_default()
@@ -525,6 +526,7 @@ impl Rollouts {
                 .versions
                 .iter()
                 .any(|v| v.name == rollout.policy.candidate && v.is_healthy(now_ms)),
+            readings: Default::default(),
         }
     }
 

@@ -331,6 +331,16 @@ fn metric_words(metric: Metric) -> &'static str {
         Metric::LatencyP99 => "99th-percentile latency",
         Metric::ErrorRate => "error rate (server errors and timeouts)",
         Metric::TimeoutRate => "timeout rate",
+        Metric::SchemaViolationRate => "share of requests that break the input signature",
+        Metric::NullRate => "share of requests with a null, NaN or infinite value in the feature",
+        Metric::DriftPsi => "drift (PSI) of the feature against the baseline's traffic",
+        Metric::PredictionShift => "shift (PSI) of the predictions against the baseline's",
+        Metric::ConfidenceMean => "mean confidence of the answers",
+        Metric::AgreementRate => "agreement with the baseline on the same requests",
+        Metric::FallbackRate => "share of requests the baseline had to answer instead",
+        Metric::Accuracy => "accuracy on labelled feedback",
+        Metric::Kpi => "mean of the KPI from the feedback API",
+        Metric::Prometheus => "value of the Prometheus query",
     }
 }
 
@@ -355,6 +365,7 @@ fn threshold_words(above: bool, threshold: Threshold) -> String {
         ),
         Threshold::RatePercent(p) => format!("is {side} {p}%"),
         Threshold::LatencyMs(ms) => format!("is {side} {ms} ms"),
+        Threshold::Value(v) => format!("is {side} {v}"),
     }
 }
 

@@ -120,7 +120,17 @@ fn schema_is_json_and_lists_the_metrics() {
             "latency_p95",
             "latency_p99",
             "error_rate",
-            "timeout_rate"
+            "timeout_rate",
+            "schema_violation_rate",
+            "null_rate",
+            "drift_psi",
+            "prediction_shift",
+            "confidence_mean",
+            "agreement_rate",
+            "fallback_rate",
+            "accuracy",
+            "kpi",
+            "prometheus",
         ],
         "{metric}"
     );

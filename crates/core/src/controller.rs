@@ -24,11 +24,14 @@
 //! is never routed traffic again, and during a graduated rollback never
 //! more than it had at the verdict; routed shares stay within 0..=100.
 
-use crate::analysis::trigger::{metric_value, Sample, TriggerEval, TriggerStatus};
+use crate::analysis::trigger::{
+    metric_value, rule_text, Reading, Sample, TriggerEval, TriggerStatus,
+};
 use crate::policy::{
     self, FieldError, Metric, Policy, Severity, Strategy, Threshold, Verification,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One hour, for the anti-flap cap.
 const HOUR_MS: u64 = 3_600_000;
@@ -160,6 +163,9 @@ pub enum PauseReason {
 
 /// What the controller is told.
 #[derive(Clone, Debug)]
+// One tick's observation is a few hundred bytes, made once a second:
+// boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Requests that finished since the previous tick, per version.
     Tick(Observation),
@@ -174,6 +180,9 @@ pub struct Observation {
     pub baseline: Sample,
     /// Whether the candidate's endpoints pass their health checks.
     pub candidate_healthy: bool,
+    /// Prometheus triggers read this tick, by trigger index (the others
+    /// keep their last reading).
+    pub readings: BTreeMap<usize, Reading>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +332,10 @@ pub struct Rollout {
     /// The baseline since the rollout started: what relative rules judge
     /// against (up to the previous tick).
     reference: Sample,
+    /// The candidate since the rollout started: what means (KPIs) and
+    /// distributions (drift) are judged on.
+    #[serde(default)]
+    candidate_total: Sample,
     /// This stage's requests, for the values shown.
     stage_candidate: Sample,
     stage_baseline: Sample,
@@ -379,6 +392,7 @@ impl Rollout {
             routed: (0.0, 0.0),
             triggers,
             reference: Sample::default(),
+            candidate_total: Sample::default(),
             stage_candidate: Sample::default(),
             stage_baseline: Sample::default(),
             candidate_first_ms: None,
@@ -453,14 +467,36 @@ impl Rollout {
         }
         // Judge this tick against the baseline *before* it: the bound is
         // fixed before the data it judges.
+        self.candidate_total.merge(&observation.candidate);
+        let (total, reference) = (&self.candidate_total, &self.reference);
+        let mut newly_unavailable = Vec::new();
         let fired: Vec<usize> = self
             .triggers
             .iter_mut()
             .filter_map(|t| {
-                t.observe(now_ms, &observation.candidate, &self.reference)
-                    .then_some(t.index)
+                let was_available = t.unavailable.is_none();
+                let reading = observation.readings.get(&t.index);
+                let fired =
+                    t.observe_tick(now_ms, &observation.candidate, total, reference, reading);
+                if was_available {
+                    if let Some(why) = &t.unavailable {
+                        newly_unavailable.push(format!("{}: {why}", rule_text(&t.trigger)));
+                    }
+                }
+                fired.then_some(t.index)
             })
             .collect();
+        for message in newly_unavailable {
+            // Said once per outage; the stage is held meanwhile.
+            actions.push(record(
+                "rollout.source_unavailable",
+                format!("{message}; the stage is held until it reads again"),
+            ));
+            actions.push(Action::Notify {
+                severity: Severity::Warning,
+                message: format!("rollout {}: trigger source unavailable: {message}", self.id),
+            });
+        }
         self.reference.merge(&observation.baseline);
         self.stage_candidate.merge(&observation.candidate);
         self.stage_baseline.merge(&observation.baseline);
@@ -585,7 +621,7 @@ impl Rollout {
             || self
                 .triggers
                 .iter()
-                .any(|t| !t.baseline_ready(&self.reference))
+                .any(|t| !t.baseline_ready(&self.reference) || (!warmup && t.short_of_sample()))
     }
 
     /// Starts stage `index` (again, after a pause); a gated stage waits for
@@ -786,8 +822,16 @@ impl Rollout {
         let critical = self.triggers.iter_mut().find_map(|t| {
             let severe = t.trigger.action == policy::Action::Rollback
                 && t.trigger.severity == Severity::Critical;
-            (severe && t.observe(now_ms, &observation.candidate, &self.reference))
-                .then_some(t.index)
+            let reading = observation.readings.get(&t.index);
+            (severe
+                && t.observe_tick(
+                    now_ms,
+                    &observation.candidate,
+                    &self.candidate_total,
+                    &self.reference,
+                    reading,
+                ))
+            .then_some(t.index)
         });
         self.stage_candidate.merge(&observation.candidate);
         self.stage_baseline.merge(&observation.baseline);
@@ -1159,6 +1203,7 @@ mod tests {
             candidate: sample(on_candidate, errors, candidate_latency_us),
             baseline: sample(1000 - on_candidate, (1000 - on_candidate) / 200, 10_000),
             candidate_healthy: true,
+            ..Observation::default()
         }
     }
 
@@ -1314,6 +1359,7 @@ mod tests {
             candidate: sample(200, errors, 10_000),
             baseline: sample(1000, 5, 10_000),
             candidate_healthy: true,
+            ..Observation::default()
         };
         let (mut clean, actions) = Rollout::start("ro-1", p.clone(), 0).unwrap();
         assert_eq!(routes(&actions), vec![(0.0, 20.0)]);
@@ -1423,6 +1469,7 @@ mod tests {
             candidate: sample((candidate.routed.0 / 5.0) as u64, 0, latency),
             baseline: sample(20 - (candidate.routed.0 / 5.0) as u64, 0, 10_000),
             candidate_healthy: true,
+            ..Observation::default()
         };
         for t in 1..=10 {
             let obs = quiet(&rollout, 10_000);

@@ -7,6 +7,7 @@
 pub mod drift;
 pub mod histogram;
 pub mod sequential;
+pub mod signals;
 pub mod trigger;
 pub mod window;
 
@@ -14,5 +15,6 @@ pub use drift::{
     chi_square, ks, psi, CategoricalSketch, ChiSquareResult, KsResult, NumericSketch, PsiBand,
 };
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
-pub use trigger::Sample;
+pub use signals::{Moments, Signals, Sketch};
+pub use trigger::{Reading, Sample};
 pub use window::{Outcome, VersionStats, WindowSnapshot};

@@ -54,12 +54,21 @@ impl SequentialTest {
     /// chance of the event under `H0`. A `p0` of 1 or more (nothing could
     /// count as evidence) or an empty tick changes nothing.
     pub fn observe(&mut self, events: u64, requests: u64, p0: f64) {
-        let events = events.min(requests);
-        if requests == 0 || p0.is_nan() || p0 >= 1.0 {
+        self.observe_sum(events as f64, requests, p0);
+    }
+
+    /// As [`observe`](Self::observe) for values in `[0, 1]` rather than
+    /// 0/1 events (`sum` of them over `requests`): `H0` is "their mean is at
+    /// most `p0`". Still a supermartingale: `e^{θx}` is convex, so for `x`
+    /// in `[0, 1]` with mean `μ`, `E[e^{θx}] ≤ 1 − μ + μ·e^θ` (Hoeffding).
+    pub fn observe_sum(&mut self, sum: f64, requests: u64, p0: f64) {
+        let sum = sum.clamp(0.0, requests as f64);
+        if requests == 0 || p0.is_nan() || p0 >= 1.0 || sum.is_nan() {
             return;
         }
+        let events = sum.round() as u64;
         let p0 = p0.max(P0_MIN);
-        let (x, n) = (events as f64, requests as f64);
+        let (x, n) = (sum, requests as f64);
         for (log_product, theta) in self.log_products.iter_mut().zip(TILTS) {
             // ln(1 − p0 + p0·e^θ), accurate for small p0.
             let normaliser = (p0 * theta.exp_m1()).ln_1p();
@@ -88,6 +97,29 @@ impl SequentialTest {
     pub fn rejects(&self, alpha: f64) -> bool {
         self.log_e_value() >= -alpha.ln()
     }
+}
+
+/// `ln` of the mixture sequential probability ratio (mSPRT, Johari et
+/// al., "Always valid inference", 2017) for a mean difference estimated as
+/// `estimate` with variance `variance` (its standard error squared), under
+/// a normal mixture of effects with variance `tau2`:
+/// `Λ = sqrt(V / (V + τ²)) · exp(τ²·d² / (2V·(V + τ²)))`. Checked as often
+/// as the caller likes, `Λ ≥ 1/α` wrongly rejects "no difference" with
+/// chance at most α (asymptotically: the estimate must be near normal,
+/// which a KPI mean over the minimum sample is). One-sided: an estimate on
+/// the healthy side is no evidence at all.
+pub fn mean_difference_log_e(estimate: f64, variance: f64, tau2: f64, above: bool) -> f64 {
+    let toward = if above {
+        estimate > 0.0
+    } else {
+        estimate < 0.0
+    };
+    let positive = |x: f64| x > 0.0;
+    if !toward || !estimate.is_finite() || !positive(variance) || !positive(tau2) {
+        return f64::NEG_INFINITY;
+    }
+    let sum = variance + tau2;
+    0.5 * (variance / sum).ln() + tau2 * estimate * estimate / (2.0 * variance * sum)
 }
 
 /// One test per rollout stage, averaged with fixed weights.
@@ -142,10 +174,15 @@ impl StagedTest {
     }
 
     pub fn observe(&mut self, events: u64, requests: u64, p0: f64) {
+        self.observe_sum(events as f64, requests, p0);
+    }
+
+    /// Values in `[0, 1]` (see [`SequentialTest::observe_sum`]).
+    pub fn observe_sum(&mut self, sum: f64, requests: u64, p0: f64) {
         for test in &mut self.started {
-            test.observe(events, requests, p0);
+            test.observe_sum(sum, requests, p0);
         }
-        self.events += events.min(requests);
+        self.events += (sum.clamp(0.0, requests as f64).round()) as u64;
         self.requests += requests;
     }
 

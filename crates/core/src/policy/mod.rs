@@ -13,12 +13,14 @@
 //! Schema ([`schema`]) describes them as strings with a pattern.
 
 mod incident;
+mod signals;
 
 pub use incident::{
     Evidence, Graduated, Hook, Receiver, Rollback, Verification, WebhookFormat, RAMP_STEPS_MAX,
 };
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
+pub use signals::{Fallback, FallbackReason, Output, OutputKind, Signals};
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
@@ -90,6 +92,14 @@ pub struct Policy {
     /// Who is told about incidents, and of which severities.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<Receiver>,
+    /// What the gateway reads from requests and answers for the
+    /// model-aware triggers (input checks, output, agreement mirror).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Signals>,
+    /// Candidate answers that failed (or were not confident enough) are
+    /// answered by the baseline instead, per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
 }
 
 /// The default [`Policy::confidence`].
@@ -247,6 +257,17 @@ pub struct Cohort {
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     pub metric: Metric,
+    /// The input feature (OIP tensor or JSON field) a `null_rate` or
+    /// `drift_psi` trigger watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// The KPI a `kpi` trigger watches, as posted to the feedback API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpi: Option<String>,
+    /// A `prometheus` trigger's PromQL query; `{{version}}` and `{{model}}`
+    /// are substituted, once for the candidate and once for the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Compare with the baseline over the same window. Implied by (and
     /// only allowed with) a relative threshold: `"+30%"` or `"+2pp"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,29 +318,111 @@ pub enum Metric {
     ErrorRate,
     /// Share of requests that timed out.
     TimeoutRate,
+    /// Share of checked requests that break the version's input signature
+    /// (missing, extra, wrong datatype or shape).
+    SchemaViolationRate,
+    /// Share of checked requests with a null, NaN or infinite value in
+    /// `feature`.
+    NullRate,
+    /// Population stability index of `feature` on the candidate's requests
+    /// against the baseline's.
+    DriftPsi,
+    /// Population stability index of the candidate's predictions (class
+    /// shares or score histogram) against the baseline's.
+    PredictionShift,
+    /// Mean confidence of the candidate's answers (0..1).
+    ConfidenceMean,
+    /// Share of requests answered by both versions where the candidate's
+    /// prediction equals the baseline's.
+    AgreementRate,
+    /// Share of the candidate's requests answered by the baseline instead
+    /// (see `fallback`).
+    FallbackRate,
+    /// Share of labelled feedback where the prediction was right.
+    Accuracy,
+    /// Mean of a KPI posted to the feedback API (`kpi:` names it).
+    Kpi,
+    /// A PromQL query (`query:`) evaluated for each version.
+    Prometheus,
 }
 
-/// What kind of number a metric is, which decides the threshold forms it takes.
+/// What kind of number a metric is, which decides the threshold forms it
+/// takes and how a breach is tested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
     Latency,
+    /// A share of events among counted requests (a sequential test).
     Rate,
+    /// A mean of per-request values (a sequential test on the mean).
+    Mean,
+    /// A distance between two distributions (PSI with a significance test).
+    Distance,
+    /// A number computed elsewhere (Prometheus): compared as it is.
+    External,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 15] = [
         Metric::LatencyP50,
         Metric::LatencyP95,
         Metric::LatencyP99,
         Metric::ErrorRate,
         Metric::TimeoutRate,
+        Metric::SchemaViolationRate,
+        Metric::NullRate,
+        Metric::DriftPsi,
+        Metric::PredictionShift,
+        Metric::ConfidenceMean,
+        Metric::AgreementRate,
+        Metric::FallbackRate,
+        Metric::Accuracy,
+        Metric::Kpi,
+        Metric::Prometheus,
     ];
 
     pub fn kind(self) -> MetricKind {
         match self {
             Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99 => MetricKind::Latency,
-            Metric::ErrorRate | Metric::TimeoutRate => MetricKind::Rate,
+            Metric::ErrorRate
+            | Metric::TimeoutRate
+            | Metric::SchemaViolationRate
+            | Metric::NullRate
+            | Metric::AgreementRate
+            | Metric::FallbackRate
+            | Metric::Accuracy => MetricKind::Rate,
+            Metric::ConfidenceMean | Metric::Kpi => MetricKind::Mean,
+            Metric::DriftPsi | Metric::PredictionShift => MetricKind::Distance,
+            Metric::Prometheus => MetricKind::External,
         }
+    }
+
+    /// The trigger field this metric needs besides its threshold.
+    pub fn needs(self) -> Option<&'static str> {
+        match self {
+            Metric::NullRate | Metric::DriftPsi => Some("feature"),
+            Metric::Kpi => Some("kpi"),
+            Metric::Prometheus => Some("query"),
+            _ => None,
+        }
+    }
+
+    /// Needs the answer's prediction (`signals.output`).
+    pub fn reads_output(self) -> bool {
+        matches!(
+            self,
+            Metric::PredictionShift
+                | Metric::ConfidenceMean
+                | Metric::AgreementRate
+                | Metric::Accuracy
+        )
+    }
+
+    /// Needs the gateway to check and sketch inputs.
+    pub fn reads_input(self) -> bool {
+        matches!(
+            self,
+            Metric::SchemaViolationRate | Metric::NullRate | Metric::DriftPsi
+        )
     }
 }
 
@@ -371,6 +474,8 @@ pub enum Threshold {
     PercentagePoints(f64),
     /// `"250ms"`, `"1.5s"`: an absolute latency (latency metrics only).
     LatencyMs(f64),
+    /// `"0.2"`, `0.6`: a plain number (distances, means, Prometheus).
+    Value(f64),
 }
 
 impl Threshold {
@@ -384,7 +489,38 @@ impl Threshold {
 
     /// Checks that this form suits `metric` and its number is sensible.
     fn check_for(self, metric: Metric) -> Result<(), String> {
-        match (metric.kind(), self) {
+        let kind = metric.kind();
+        match (kind, self) {
+            (MetricKind::Latency | MetricKind::Rate, Threshold::Value(_)) => {
+                return Err(format!(
+                    "a plain number is for distances, means and Prometheus queries; {} takes {}",
+                    metric.name(),
+                    if kind == MetricKind::Latency { "a latency like \"250ms\" or \"+30%\"" } else { "a percentage like \"5%\", \"+2pp\" or \"+30%\"" }
+                ))
+            }
+            (MetricKind::Distance, t) if !matches!(t, Threshold::Value(_)) => {
+                return Err(format!(
+                    "expected a PSI like \"0.2\" ({} already compares the candidate with the baseline)",
+                    metric.name()
+                ))
+            }
+            (MetricKind::Distance, Threshold::Value(v)) if !(v > 0.0 && v <= 10.0) => {
+                return Err("a PSI threshold is above 0 and at most 10 (0.1 small, 0.25 major)".into())
+            }
+            (MetricKind::Mean | MetricKind::External, Threshold::RatePercent(_) | Threshold::PercentagePoints(_) | Threshold::LatencyMs(_)) => {
+                return Err(format!(
+                    "expected a number like \"0.6\" or a change vs the baseline like \"-2%\" ({} is a {})",
+                    metric.name(),
+                    if kind == MetricKind::Mean { "mean" } else { "query's value" }
+                ))
+            }
+            (_, Threshold::Value(v)) if !v.is_finite() => return Err("not a finite number".into()),
+            (MetricKind::Mean, Threshold::Value(v)) if metric == Metric::ConfidenceMean && !(0.0..=1.0).contains(&v) => {
+                return Err("a confidence is between 0 and 1".into())
+            }
+            _ => {}
+        }
+        match (kind, self) {
             (MetricKind::Latency, Threshold::RatePercent(_) | Threshold::PercentagePoints(_)) => {
                 Err(format!(
                     "expected a latency like \"250ms\" ({} is a latency), or a change vs the baseline like \"+30%\"",
@@ -421,14 +557,24 @@ impl Metric {
             Metric::LatencyP99 => "latency_p99",
             Metric::ErrorRate => "error_rate",
             Metric::TimeoutRate => "timeout_rate",
+            Metric::SchemaViolationRate => "schema_violation_rate",
+            Metric::NullRate => "null_rate",
+            Metric::DriftPsi => "drift_psi",
+            Metric::PredictionShift => "prediction_shift",
+            Metric::ConfidenceMean => "confidence_mean",
+            Metric::AgreementRate => "agreement_rate",
+            Metric::FallbackRate => "fallback_rate",
+            Metric::Accuracy => "accuracy",
+            Metric::Kpi => "kpi",
+            Metric::Prometheus => "prometheus",
         }
     }
 }
 
 /// What the threshold string may look like (also the schema's pattern).
-pub const THRESHOLD_PATTERN: &str = r"^([+-]?[0-9]+(\.[0-9]+)?(%|pp)|[0-9]+(\.[0-9]+)?(ms|s))$";
-const THRESHOLD_EXPECTED: &str =
-    r#"a threshold like "+30%" (vs baseline), "5%" (rate), "+2pp" (points vs baseline) or "250ms""#;
+pub const THRESHOLD_PATTERN: &str =
+    r"^([+-]?[0-9]+(\.[0-9]+)?(%|pp)|[0-9]+(\.[0-9]+)?(ms|s)|-?[0-9]+(\.[0-9]+)?)$";
+const THRESHOLD_EXPECTED: &str = r#"a threshold like "+30%" (vs baseline), "5%" (rate), "+2pp" (points vs baseline), "250ms" or a number like 0.2"#;
 
 impl FromStr for Threshold {
     type Err = String;
@@ -444,7 +590,14 @@ impl FromStr for Threshold {
         } else if let Some(b) = text.strip_suffix('s') {
             (b, "s")
         } else {
-            return Err(bad());
+            // A plain number: a distance, a mean or a query's value.
+            let (sign, digits) = match text.strip_prefix('-') {
+                Some(digits) => (-1.0, digits),
+                None => (1.0, text),
+            };
+            return Ok(Threshold::Value(
+                sign * parse_decimal(digits).ok_or_else(bad)? + 0.0,
+            ));
         };
         let (sign, digits) = match body.as_bytes().first() {
             Some(b'+') => (1.0, &body[1..]),
@@ -496,6 +649,7 @@ impl fmt::Display for Threshold {
             Threshold::RatePercent(p) => write!(f, "{p}%"),
             Threshold::PercentagePoints(p) => write!(f, "{}{p}pp", if p >= 0.0 { "+" } else { "" }),
             Threshold::LatencyMs(ms) => write!(f, "{ms}ms"),
+            Threshold::Value(v) => write!(f, "{v}"),
         }
     }
 }
@@ -598,8 +752,18 @@ macro_rules! string_form {
                     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$type, E> {
                         text.parse().map_err(E::custom)
                     }
+                    // `above: 0.2` is a YAML number, not a string.
+                    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<$type, E> {
+                        self.visit_str(&value.to_string())
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<$type, E> {
+                        self.visit_str(&value.to_string())
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<$type, E> {
+                        self.visit_str(&value.to_string())
+                    }
                 }
-                deserializer.deserialize_str(Visitor)
+                deserializer.deserialize_any(Visitor)
             }
         }
 
@@ -751,7 +915,54 @@ impl Policy {
         }
         incident::check_hooks(&self.hooks)?;
         incident::check_receivers(&self.notify)?;
+        if let Some(signals) = &self.signals {
+            signals.check()?;
+        }
+        if let Some(fallback) = &self.fallback {
+            fallback.check(self.signals.as_ref())?;
+        }
+        let has_output = self.signals.as_ref().is_some_and(|s| s.output.is_some());
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            if trigger.metric.reads_output() && !has_output {
+                return Err(FieldError::new(
+                    format!("triggers[{i}].metric"),
+                    format!(
+                        "{} needs signals.output to say where the prediction is in an answer",
+                        trigger.metric.name()
+                    ),
+                ));
+            }
+            if trigger.metric == Metric::FallbackRate && self.fallback.is_none() {
+                return Err(FieldError::new(
+                    format!("triggers[{i}].metric"),
+                    "fallback_rate needs a `fallback` section",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the gateway must check and sketch inputs or read answers
+    /// for this policy.
+    pub fn reads_signals(&self) -> bool {
+        self.signals.is_some()
+            || self.fallback.is_some()
+            || self
+                .triggers
+                .iter()
+                .any(|t| t.metric.reads_input() || t.metric.reads_output())
+    }
+
+    /// Input features the triggers name (`null_rate`, `drift_psi`).
+    pub fn features(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .triggers
+            .iter()
+            .filter_map(|t| t.feature.as_deref())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// The policy as the controller uses it: implied fields spelled out
@@ -923,6 +1134,40 @@ impl Trigger {
             }
         };
         threshold.check_for(self.metric).map_err(|m| (field, m))?;
+        for (name, value) in [
+            ("feature", &self.feature),
+            ("kpi", &self.kpi),
+            ("query", &self.query),
+        ] {
+            let needed = self.metric.needs() == Some(name);
+            match value {
+                None if needed => {
+                    return Err((name, format!("{} needs `{name}`", self.metric.name())))
+                }
+                Some(_) if !needed => {
+                    return Err((name, format!("{} takes no `{name}`", self.metric.name())))
+                }
+                Some(text) if name == "query" && (text.trim().is_empty() || text.len() > 4096) => {
+                    return Err((
+                        name,
+                        "expected a PromQL query of at most 4096 characters".into(),
+                    ))
+                }
+                Some(text)
+                    if name != "query"
+                        && (text.is_empty() || text.len() > signals::FIELD_NAME_MAX) =>
+                {
+                    return Err((
+                        name,
+                        format!(
+                            "expected a name of 1 to {} characters",
+                            signals::FIELD_NAME_MAX
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
         if self.relative_to.is_some() && !threshold.is_relative() {
             return Err((
                 "relative_to",
@@ -981,9 +1226,12 @@ mod tests {
         assert_eq!(parse("2pp"), Ok(Threshold::PercentagePoints(2.0)));
         assert_eq!(parse("250ms"), Ok(Threshold::LatencyMs(250.0)));
         assert_eq!(parse("1.5s"), Ok(Threshold::LatencyMs(1500.0)));
+        assert_eq!(parse("30"), Ok(Threshold::Value(30.0)));
+        assert_eq!(parse("0.2"), Ok(Threshold::Value(0.2)));
+        assert_eq!(parse("-1.5"), Ok(Threshold::Value(-1.5)));
         for bad in [
-            "", "%", "30", "+", "abc", "+250ms", "1e3ms", "inf%", "NaN%", "5 %", "1.%", ".5%",
-            "5%%", "2m",
+            "", "%", "+30", "+", "abc", "1e3", "inf", "NaN", "--1", "+250ms", "1e3ms", "inf%",
+            "NaN%", "5 %", "1.%", ".5%", "5%%", "2m",
         ] {
             let error = parse(bad).unwrap_err();
             assert!(error.contains("is not a threshold like"), "{bad}: {error}");

@@ -174,6 +174,7 @@ pub fn run_once(policy: &Policy, scenario: &Scenario, seed: u64) -> RunResult {
             candidate: sample.candidate,
             baseline: sample.baseline,
             candidate_healthy: true,
+            ..Observation::default()
         };
         // Ticks are never refused; only commands can be.
         let _ = rollout.step(now, Input::Tick(observation));
