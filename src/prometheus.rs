@@ -243,7 +243,7 @@ pub fn parse_answer(
         }
     };
     let sample_unix_ms = match seconds {
-        Some(s) if s.is_finite() && s >= 0.0 && s < 1e13 => (s * 1000.0).round() as u64,
+        Some(s) if (0.0..1e13).contains(&s) => (s * 1000.0).round() as u64,
         _ => return Err(SourceError::BadResponse("bad sample timestamp".into())),
     };
     // Prometheus writes NaN, +Inf and -Inf; Rust parses all three.
