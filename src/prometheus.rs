@@ -128,7 +128,7 @@ impl Prometheus {
         model: &str,
         version: &str,
     ) -> Result<Reading, SourceError> {
-        let query = Self::render(template, model, version);
+        let query = Prometheus::render(template, model, version);
         let now_ms = now_unix_ms();
         let form = format!(
             "query={}&time={}.{:03}",
@@ -164,6 +164,54 @@ impl Prometheus {
             self.max_staleness_ms,
         )
     }
+}
+
+/// `backstop prometheus query`: evaluates `template` for each version on
+/// the Prometheus that the config file names and prints what a trigger
+/// would read. Returns whether every version got a number.
+pub async fn cli_query(
+    config: &std::path::Path,
+    template: &str,
+    model: &str,
+    versions: &[String],
+    json: bool,
+) -> anyhow::Result<bool> {
+    let loaded = crate::config::Config::load(config)?;
+    let Some(settings) = loaded.prometheus else {
+        anyhow::bail!("{}: no `prometheus` section", config.display());
+    };
+    let prometheus = Prometheus::new(&settings).map_err(anyhow::Error::msg)?;
+    let mut all_read = true;
+    let mut rows = Vec::with_capacity(versions.len());
+    for version in versions {
+        let result = prometheus.query(template, model, version).await;
+        all_read &= result.is_ok();
+        let query = Prometheus::render(template, model, version);
+        if json {
+            rows.push(match result {
+                Ok(reading) => serde_json::json!({
+                    "version": version,
+                    "query": reading.query,
+                    "value": reading.value,
+                    "sample_unix_ms": reading.sample_unix_ms,
+                }),
+                Err(error) => serde_json::json!({
+                    "version": version,
+                    "query": query,
+                    "error": { "code": error.code(), "message": error.to_string() },
+                }),
+            });
+        } else {
+            match result {
+                Ok(reading) => println!("{version}: {}    {query}", reading.value),
+                Err(error) => println!("{version}: {}: {error}    {query}", error.code()),
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(all_read)
 }
 
 /// Turns an answer of `/api/v1/query` into a reading or an error; `now_ms`

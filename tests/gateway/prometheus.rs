@@ -246,6 +246,33 @@ async fn per_version_queries_against_a_real_prometheus() {
     let error = prometheus.query(&range, "m", "v1").await.unwrap_err();
     assert_eq!(error.code(), "bad_response", "{error}");
 
+    // The command line reads the same numbers; a version without one
+    // makes it exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backstop.yaml");
+    std::fs::write(
+        &config,
+        format!("prometheus: {{ url: \"{}\" }}\n", server.url),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["prometheus", "query", "--model", "m", "--version", "v1"])
+        .args(["--version", "v9", "--output", "json", "--config"])
+        .arg(&config)
+        .arg(WEIGHT)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the command finished within 20 s")
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(rows[0]["version"], "v1");
+    assert_eq!(rows[0]["value"], 90.0);
+    assert_eq!(rows[1]["version"], "v9");
+    assert_eq!(rows[1]["error"]["code"], "no_data");
+
     // A target that stops answering: Prometheus marks its series stale at
     // the next failed scrape, and the source reports no data.
     drop(backstop);
