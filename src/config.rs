@@ -45,6 +45,10 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub pin: PinConfig,
+    /// A Prometheus server that rollout triggers may query; absent: only
+    /// the gateway's own statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusConfig>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelSpec>,
 }
@@ -229,6 +233,54 @@ impl Default for PinConfig {
 
 fn default_pin_header() -> String {
     "x-backstop-pin".to_string()
+}
+
+/// Where PromQL triggers are evaluated (see `crate::prometheus`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the server (`http[s]://host:port[/prefix]`); queries go
+    /// to `{url}/api/v1/query`.
+    pub url: String,
+    /// One query, connection included; a slower answer is an error.
+    #[serde(default = "default_prometheus_timeout_ms")]
+    pub timeout_ms: u64,
+    /// A sample older than this is `stale`, never a reading.
+    #[serde(default = "default_max_staleness_ms")]
+    pub max_staleness_ms: u64,
+}
+
+fn default_prometheus_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_staleness_ms() -> u64 {
+    120_000
+}
+
+impl PrometheusConfig {
+    /// Checks the URL and bounds; paths are relative to the section.
+    pub fn check(&self) -> Result<(), FieldError> {
+        check_prometheus_url(&self.url).map_err(|m| FieldError::new("url", m))?;
+        if !(1..=300_000).contains(&self.timeout_ms) {
+            return Err(FieldError::new(
+                "timeout_ms",
+                "must be between 1 and 300000 (5 min)",
+            ));
+        }
+        if !(1..=86_400_000).contains(&self.max_staleness_ms) {
+            return Err(FieldError::new(
+                "max_staleness_ms",
+                "must be between 1 and 86400000 (24 h)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Prometheus base URL: `http` or `https`, a host, an optional path
+/// prefix, no query (the API path is appended to it).
+pub fn check_prometheus_url(url: &str) -> Result<(), String> {
+    parse_endpoint(url).map(|_| ())
 }
 
 /// One model's routing table as users write it (config file and admin API).
@@ -624,6 +676,9 @@ impl Config {
         if http::HeaderName::from_bytes(self.pin.header.as_bytes()).is_err() {
             return Err(FieldError::new("pin.header", "not a valid header name"));
         }
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.check().map_err(|e| e.under("prometheus"))?;
+        }
         for (name, model) in &self.models {
             check_model_name(name).map_err(|m| FieldError::new(format!("models.{name}"), m))?;
             model
@@ -961,6 +1016,42 @@ models:
             .unwrap_err()
             .to_string()
             .contains("unknown field"));
+    }
+
+    #[test]
+    fn prometheus_is_optional_and_checked_with_its_path() {
+        assert_eq!(parse(GOOD).unwrap().prometheus, None);
+        let text = format!("prometheus: {{ url: \"http://127.0.0.1:9091/\" }}\n{GOOD}");
+        let prometheus = parse(&text).unwrap().prometheus.unwrap();
+        assert_eq!(prometheus.url, "http://127.0.0.1:9091/");
+        assert_eq!(prometheus.timeout_ms, 5000);
+        assert_eq!(prometheus.max_staleness_ms, 120_000);
+        for (bad, path, line) in [
+            ("{ url: \"ftp://x\" }", "prometheus.url", 1),
+            ("{ url: \"http://x:9090/?a=1\" }", "prometheus.url", 1),
+            (
+                "{ url: \"http://x\", timeout_ms: 0 }",
+                "prometheus.timeout_ms",
+                1,
+            ),
+            (
+                "\n  url: http://x\n  max_staleness_ms: 0",
+                "prometheus.max_staleness_ms",
+                3,
+            ),
+        ] {
+            let text = format!("prometheus: {bad}\n{GOOD}");
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.path, path, "{bad}: {error}");
+            assert_eq!(error.line, Some(line), "{bad}: {error}");
+        }
+        let text = format!("prometheus: {{ url: \"http://x\", timeout: 1 }}\n{GOOD}");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field `timeout`"), "{error}");
+        let error = parse(&format!("prometheus: {{}}\n{GOOD}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing field `url`"), "{error}");
     }
 
     #[test]

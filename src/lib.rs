@@ -18,6 +18,7 @@ pub mod incident;
 pub mod loadgen;
 pub mod notify;
 pub mod policy;
+pub mod prometheus;
 pub mod redact;
 pub mod registry;
 pub mod report;

@@ -108,6 +108,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::PolicyCommand,
     },
+    /// Evaluate PromQL on the config's Prometheus server, as a trigger
+    /// would read it.
+    Prometheus {
+        #[command(subcommand)]
+        command: PrometheusCommand,
+    },
     /// Check a config file without starting anything.
     Check {
         #[arg(long, default_value = "backstop.yaml")]
@@ -195,6 +201,28 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long, default_value = "v1")]
         version: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrometheusCommand {
+    /// Evaluate a query template once per version: `{{model}}` and
+    /// `{{version}}` are filled in. Exit 1 when a version gets no number.
+    #[command(
+        after_help = "Example:\n  backstop prometheus query --model fraud-scorer --version v1 --version v2 \\\n    'sum(rate(backstop_requests_total{model=\"{{model}}\",version=\"{{version}}\",outcome=\"server_error\"}[1m]))'"
+    )]
+    Query {
+        /// PromQL, with `{{model}}` and `{{version}}` inside double quotes.
+        query: String,
+        #[arg(long, default_value = "backstop.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        model: String,
+        /// A version to evaluate for; repeat for candidate and baseline.
+        #[arg(long = "version", required = true)]
+        versions: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -293,6 +321,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gameday { args, remote } => return runtime.block_on(cli::gameday(args, &remote)),
         Command::Rollout { command, remote } => {
             return runtime.block_on(cli::rollout(command, &remote));
+        }
+        Command::Prometheus {
+            command:
+                PrometheusCommand::Query {
+                    query,
+                    config,
+                    model,
+                    versions,
+                    output,
+                },
+        } => {
+            let json = output == Output::Json;
+            let all_read = runtime.block_on(backstop::prometheus::cli_query(
+                &config, &query, &model, &versions, json,
+            ))?;
+            if !all_read {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Check { config } => {
             backstop::config::Config::load(&config)?;

@@ -1,7 +1,7 @@
-//! The one small HTTP client behind webhooks and hooks: hyper 1 over
-//! rustls with the web PKI roots, so `http://` and `https://` both work.
-//! Every call is cut by its timeout and reports failures as text, never a
-//! panic.
+//! The one small HTTP client behind webhooks, hooks and the Prometheus
+//! source: hyper 1 over rustls with the web PKI roots, so `http://` and
+//! `https://` both work. Every call is cut by its timeout and reports
+//! failures as values, never a panic.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -62,6 +62,28 @@ pub(crate) struct Reply {
     pub body_start: String,
 }
 
+/// A whole response, read up to a limit (any status).
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Why [`HttpClient::fetch`] got no whole response. Callers that report
+/// to people (the Prometheus source) tell a timeout from a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FetchError {
+    /// The request itself is malformed (URL, method).
+    Malformed(String),
+    /// No connection, TLS failure, or the connection broke mid-answer.
+    Unreachable(String),
+    Timeout,
+    /// The body was longer than the limit.
+    TooLarge {
+        limit: usize,
+    },
+}
+
 impl HttpClient {
     pub fn new() -> Self {
         Self {
@@ -83,7 +105,8 @@ impl HttpClient {
             .inner
             .as_ref()
             .map_err(|e| Failure::transient(e.clone()))?;
-        let request = request(method, url, headers, body).map_err(Failure::permanent)?;
+        let request =
+            request(method, url, headers, "application/json", body).map_err(Failure::permanent)?;
         let call = async {
             let response = client
                 .request(request)
@@ -111,6 +134,51 @@ impl HttpClient {
                 timeout.as_millis()
             ))),
         }
+    }
+}
+
+impl HttpClient {
+    /// Sends `body` with `content_type` and reads the whole reply, at most
+    /// `limit` bytes of body, all within `timeout`.
+    pub async fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Fetched, FetchError> {
+        let client = self
+            .inner
+            .as_ref()
+            .map_err(|e| FetchError::Unreachable(e.clone()))?;
+        let request = request(method, url, &BTreeMap::new(), content_type, body)
+            .map_err(FetchError::Malformed)?;
+        let call = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| FetchError::Unreachable(chain(&e)))?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        FetchError::TooLarge { limit }
+                    } else {
+                        FetchError::Unreachable(format!("reading the answer: {}", chain(&*e)))
+                    }
+                })?
+                .to_bytes();
+            Ok(Fetched { status, body })
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(FetchError::Timeout))
     }
 }
 
@@ -144,6 +212,7 @@ fn request(
     method: &str,
     url: &str,
     headers: &BTreeMap<String, String>,
+    content_type: &str,
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
@@ -157,7 +226,7 @@ fn request(
     let mut builder = http::Request::builder()
         .method(method)
         .uri(uri)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .header(
             http::header::USER_AGENT,
             concat!("backstop/", env!("CARGO_PKG_VERSION")),

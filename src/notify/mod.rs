@@ -15,7 +15,7 @@
 
 pub mod format;
 pub mod hooks;
-mod http;
+pub(crate) mod http;
 
 pub use hooks::{run_hooks, HookResult};
 

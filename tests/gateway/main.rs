@@ -9,6 +9,7 @@ mod gameday;
 mod grpc;
 mod health;
 mod incident;
+mod prometheus;
 mod registry;
 mod rollout;
 mod routing;
