@@ -248,6 +248,14 @@ pub struct PrometheusConfig {
     /// A sample older than this is `stale`, never a reading.
     #[serde(default = "default_max_staleness_ms")]
     pub max_staleness_ms: u64,
+    /// How often a rollout's `prometheus` triggers are read (Prometheus
+    /// scrapes every 15 s by default: reading more often repeats values).
+    #[serde(default = "default_prometheus_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_prometheus_interval_ms() -> u64 {
+    10_000
 }
 
 fn default_prometheus_timeout_ms() -> u64 {
@@ -265,6 +273,12 @@ impl PrometheusConfig {
             return Err(FieldError::new(
                 "timeout_ms",
                 "must be between 1 and 300000 (5 min)",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return Err(FieldError::new(
+                "interval_ms",
+                "must be between 100 and 3600000 (1 h)",
             ));
         }
         if !(1..=86_400_000).contains(&self.max_staleness_ms) {

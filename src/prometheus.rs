@@ -542,6 +542,7 @@ mod tests {
             url: url.into(),
             timeout_ms: 1000,
             max_staleness_ms: 1000,
+            interval_ms: 1000,
         };
         assert!(Prometheus::new(&config("ftp://x")).is_err());
         let prometheus = Prometheus::new(&config("http://127.0.0.1:9090/prom/")).unwrap();

@@ -14,11 +14,12 @@
 use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, StickySpec};
 use crate::gateway::{unix_ms, Event, Gateway};
 use crate::incident::{Incidents, Opening, Swap, WindowSummary};
+use crate::prometheus::Prometheus;
 use crate::registry::{PromoteRequest, Registry};
 use crate::store::{blocking, AuditDraft, RolloutRecord, Store, StoreError};
-use backstop_core::analysis::Sample;
+use backstop_core::analysis::{Reading, Sample};
 use backstop_core::controller::{Action, Command, Input, Observation, Rollout, Status};
-use backstop_core::policy::Policy;
+use backstop_core::policy::{Metric, Policy};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,6 +117,8 @@ struct Active {
     baseline_before: Option<WindowSummary>,
     /// The incident the rollback opened.
     incident: Option<String>,
+    /// When its Prometheus triggers were last read.
+    queried_ms: u64,
 }
 
 impl Active {
@@ -130,6 +133,7 @@ impl Active {
             unsaved: None,
             baseline_before: None,
             incident: None,
+            queried_ms: 0,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct Rollouts {
     incidents: Arc<Incidents>,
     /// Open rollouts (and those that finished in this process, for status).
     active: tokio::sync::Mutex<BTreeMap<String, Active>>,
+    /// Where `prometheus` triggers are evaluated (config `prometheus:`).
+    prometheus: Option<Result<Prometheus, String>>,
 }
 
 impl Rollouts {
@@ -148,6 +154,7 @@ impl Rollouts {
         Arc::new(Rollouts {
             incidents: Incidents::new(gateway.clone(), registry.store()),
             store: registry.store(),
+            prometheus: gateway.config.prometheus.as_ref().map(Prometheus::new),
             gateway,
             registry,
             active: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -250,6 +257,24 @@ impl Rollouts {
             message,
         };
         policy.check().map_err(|e| invalid(&e.path, e.message))?;
+        let queried = policy
+            .triggers
+            .iter()
+            .position(|t| t.metric == Metric::Prometheus);
+        match (queried, &self.prometheus) {
+            (Some(i), None) => return Err(invalid(
+                &format!("triggers[{i}].query"),
+                "no Prometheus server is configured (set prometheus.url in the gateway's config)"
+                    .into(),
+            )),
+            (Some(i), Some(Err(e))) => {
+                return Err(invalid(
+                    &format!("triggers[{i}].query"),
+                    format!("the configured Prometheus cannot be used: {e}"),
+                ))
+            }
+            _ => {}
+        }
         // Verification reads the gateway's buckets: its window must fit.
         let stats = &self.gateway.config.stats;
         let kept_ms = (stats.buckets as u64).saturating_sub(2) * stats.bucket_ms;
@@ -449,6 +474,9 @@ impl Rollouts {
     /// One controller tick for every open rollout: the buckets completed
     /// since the last tick, per version.
     pub async fn tick(&self) {
+        // Queries run before the lock is taken: a slow Prometheus must not
+        // hold up operators' commands.
+        let mut readings = self.read_prometheus().await;
         let mut active = self.active.lock().await;
         let now = unix_ms();
         for entry in active.values_mut().filter(|e| e.unsaved.is_some()) {
@@ -462,7 +490,11 @@ impl Rollouts {
                 continue;
             }
             entry.last_epoch = to;
-            let observation = self.observe(&entry.rollout, from, to);
+            let mut observation = self.observe(&entry.rollout, from, to);
+            if let Some(read) = readings.remove(&entry.record.id) {
+                observation.readings = read;
+                entry.queried_ms = now;
+            }
             let stepped = entry.rollout.step(now, Input::Tick(observation));
             let decided = Instant::now();
             let actions = match stepped {
@@ -478,6 +510,68 @@ impl Rollouts {
             self.carry_out(entry, actions, decided, "controller", now)
                 .await;
         }
+    }
+
+    /// Reads the `prometheus` triggers of the open rollouts that are due,
+    /// for candidate and baseline, concurrently. An error is a reading too:
+    /// the controller holds the stage on it.
+    async fn read_prometheus(&self) -> BTreeMap<String, BTreeMap<usize, Reading>> {
+        let (Some(Ok(prometheus)), Some(config)) =
+            (&self.prometheus, &self.gateway.config.prometheus)
+        else {
+            return BTreeMap::new();
+        };
+        let every_ms = config.interval_ms;
+        let now = unix_ms();
+        let due: Vec<(String, Policy)> = {
+            let active = self.active.lock().await;
+            active
+                .values()
+                .filter(|e| e.rollout.is_open())
+                .filter(|e| now.saturating_sub(e.queried_ms) >= every_ms)
+                .filter(|e| {
+                    e.rollout
+                        .policy
+                        .triggers
+                        .iter()
+                        .any(|t| t.metric == Metric::Prometheus)
+                })
+                .map(|e| (e.record.id.clone(), e.rollout.policy.clone()))
+                .collect()
+        };
+        let mut out = BTreeMap::new();
+        for (id, policy) in due {
+            let baseline = policy.baseline.clone().unwrap_or_default();
+            let queries = policy
+                .triggers
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.metric == Metric::Prometheus)
+                .map(|(i, t)| {
+                    let query = t.query.clone().unwrap_or_default();
+                    let (model, candidate, baseline) = (
+                        policy.model.clone(),
+                        policy.candidate.clone(),
+                        baseline.clone(),
+                    );
+                    async move {
+                        let (c, b) = futures_util::future::join(
+                            prometheus.query(&query, &model, &candidate),
+                            prometheus.query(&query, &model, &baseline),
+                        )
+                        .await;
+                        let reading: Reading = match (c, b) {
+                            (Ok(c), Ok(b)) => Ok((c.value, b.value)),
+                            (Err(e), _) => Err(format!("candidate {}: {e}", e.code())),
+                            (_, Err(e)) => Err(format!("baseline {}: {e}", e.code())),
+                        };
+                        (i, reading)
+                    }
+                });
+            let read = futures_util::future::join_all(queries).await;
+            out.insert(id, read.into_iter().collect());
+        }
+        out
     }
 
     fn current_epoch(&self) -> u64 {

@@ -138,6 +138,7 @@ fn source(url: &str, timeout_ms: u64) -> Prometheus {
         url: url.to_string(),
         timeout_ms,
         max_staleness_ms: 120_000,
+        interval_ms: 10_000,
     })
     .unwrap()
 }
@@ -382,4 +383,135 @@ async fn old_samples_silence_and_huge_answers_are_errors() {
         .unwrap_err();
     assert_eq!(error.code(), "bad_response", "{error}");
     assert!(error.to_string().contains("larger than"), "{error}");
+}
+
+/// A loopback exporter of a per-version quality gauge, for Prometheus to
+/// scrape: v1 (the baseline) at 0.95, v2 (the candidate) at 0.60.
+async fn quality_exporter() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            "# TYPE model_quality gauge\n\
+             model_quality{model=\"m\",version=\"v1\"} 0.95\n\
+             model_quality{model=\"m\",version=\"v2\"} 0.60\n"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+const QUALITY_TRIGGER: &str = r#"{ metric: prometheus, query: 'min(model_quality{model="{{model}}",version="{{version}}"})', below: "-10%", min_sample: 5, action: rollback }"#;
+
+/// A `prometheus` trigger reads real series from a real Prometheus for
+/// candidate and baseline, and rolls back a candidate whose quality is
+/// below the baseline's by more than the rule allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_trigger_rolls_back_on_real_series() {
+    use crate::rollout::{config, failures, policy, start, wait_for_phase, Load};
+    let exporter = quality_exporter().await;
+    let Some(server) = PrometheusServer::start(exporter) else {
+        return;
+    };
+    // The series are there before the rollout starts.
+    let prometheus = source(&server.url, 5000);
+    let query = r#"min(model_quality{model="{{model}}",version="{{version}}"})"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus.query(query, "m", "v2").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no series within 30 s\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (v1, v2) = (toy("v1").await, toy("v2").await);
+    let top = format!(
+        "prometheus: {{ url: \"{}\", interval_ms: 500 }}\n",
+        server.url
+    );
+    let backstop = Backstop::start(&format!("{top}{}", config(&v1.url(), &v2.url())));
+    let client = HttpClient::new();
+    let view = start(
+        &client,
+        &backstop,
+        &policy(
+            "{ canary: { steps: [50, 100], bake: 1m } }",
+            &[QUALITY_TRIGGER],
+        ),
+    )
+    .await;
+    let id = view["id"].as_str().unwrap().to_string();
+    let load = Load::start(&backstop, 2, 50, Duration::from_secs(25));
+    let view = wait_for_phase(&client, &backstop, &id, "rolled_back").await;
+    let seen = load.finish().await;
+    assert!(failures(&seen).is_empty(), "the rollback failed no request");
+    let verdict = &view["verdict"];
+    assert!(
+        verdict["trigger"]["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("prometheus below -10%"),
+        "{verdict:#}"
+    );
+    assert_eq!(verdict["trigger"]["candidate_value"], 0.6, "{verdict:#}");
+    assert_eq!(verdict["trigger"]["baseline_value"], 0.95, "{verdict:#}");
+}
+
+/// With the Prometheus server down the trigger is `unavailable`, said
+/// once in the audit log, and the stage is held: never taken as healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_that_is_down_holds_the_stage() {
+    use crate::rollout::{audit_actions, config, policy, start, status, wait_until, Load};
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (v1, v2) = (toy("v1").await, toy("v2").await);
+    let top =
+        format!("prometheus: {{ url: \"http://{closed}\", interval_ms: 200, timeout_ms: 500 }}\n");
+    let backstop = Backstop::start(&format!("{top}{}", config(&v1.url(), &v2.url())));
+    let client = HttpClient::new();
+    let view = start(
+        &client,
+        &backstop,
+        &policy(
+            "{ canary: { steps: [50, 100], bake: 1s } }",
+            &[QUALITY_TRIGGER],
+        ),
+    )
+    .await;
+    let id = view["id"].as_str().unwrap().to_string();
+    let load = Load::start(&backstop, 2, 50, Duration::from_secs(25));
+    let view = wait_until(&client, &backstop, &id, "an unavailable trigger", |v| {
+        v["triggers"][0]["state"] == "unavailable"
+    })
+    .await;
+    assert!(
+        view["triggers"][0]["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{view:#}"
+    );
+    // Well past the 1 s bake, with traffic: still on the first stage.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = status(&client, &backstop, &id).await;
+    load.finish().await;
+    assert_eq!(
+        (view["phase"].as_str(), view["stage"].as_u64()),
+        (Some("running"), Some(0)),
+        "{view:#}"
+    );
+    let actions = audit_actions(&client, &backstop).await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "rollout.source_unavailable")
+            .count(),
+        1,
+        "{actions:?}"
+    );
 }
