@@ -309,10 +309,30 @@ pub struct FeatureCounts {
 /// The outcome of one check. `per_feature` has an entry for each tensor or
 /// property the signature lists and the request holds (names a request
 /// makes up are not counted, so the keys stay bounded).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CheckReport {
     pub violations: Vec<Violation>,
     pub per_feature: BTreeMap<String, FeatureCounts>,
+    /// Values of the features asked for with [`InputSignature::check_observing`],
+    /// at most [`OBSERVED_PER_FEATURE`] each, for the drift sketches.
+    #[serde(skip)]
+    pub observed: BTreeMap<String, Vec<Observed>>,
+    /// Features whose values are wanted (empty: none).
+    #[serde(skip)]
+    wanted: Vec<String>,
+}
+
+/// Values kept per feature and request: a batch of thousands of rows is
+/// sketched from its first rows rather than all of them (bounded work).
+pub const OBSERVED_PER_FEATURE: usize = 64;
+
+/// A feature's value as the drift sketches take it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    /// Numbers, NaN and infinities included.
+    Number(f64),
+    /// Strings and booleans: categories.
+    Category(String),
 }
 
 impl CheckReport {
@@ -365,7 +385,16 @@ impl InputSignature {
     /// Checks one request body. Never panics; see the module documentation
     /// for what is checked and counted.
     pub fn check(&self, body: &[u8]) -> CheckReport {
-        let mut report = CheckReport::default();
+        self.check_observing(body, &[])
+    }
+
+    /// [`check`](Self::check), also keeping the values of `features` (see
+    /// [`CheckReport::observed`]).
+    pub fn check_observing(&self, body: &[u8], features: &[String]) -> CheckReport {
+        let mut report = CheckReport {
+            wanted: features.to_vec(),
+            ..CheckReport::default()
+        };
         if body.len() > self.limits.max_body_bytes {
             report.push(
                 ViolationKind::TooLarge,
@@ -505,8 +534,14 @@ impl InputSignature {
             return;
         }
         let mut walk = Walk::new(self.limits, spec.datatype);
+        walk.observing = report.wanted.iter().any(|w| w == name);
         walk.visit(data, 0);
         report.per_feature.insert(name.to_string(), walk.counts);
+        if walk.observing {
+            report
+                .observed
+                .insert(name.to_string(), std::mem::take(&mut walk.observed));
+        }
         if walk.too_large {
             report.push(
                 ViolationKind::TooLarge,
@@ -690,8 +725,14 @@ impl InputSignature {
                 );
             }
             let mut walk = Walk::counting(self.limits, field.numeric);
+            walk.observing = report.wanted.iter().any(|w| w == name);
             walk.visit(value, 0);
             report.per_feature.insert(name.to_string(), walk.counts);
+            if walk.observing {
+                report
+                    .observed
+                    .insert(name.to_string(), std::mem::take(&mut walk.observed));
+            }
             if walk.too_large {
                 report.push(
                     ViolationKind::TooLarge,
@@ -739,6 +780,9 @@ struct Walk {
     first_misfit: Option<(u64, String)>,
     too_large: bool,
     too_deep: bool,
+    /// Keep values (up to [`OBSERVED_PER_FEATURE`]) in `observed`.
+    observing: bool,
+    observed: Vec<Observed>,
 }
 
 impl Walk {
@@ -760,6 +804,14 @@ impl Walk {
             first_misfit: None,
             too_large: false,
             too_deep: false,
+            observing: false,
+            observed: Vec::new(),
+        }
+    }
+
+    fn observe(&mut self, value: Observed) {
+        if self.observing && self.observed.len() < OBSERVED_PER_FEATURE {
+            self.observed.push(value);
         }
     }
 
@@ -794,15 +846,30 @@ impl Walk {
             Value::String(s) if self.numeric => match non_finite(s) {
                 Some(NonFinite::Nan) => {
                     self.counts.nan += 1;
+                    self.observe(Observed::Number(f64::NAN));
                     return;
                 }
                 Some(NonFinite::Inf) => {
                     self.counts.inf += 1;
+                    let sign = if s.starts_with('-') { -1.0 } else { 1.0 };
+                    self.observe(Observed::Number(sign * f64::INFINITY));
                     return;
                 }
                 None => {}
             },
             _ => {}
+        }
+        if self.observing {
+            match value {
+                Value::Number(n) => {
+                    if let Some(f) = n.as_f64() {
+                        self.observe(Observed::Number(f));
+                    }
+                }
+                Value::String(s) => self.observe(Observed::Category(s.clone())),
+                Value::Bool(b) => self.observe(Observed::Category(b.to_string())),
+                _ => {}
+            }
         }
         if let Some(datatype) = self.datatype {
             if let Err(what) = fits(datatype, value) {
@@ -1068,6 +1135,35 @@ mod tests {
 
     fn kinds(report: &CheckReport) -> Vec<ViolationKind> {
         report.violations.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn observing_keeps_the_values_of_the_features_asked_for() {
+        let signature = oip(json!([
+            {"name": "age", "datatype": "FP32", "shape": [-1]},
+            {"name": "country", "datatype": "BYTES", "shape": [-1]},
+        ]));
+        let body = request(json!([
+            {"name": "age", "datatype": "FP32", "shape": [4], "data": [30.5, "NaN", null, 41]},
+            {"name": "country", "datatype": "BYTES", "shape": [1], "data": ["fr"]},
+        ]));
+        let report = signature.check_observing(&body, &["age".into(), "country".into()]);
+        assert!(report.is_valid(), "{:?}", report.violations);
+        let age = &report.observed["age"];
+        assert_eq!(age.len(), 3, "null is not a value: {age:?}");
+        assert_eq!(age[0], Observed::Number(30.5));
+        assert!(matches!(age[1], Observed::Number(v) if v.is_nan()));
+        assert_eq!(
+            report.observed["country"],
+            [Observed::Category("fr".into())]
+        );
+        // Bounded per request, and nothing kept unless asked.
+        let many: Vec<f64> = (0..1000).map(f64::from).collect();
+        let body =
+            request(json!([{"name": "age", "datatype": "FP32", "shape": [1000], "data": many}]));
+        let report = signature.check_observing(&body, &["age".into()]);
+        assert_eq!(report.observed["age"].len(), OBSERVED_PER_FEATURE);
+        assert!(signature.check(&body).observed.is_empty());
     }
 
     #[test]
