@@ -320,6 +320,10 @@ pub struct ModelSpec {
     /// nothing is captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<CaptureSpec>,
+    /// Model-aware signals (input checks, predictions, agreement, per-request
+    /// fallback); a rollout sets them from its policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<SignalSpec>,
     /// Active health-check path on each endpoint (HTTP upstreams).
     #[serde(default = "default_health_path")]
     pub health_path: String,
@@ -537,6 +541,85 @@ pub const CAPTURE_BODY_MAX: usize = 1024 * 1024;
 /// Largest `samples × body_max_bytes` per version: a ring holds at most
 /// twice that (request and response), so one model cannot exhaust memory.
 pub const CAPTURE_RING_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// What the gateway reads from a model's requests and answers, and which
+/// candidate answers the baseline replaces. Same names as a policy's
+/// `signals` and `fallback` sections; a rollout fills in the versions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSpec {
+    /// Share of requests (each version) whose input is checked against the
+    /// version's signature and whose answer's prediction is read, 0..=100.
+    #[serde(default = "default_signal_percent")]
+    pub sample_percent: f64,
+    /// Input features (tensor or field names) whose values are sketched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Where the prediction is in an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<backstop_core::policy::Output>,
+    /// Share of the candidate's requests also sent to the baseline, whose
+    /// answer is only compared (agreement), 0..=100.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mirror_percent: f64,
+    /// Candidate answers replaced by the baseline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub fallback: Option<backstop_core::policy::Fallback>,
+    /// The version judged (its answers are compared, and may fall back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// The version mirrors and fallbacks go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+}
+
+fn default_signal_percent() -> f64 {
+    100.0
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
+}
+
+impl SignalSpec {
+    /// `versions`: the model's version names.
+    pub fn check(&self, versions: &BTreeSet<&str>) -> Result<(), FieldError> {
+        for (field, value) in [
+            ("sample_percent", self.sample_percent),
+            ("mirror_percent", self.mirror_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err(FieldError::new(field, "must be between 0 and 100"));
+            }
+        }
+        if self.features.len() > 64 || self.features.iter().any(|f| f.is_empty() || f.len() > 256) {
+            return Err(FieldError::new(
+                "features",
+                "at most 64 names of 1 to 256 characters",
+            ));
+        }
+        for (field, version) in [("candidate", &self.candidate), ("baseline", &self.baseline)] {
+            if let Some(version) = version {
+                if !versions.contains(version.as_str()) {
+                    return Err(FieldError::new(
+                        field,
+                        format!("no version {version:?} (the model has: {})", join(versions)),
+                    ));
+                }
+            }
+        }
+        let needs_both = self.fallback.is_some() || self.mirror_percent > 0.0;
+        if needs_both && (self.candidate.is_none() || self.baseline.is_none()) {
+            return Err(FieldError::new(
+                "baseline",
+                "fallback and mirror_percent need both candidate and baseline",
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl CaptureSpec {
     pub fn check(&self) -> Result<(), FieldError> {
@@ -871,6 +954,9 @@ impl ModelSpec {
         }
         if let Some(capture) = &self.capture {
             capture.check().map_err(|e| e.under("capture"))?;
+        }
+        if let Some(signals) = &self.signals {
+            signals.check(&names).map_err(|e| e.under("signals"))?;
         }
         Ok(())
     }

@@ -500,6 +500,7 @@ fn embedded_model_defaults() -> ModelSpec {
         cohorts: Vec::new(),
         shadow: None,
         capture: None,
+        signals: None,
         timeouts: Default::default(),
         health_path: "/v2/health/ready".into(),
     }

@@ -11,11 +11,13 @@
 //! put back on the baseline and they are paused until an operator resumes:
 //! a half-finished rollout never continues unattended after a crash.
 
-use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, StickySpec};
+use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, SignalSpec, StickySpec};
+use crate::gateway::routing::ModelTable;
 use crate::gateway::{unix_ms, Event, Gateway};
 use crate::incident::{Incidents, Opening, Swap, WindowSummary};
 use crate::prometheus::Prometheus;
 use crate::registry::{PromoteRequest, Registry};
+use crate::signature::InputSignature;
 use crate::store::{blocking, AuditDraft, RolloutRecord, Store, StoreError};
 use backstop_core::analysis::{Reading, Sample};
 use backstop_core::controller::{Action, Command, Input, Observation, Rollout, Status};
@@ -187,7 +189,7 @@ impl Rollouts {
                     let policy: Result<Policy, _> = serde_json::from_str(&record.policy_json);
                     if let Ok(mut policy) = policy {
                         policy.baseline = Some(record.baseline.clone());
-                        let _ = self.route(&policy, 0.0, 0.0);
+                        let _ = self.route_table(&policy, 0.0, 0.0, false, false);
                     }
                     // Closed, so the model is free for a new rollout.
                     let mut closed = record.clone();
@@ -316,6 +318,7 @@ impl Rollouts {
                 ));
             }
         }
+        self.prepare_signals(&policy, &table).await?;
         let store = self.store.clone();
         let m = model.clone();
         let past = blocking(move || store.rollouts(Some(&m), false, 1000)).await?;
@@ -512,6 +515,66 @@ impl Rollouts {
         }
     }
 
+    /// Gives the gateway both versions' registered input signatures and
+    /// clears what it gathered before: the rollout judges its own traffic.
+    /// A policy whose triggers name what the candidate's signature lacks
+    /// is refused, naming the field.
+    async fn prepare_signals(
+        &self,
+        policy: &Policy,
+        table: &ModelTable,
+    ) -> Result<(), RolloutError> {
+        if !policy.reads_signals() {
+            return Ok(());
+        }
+        let baseline = policy.baseline.clone().unwrap_or_default();
+        let mut candidate_signature = None;
+        for name in [&policy.candidate, &baseline] {
+            let signature = match self.registry.version(&policy.model, name).await {
+                Ok(record) => InputSignature::from_registered(&record.signature)
+                    .ok()
+                    .map(Arc::new),
+                Err(_) => None,
+            };
+            if name == &policy.candidate {
+                candidate_signature = signature.clone();
+            }
+            if let Some(version) = table.versions.iter().find(|v| &v.name == name) {
+                version.state.signals.set_signature(signature);
+                version.state.signals.take();
+            }
+        }
+        for (i, trigger) in policy.triggers.iter().enumerate() {
+            if !trigger.metric.reads_input() {
+                continue;
+            }
+            let Some(signature) = &candidate_signature else {
+                return Err(RolloutError::Invalid {
+                    field: format!("triggers[{i}].metric"),
+                    message: format!(
+                        "{} checks requests against the candidate's input signature, and {} is not registered with one",
+                        trigger.metric.name(),
+                        policy.candidate
+                    ),
+                });
+            };
+            if let Some(feature) = &trigger.feature {
+                let names = signature.feature_names();
+                if !names.contains(&feature.as_str()) {
+                    return Err(RolloutError::Invalid {
+                        field: format!("triggers[{i}].feature"),
+                        message: format!(
+                            "{}'s input signature has no feature {feature:?} (it has: {})",
+                            policy.candidate,
+                            names.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the `prometheus` triggers of the open rollouts that are due,
     /// for candidate and baseline, concurrently. An error is a reading too:
     /// the controller holds the stage on it.
@@ -608,7 +671,9 @@ impl Rollouts {
                     Sample {
                         counts: window.counts,
                         latency_us: window.latency_us,
-                        signals: Default::default(),
+                        // Since the last tick (not bucket-aligned: a
+                        // request's signals land a tick late at worst).
+                        signals: v.state.signals.take(),
                     }
                 })
                 .unwrap_or_default()
@@ -719,7 +784,10 @@ impl Rollouts {
                     });
                 }
                 Action::Promote => {
-                    if let Err(e) = self.route(&entry.rollout.policy, 100.0, 0.0) {
+                    // Finished: the signals (and any fallback) stop here.
+                    if let Err(e) =
+                        self.route_table(&entry.rollout.policy, 100.0, 0.0, false, false)
+                    {
                         tracing::error!(model, "Could not route the promotion: {e}");
                     }
                     self.promote_in_registry(&model, &candidate, actor).await;
@@ -792,7 +860,7 @@ impl Rollouts {
     /// candidate gets no traffic (pins, an operator's explicit choice,
     /// still reach it).
     fn condemn(&self, policy: &Policy) -> Result<(), String> {
-        self.route_table(policy, 0.0, 0.0, true)
+        self.route_table(policy, 0.0, 0.0, true, false)
     }
 
     fn route(
@@ -801,7 +869,7 @@ impl Rollouts {
         candidate_percent: f64,
         shadow_percent: f64,
     ) -> Result<(), String> {
-        self.route_table(policy, candidate_percent, shadow_percent, false)
+        self.route_table(policy, candidate_percent, shadow_percent, false, true)
     }
 
     /// Rewrites the model's table for the rollout: the candidate gets
@@ -815,6 +883,7 @@ impl Rollouts {
         candidate_percent: f64,
         shadow_percent: f64,
         condemned: bool,
+        with_signals: bool,
     ) -> Result<(), String> {
         let model = &policy.model;
         let candidate = &policy.candidate;
@@ -867,6 +936,16 @@ impl Rollouts {
         spec.cohorts = cohorts;
         let configured = spec.capture.clone();
         spec.capture = Some(capture_for(policy, spec.capture.take()));
+        spec.signals = if with_signals {
+            signals_for(policy)
+        } else {
+            // The model's own settings, if its config has any.
+            self.gateway
+                .config
+                .models
+                .get(model)
+                .and_then(|m| m.signals.clone())
+        };
         match self.gateway.replace_model(model, spec.clone(), None) {
             Ok(_) => Ok(()),
             // Evidence settings must never stand in the way of routing (a
@@ -984,6 +1063,24 @@ fn capture_for(policy: &Policy, configured: Option<CaptureSpec>) -> CaptureSpec 
         redact,
         hash,
     }
+}
+
+/// The gateway's signal settings while a rollout runs, from its policy
+/// (`None` when no trigger and no fallback needs them: nothing is read).
+fn signals_for(policy: &Policy) -> Option<SignalSpec> {
+    if !policy.reads_signals() {
+        return None;
+    }
+    let signals = policy.signals.clone().unwrap_or_default();
+    Some(SignalSpec {
+        sample_percent: signals.sample_percent(),
+        features: policy.features().into_iter().map(str::to_string).collect(),
+        output: signals.output.clone(),
+        mirror_percent: signals.mirror_percent(),
+        fallback: policy.fallback.clone(),
+        candidate: Some(policy.candidate.clone()),
+        baseline: policy.baseline.clone(),
+    })
 }
 
 /// A rollout from the store alone (finished before this process started).

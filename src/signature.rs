@@ -377,6 +377,14 @@ impl InputSignature {
         })
     }
 
+    /// The features a request has: tensor or property names.
+    pub fn feature_names(&self) -> Vec<&str> {
+        match &self.format {
+            Format::Oip(inputs) => inputs.iter().map(|t| t.name.as_str()).collect(),
+            Format::Json { fields, .. } => fields.iter().map(|f| f.name.as_str()).collect(),
+        }
+    }
+
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self

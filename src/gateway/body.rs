@@ -229,6 +229,11 @@ pub struct Recorder {
     /// A sampled exchange's bodies so far (`None`: not sampled).
     pub capture: Option<Box<PendingCapture>>,
     pub request_id: super::request_id::RequestId,
+    /// The answer's bytes for its prediction (`None`: not read).
+    pub output: Option<Box<super::signals::OutputRead>>,
+    /// This version's answer is the one the client gets (not a shadow or
+    /// mirror copy, nor a failure the baseline answered instead).
+    pub answered: bool,
 }
 
 impl Recorder {
@@ -266,6 +271,9 @@ impl Recorder {
         self.state.stats.record(outcome, latency_us, self.bytes);
         if let Some(capture) = self.capture.take() {
             capture.finish(self.state.clone(), outcome, elapsed);
+        }
+        if let Some(output) = self.output.take() {
+            output.finish(&self.state, outcome == Outcome::Success);
         }
     }
 }
@@ -321,6 +329,9 @@ impl Body for RecordingBody {
                         // goes on unchanged.
                         if let Some(capture) = recorder.capture.as_mut() {
                             capture.tee(data);
+                        }
+                        if let Some(output) = recorder.output.as_mut() {
+                            output.tee(data);
                         }
                     } else if let Some(trailers) = frame.trailers_ref() {
                         if recorder.grpc {

@@ -42,8 +42,12 @@ impl GatewayError {
     }
 
     /// Names the version that was chosen (answers carry `x-backstop-version`).
+    /// Names the version, unless one is named already (a fallback's
+    /// error names the baseline that failed it, not the candidate).
     pub fn with_version(mut self, version: &HeaderValue) -> Self {
-        self.version = Some(version.clone());
+        if self.version.is_none() {
+            self.version = Some(version.clone());
+        }
         self
     }
 

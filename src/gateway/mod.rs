@@ -16,6 +16,7 @@ pub mod listener;
 pub mod proxy;
 pub mod request_id;
 pub mod routing;
+pub mod signals;
 pub mod upstream;
 
 use crate::config::{Config, FieldError, ModelSpec, Protocol};
@@ -43,6 +44,9 @@ pub struct VersionState {
     pub rerouted_unhealthy: AtomicU64,
     /// Sampled request/response pairs (with the model's `capture` on).
     pub samples: capture::Ring,
+    /// Model-aware signals gathered since the controller last took them,
+    /// and the registered input signature they are checked against.
+    pub signals: signals::Pending,
     events: Arc<Events>,
 }
 
@@ -62,6 +66,7 @@ impl VersionState {
             shadow_dropped: AtomicU64::new(0),
             rerouted_unhealthy: AtomicU64::new(0),
             samples: capture::Ring::default(),
+            signals: signals::Pending::default(),
             events,
         }
     }

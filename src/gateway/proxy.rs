@@ -16,10 +16,12 @@ use super::grpc::{self, Scan};
 use super::h1::SendError;
 use super::request_id::{RequestId, REQUEST_ID_HEADER};
 use super::routing::{FaultAction, ModelTable};
+use super::signals::{self, OutputRead, Pair, Side};
 use super::upstream::Endpoint;
 use super::Gateway;
 use crate::config::Protocol;
 use backstop_core::analysis::Outcome;
+use backstop_core::policy::{FallbackReason, Output};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -33,6 +35,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const VERSION_HEADER: &str = "x-backstop-version";
+/// On an answer the baseline gave in the candidate's place: why.
+pub const FALLBACK_HEADER: &str = "x-backstop-fallback";
 
 /// The client end of a connection, worked out once per connection rather
 /// than once per request.
@@ -237,8 +241,17 @@ async fn proxy(
             .as_ref()
             .filter(|_| !grpc)
             .map(|c| c.body_max_bytes as u64);
+        // Model-aware signals (HTTP JSON only): one branch when off.
+        let plan = match &table.signals {
+            Some(_) if !grpc => SignalPlan::new(&table, version_index, shadow),
+            _ => SignalPlan::default(),
+        };
+        let signals_max = plan
+            .needs_body()
+            .then_some(gateway.config.limits.shadow_body_max_bytes);
         let mut captured_request = None;
-        let upstream_body = match shadow_max.max(capture_max) {
+        let mut request_bytes = None;
+        let upstream_body = match shadow_max.max(capture_max).max(signals_max) {
             Some(max) => match buffer_small(gateway, &parts, prefix.take(), body, max).await? {
                 Buffered::Whole(bytes) => {
                     if let (Some(shadow), Some(shadow_max)) = (shadow, shadow_max) {
@@ -246,18 +259,47 @@ async fn proxy(
                             spawn_shadow(
                                 gateway,
                                 &table,
-                                shadow,
+                                Copy {
+                                    to: shadow,
+                                    request_id,
+                                    pair: plan.pair.clone(),
+                                    sampled: plan.sampled,
+                                    mirror: false,
+                                },
                                 &parts,
                                 &path_and_query,
                                 bytes.clone(),
-                                request_id,
                             );
                         } else {
                             note_shadow_dropped(&table, shadow);
                         }
                     }
+                    if let Some(baseline) = plan.mirror_to {
+                        spawn_shadow(
+                            gateway,
+                            &table,
+                            Copy {
+                                to: baseline,
+                                request_id,
+                                pair: plan.pair.clone(),
+                                sampled: false,
+                                mirror: true,
+                            },
+                            &parts,
+                            &path_and_query,
+                            bytes.clone(),
+                        );
+                    }
                     if capture_max.is_some() {
                         captured_request = Some(bytes.clone());
+                    }
+                    if signals_max.is_some() {
+                        if plan.sampled {
+                            if let Some(settings) = &table.signals {
+                                signals::record_input(&version.state, settings, &bytes);
+                            }
+                        }
+                        request_bytes = Some(bytes.clone());
                     }
                     UpstreamBody::full(bytes)
                 }
@@ -274,6 +316,11 @@ async fn proxy(
             .map(|settings| PendingCapture::new(settings, &parts, captured_request, grpc, false));
 
         let endpoint = version.pick_endpoint(now_ms).clone();
+        // The request again, for the baseline, should the candidate fail.
+        let fallback = match (plan.fallback_to, &request_bytes) {
+            (Some(to), Some(bytes)) => Some((to, copy_head(&parts), bytes.clone())),
+            _ => None,
+        };
         let head = upstream_head(parts, &endpoint, &path_and_query, table.protocol)?;
         // If the client goes away before the answer's head, the guard
         // records a cancellation (which never counts against the version).
@@ -287,6 +334,8 @@ async fn proxy(
             grpc,
             capture,
             request_id,
+            output: plan.output_read(),
+            answered: true,
         }));
         // A gameday fault (rehearsal versions only): one branch otherwise.
         if let Some(fault) = &version.fault {
@@ -315,6 +364,30 @@ async fn proxy(
             .send(&endpoint, head, upstream_body, table.request_timeout)
             .await;
         let mut recorder = pending.take();
+        // The candidate failed a request the baseline can answer instead.
+        if let (Some((to, parts, bytes)), Some(settings)) = (&fallback, &table.signals) {
+            let failed = match &result {
+                Err(SendError::Timeout) => Some((FallbackReason::Timeout, Outcome::Timeout)),
+                Err(SendError::Connect(_)) => {
+                    Some((FallbackReason::ConnectError, Outcome::ConnectError))
+                }
+                Err(SendError::Upstream(_)) => {
+                    Some((FallbackReason::ServerError, Outcome::ServerError))
+                }
+                Ok(response) if outcome_of_status(response.status()) == Outcome::ServerError => {
+                    Some((FallbackReason::ServerError, Outcome::ServerError))
+                }
+                _ => None,
+            };
+            if let Some((reason, outcome)) = failed.filter(|(r, _)| settings.falls_back_on(*r)) {
+                recorder.output = None;
+                recorder.answered = false;
+                recorder.finish(outcome);
+                signals::record_fallback(&version.state, reason);
+                let copy = copy_head(parts);
+                return fall_back(gateway, &table, *to, copy, &path_and_query, bytes.clone(), reason, request_id).await;
+            }
+        }
         let response = match result {
             Err(SendError::Timeout) => {
                 recorder.finish(Outcome::Timeout);
@@ -364,6 +437,51 @@ async fn proxy(
         strip_hop_by_hop(&mut head.headers, grpc);
         head.headers
             .insert(VERSION_HEADER, version.header_value.clone());
+        // A fallback that judges the answer's content reads it first.
+        if let (Some((to, parts, bytes)), Some(settings)) = (&fallback, &table.signals) {
+            if outcome == Outcome::Success && settings.judges_answers() {
+                let output = settings.output.as_ref().expect("judges_answers needs an output");
+                recorder.output = None;
+                let read = tokio::time::timeout(
+                    table.request_timeout.saturating_sub(start.elapsed()),
+                    Limited::new(body, signals::OUTPUT_READ_MAX).collect(),
+                )
+                .await;
+                let answer = match read {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    // The answer broke off: the candidate failed it.
+                    _ => {
+                        recorder.answered = false;
+                        recorder.finish(Outcome::ServerError);
+                        if settings.falls_back_on(FallbackReason::ServerError) {
+                            signals::record_fallback(&version.state, FallbackReason::ServerError);
+                            let copy = copy_head(parts);
+                            return fall_back(gateway, &table, *to, copy, &path_and_query, bytes.clone(), FallbackReason::ServerError, request_id).await;
+                        }
+                        return Err(GatewayError::upstream_error(&model, &version.name, "the answer broke off"));
+                    }
+                };
+                let prediction = signals::read_prediction(output, &answer);
+                signals::record_output(&version.state, prediction.as_ref());
+                if let Some(reason) = settings.fallback_for(&prediction) {
+                    // The candidate did answer: its figures keep the
+                    // success; the fallback is counted on its own.
+                    recorder.answered = false;
+                    recorder.bytes = answer.len() as u64;
+                    recorder.finish(Outcome::Success);
+                    signals::record_fallback(&version.state, reason);
+                    let copy = copy_head(parts);
+                    return fall_back(gateway, &table, *to, copy, &path_and_query, bytes.clone(), reason, request_id).await;
+                }
+                recorder.bytes = answer.len() as u64;
+                if let Some(capture) = recorder.capture.as_mut() {
+                    capture.tee(&answer);
+                    capture.complete();
+                }
+                recorder.finish(outcome);
+                return Ok(Response::from_parts(head, GatewayBody::local(answer)));
+            }
+        }
         let body = RecordingBody::new(body, Recorder { outcome, ..recorder });
         Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
     }
@@ -601,18 +719,46 @@ async fn buffer_small(
 fn spawn_shadow(
     gateway: &Arc<Gateway>,
     table: &Arc<ModelTable>,
-    shadow: usize,
+    copy: Copy,
     parts: &Parts,
     path_and_query: &str,
     body: Bytes,
-    request_id: RequestId,
 ) {
+    let Copy {
+        to: shadow,
+        request_id,
+        pair,
+        sampled,
+        mirror,
+    } = copy;
     let version = &table.versions[shadow];
     let Ok(permit) = gateway.shadow_permits.clone().try_acquire_owned() else {
-        version.state.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+        if !mirror {
+            version.state.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     };
-    version.state.shadow_sent.fetch_add(1, Ordering::Relaxed);
+    if !mirror {
+        version.state.shadow_sent.fetch_add(1, Ordering::Relaxed);
+    }
+    // The shadow is the candidate of a shadow rollout: its inputs are
+    // checked against its own signature.
+    if sampled {
+        if let Some(settings) = &table.signals {
+            signals::record_input(&version.state, settings, &body);
+        }
+    }
+    let output = match (&table.signals, &pair) {
+        (Some(settings), _) if sampled || pair.is_some() => settings.output.clone().map(|o| {
+            let side = if mirror {
+                Side::Baseline
+            } else {
+                Side::Candidate
+            };
+            OutputRead::new(o, pair.map(|p| (p, side)), !mirror)
+        }),
+        _ => None,
+    };
     let clock = gateway.clock_origin();
     let endpoint = version.pick_endpoint(gateway.now_ms()).clone();
     let Ok(head) = upstream_head(copy_head(parts), &endpoint, path_and_query, table.protocol)
@@ -623,7 +769,7 @@ fn spawn_shadow(
     // The shadow is the candidate in shadow rollouts: its samples are
     // evidence too, drawn on their own.
     let capture = match &table.capture {
-        Some(capture) if capture.sample() => Some(PendingCapture::new(
+        Some(capture) if !mirror && capture.sample() => Some(PendingCapture::new(
             capture.clone(),
             parts,
             Some(body.clone()),
@@ -646,6 +792,8 @@ fn spawn_shadow(
             grpc,
             capture,
             request_id,
+            output,
+            answered: false,
         };
         let send = table.client.send(
             &recorder.endpoint,
@@ -661,6 +809,12 @@ fn spawn_shadow(
         };
         let mut recorder = recorder;
         let response = match outcome_and_response {
+            Err(_) if mirror => {
+                if let Some(output) = recorder.output.take() {
+                    output.finish(&recorder.state, false);
+                }
+                return;
+            }
             Err(outcome) => return recorder.finish(outcome),
             Ok(response) => response,
         };
@@ -675,8 +829,26 @@ fn spawn_shadow(
         } else {
             outcome_of_status(response.status())
         };
+        if mirror {
+            // A mirror copy only feeds the comparison: the baseline's
+            // figures are its users' requests alone.
+            let mut output = recorder.output.take();
+            let mut body = response.into_body();
+            let read = tokio::time::timeout(table.request_timeout, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let (Some(data), Some(output)) = (frame.data_ref(), output.as_mut()) {
+                        output.tee(data);
+                    }
+                }
+            })
+            .await;
+            if let Some(output) = output {
+                output.finish(&recorder.state, read.is_ok() && outcome == Outcome::Success);
+            }
+            return;
+        }
         // Read the answer to the end (bounded by the request timeout) so
-        // latency and size are complete; later issues compare its content.
+        // latency and size are complete, and its prediction read.
         let mut body = RecordingBody::new(
             response.into_body(),
             Recorder {
@@ -689,6 +861,169 @@ fn spawn_shadow(
         })
         .await;
     });
+}
+
+/// Answers a request the candidate failed (or answered without the
+/// confidence the policy asks for) from the baseline: the same request,
+/// once, with the route's full timeout. The answer says so in
+/// `x-backstop-fallback`; the client gets exactly one answer, this one.
+#[allow(clippy::too_many_arguments)]
+async fn fall_back(
+    gateway: &Arc<Gateway>,
+    table: &Arc<ModelTable>,
+    to: usize,
+    parts: Parts,
+    path_and_query: &str,
+    body: Bytes,
+    reason: FallbackReason,
+    request_id: RequestId,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let version = &table.versions[to];
+    let failed = |error: GatewayError| Err(error.with_version(&version.header_value));
+    let endpoint = version.pick_endpoint(gateway.now_ms()).clone();
+    let head = match upstream_head(parts, &endpoint, path_and_query, table.protocol) {
+        Ok(head) => head,
+        Err(error) => return failed(error),
+    };
+    let mut recorder = Recorder {
+        state: version.state.clone(),
+        endpoint: endpoint.clone(),
+        start: Instant::now(),
+        clock: gateway.clock_origin(),
+        bytes: 0,
+        outcome: Outcome::Success,
+        grpc: false,
+        capture: None,
+        request_id,
+        output: None,
+        answered: true,
+    };
+    let model = &table.model;
+    let response = match table
+        .client
+        .send(
+            &endpoint,
+            head,
+            UpstreamBody::full(body),
+            table.request_timeout,
+        )
+        .await
+    {
+        Ok(response) => response,
+        Err(SendError::Timeout) => {
+            recorder.finish(Outcome::Timeout);
+            let ms = table.request_timeout.as_millis() as u64;
+            return failed(GatewayError::upstream_timeout(model, &version.name, ms));
+        }
+        Err(SendError::Connect(_)) => {
+            recorder.finish(Outcome::ConnectError);
+            return failed(GatewayError::upstream_connect(
+                model,
+                &version.name,
+                &endpoint.url,
+            ));
+        }
+        Err(other) => {
+            recorder.finish(Outcome::ServerError);
+            let why = match other {
+                SendError::Upstream(why) => why,
+                _ => "the request could not be sent again".into(),
+            };
+            return failed(GatewayError::upstream_error(model, &version.name, &why));
+        }
+    };
+    let (mut head, body) = response.into_parts();
+    let outcome = outcome_of_status(head.status);
+    strip_hop_by_hop(&mut head.headers, false);
+    head.headers
+        .insert(VERSION_HEADER, version.header_value.clone());
+    head.headers
+        .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.name()));
+    recorder.outcome = outcome;
+    let body = RecordingBody::new(body, recorder);
+    Ok(Response::from_parts(head, GatewayBody::Upstream(body)))
+}
+
+/// A copy of a request sent beside the user's: to the shadow version, or
+/// (a canary's mirror sample) to the baseline for the agreement figure.
+struct Copy {
+    to: usize,
+    request_id: RequestId,
+    /// The comparison of the two answers, when the prediction is read.
+    pair: Option<Arc<Pair>>,
+    /// Check its input and read its answer for the version's signals.
+    sampled: bool,
+    /// A mirror: not the version's traffic, so not in its figures.
+    mirror: bool,
+}
+
+/// What the signals need of one request: decided once, up front.
+#[derive(Default)]
+struct SignalPlan {
+    /// Check the input and read the answer.
+    sampled: bool,
+    /// The answer's prediction, and the pair it joins.
+    output: Option<(Output, Option<(Arc<Pair>, Side)>)>,
+    /// A shadow or mirror copy's answer is compared with the user's.
+    pair: Option<Arc<Pair>>,
+    /// Also send the request to this version (the baseline), to compare.
+    mirror_to: Option<usize>,
+    /// Send the request to this version (the baseline) if the candidate
+    /// fails it.
+    fallback_to: Option<usize>,
+}
+
+impl SignalPlan {
+    fn new(table: &ModelTable, version: usize, shadow: Option<usize>) -> SignalPlan {
+        let Some(settings) = &table.signals else {
+            return SignalPlan::default();
+        };
+        let sampled = settings.sample();
+        let to_candidate = settings.candidate == Some(version);
+        let output = settings.output.clone();
+        let mirror_to = settings
+            .baseline
+            .filter(|_| to_candidate && shadow.is_none() && output.is_some())
+            .filter(|_| settings.mirror());
+        let fallback_to = settings
+            .baseline
+            .filter(|_| to_candidate && settings.fallback.is_some());
+        let shadow_compared =
+            sampled && output.is_some() && shadow.is_some() && shadow == settings.candidate;
+        let pair = match settings.candidate {
+            Some(candidate) if shadow_compared || mirror_to.is_some() => {
+                Some(Pair::new(table.versions[candidate].state.clone()))
+            }
+            _ => None,
+        };
+        let side = if to_candidate {
+            Side::Candidate
+        } else {
+            Side::Baseline
+        };
+        let output = output
+            .filter(|_| sampled || pair.is_some())
+            .map(|o| (o, pair.clone().map(|p| (p, side))));
+        SignalPlan {
+            sampled,
+            output,
+            pair,
+            mirror_to,
+            fallback_to,
+        }
+    }
+
+    /// The request body is needed: checked, copied, or kept for a fallback.
+    fn needs_body(&self) -> bool {
+        self.sampled || self.pair.is_some() || self.fallback_to.is_some()
+    }
+
+    /// The user's answer, read for its prediction.
+    fn output_read(&self) -> Option<Box<OutputRead>> {
+        self.output
+            .as_ref()
+            .map(|(output, pair)| OutputRead::new(output.clone(), pair.clone(), true))
+    }
 }
 
 fn answer_locally(gateway: &Gateway, local: Local) -> Response<GatewayBody> {

@@ -159,6 +159,8 @@ pub struct ModelTable {
     shadow: Option<(usize, u32)>,
     /// Request/response sampling; `None` (the default) costs one branch.
     pub capture: Option<Arc<super::capture::Capture>>,
+    /// Model-aware signals; `None` (the default) costs one branch.
+    pub signals: Option<Arc<super::signals::SignalSettings>>,
     /// When this table was installed, and how long after that the first
     /// request used it (0 = not yet): the swap figure of the benchmark.
     clock_origin: Instant,
@@ -230,6 +232,11 @@ impl ModelTable {
             .shadow
             .as_ref()
             .map(|s| (index(&s.version), (s.percent * 10_000.0).round() as u32));
+        let signals = spec.signals.as_ref().map(|s| {
+            Arc::new(super::signals::SignalSettings::new(s, |name| {
+                versions.iter().position(|v| v.name == name)
+            }))
+        });
         Self {
             model,
             generation,
@@ -246,6 +253,7 @@ impl ModelTable {
                 .capture
                 .as_ref()
                 .map(|c| Arc::new(super::capture::Capture::new(c))),
+            signals,
             spec,
             clock_origin: Instant::now(),
             installed_ns: AtomicU64::new(0),
@@ -464,6 +472,7 @@ mod tests {
             cohorts: vec![],
             shadow: None,
             capture: None,
+            signals: None,
             timeouts: Timeouts::default(),
             health_path: "/v2/health/ready".into(),
         }

@@ -1,0 +1,518 @@
+//! Model-aware signals on the request path: the sampled input check
+//! against the version's signature (schema violations, nulls, feature
+//! sketches), the prediction read from the answer (class or score,
+//! confidence), the pairing of two versions' answers to one request
+//! (agreement), and the per-request fallback's reasons.
+//!
+//! What is gathered goes into the version's pending [`Signals`] under a
+//! short lock; the rollout controller takes it once per tick. Nothing here
+//! runs unless the model's table has `signals` (a rollout whose policy
+//! needs them), and then only for sampled requests.
+
+use super::VersionState;
+use crate::config::SignalSpec;
+use crate::signature::{CheckReport, InputSignature, Observed};
+use backstop_core::analysis::Signals;
+use backstop_core::policy::{Fallback, FallbackReason, Output, OutputKind};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+/// Largest answer read for its prediction; a larger one is not read.
+pub const OUTPUT_READ_MAX: usize = 1 << 20;
+
+/// A model table's signal settings, resolved against its versions.
+pub struct SignalSettings {
+    /// Parts per million of requests checked and read.
+    ppm: u32,
+    mirror_ppm: u32,
+    pub features: Vec<String>,
+    pub output: Option<Output>,
+    pub fallback: Option<Fallback>,
+    /// Version indices in the table.
+    pub candidate: Option<usize>,
+    pub baseline: Option<usize>,
+}
+
+impl SignalSettings {
+    pub fn new(spec: &SignalSpec, index: impl Fn(&str) -> Option<usize>) -> Self {
+        let ppm = |percent: f64| (percent * 10_000.0).round() as u32;
+        Self {
+            ppm: ppm(spec.sample_percent),
+            mirror_ppm: ppm(spec.mirror_percent),
+            features: spec.features.clone(),
+            output: spec.output.clone(),
+            fallback: spec.fallback.clone(),
+            candidate: spec.candidate.as_deref().and_then(&index),
+            baseline: spec.baseline.as_deref().and_then(&index),
+        }
+    }
+
+    /// Whether to check and read this request.
+    pub fn sample(&self) -> bool {
+        chance(self.ppm)
+    }
+
+    /// Whether to mirror this candidate request to the baseline.
+    pub fn mirror(&self) -> bool {
+        chance(self.mirror_ppm)
+    }
+
+    /// The fallback covers `reason`.
+    pub fn falls_back_on(&self, reason: FallbackReason) -> bool {
+        self.fallback.as_ref().is_some_and(|f| f.covers(reason))
+    }
+
+    /// The answer must be read before it is passed on: a fallback judges
+    /// its content.
+    pub fn judges_answers(&self) -> bool {
+        self.output.is_some()
+            && (self.falls_back_on(FallbackReason::InvalidOutput)
+                || self.fallback.as_ref().is_some_and(|f| {
+                    f.confidence_below.is_some() && f.covers(FallbackReason::LowConfidence)
+                }))
+    }
+
+    /// Why this answer (already read) should be replaced, if it should.
+    pub fn fallback_for(&self, prediction: &Option<Prediction>) -> Option<FallbackReason> {
+        let fallback = self.fallback.as_ref()?;
+        self.output.as_ref()?;
+        match prediction {
+            None if fallback.covers(FallbackReason::InvalidOutput) => {
+                Some(FallbackReason::InvalidOutput)
+            }
+            Some(p) => {
+                let floor = fallback.confidence_below?;
+                let low = p.confidence.is_some_and(|c| c < floor);
+                (low && fallback.covers(FallbackReason::LowConfidence))
+                    .then_some(FallbackReason::LowConfidence)
+            }
+            None => None,
+        }
+    }
+}
+
+fn chance(ppm: u32) -> bool {
+    ppm >= 1_000_000 || (ppm > 0 && fastrand::u32(0..1_000_000) < ppm)
+}
+
+/// A version's signals since the controller last took them.
+#[derive(Default)]
+pub struct Pending {
+    signals: Mutex<Signals>,
+    signature: Mutex<Option<Arc<InputSignature>>>,
+}
+
+impl Pending {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Signals) -> R) -> R {
+        f(&mut self.signals.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Everything gathered since the last call.
+    pub fn take(&self) -> Signals {
+        self.with(std::mem::take)
+    }
+
+    pub fn set_signature(&self, signature: Option<Arc<InputSignature>>) {
+        *self.signature.lock().unwrap_or_else(|e| e.into_inner()) = signature;
+    }
+
+    pub fn signature(&self) -> Option<Arc<InputSignature>> {
+        self.signature
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Checks a sampled request against the version's signature (parsed
+/// outside the lock) and records the result.
+pub fn record_input(state: &VersionState, settings: &SignalSettings, body: &[u8]) {
+    let Some(signature) = state.signals.signature() else {
+        return;
+    };
+    let report = signature.check_observing(body, &settings.features);
+    state.signals.with(|signals| add_report(signals, &report));
+}
+
+fn add_report(signals: &mut Signals, report: &CheckReport) {
+    signals.inputs_checked += 1;
+    if !report.is_valid() {
+        signals.schema_violations += 1;
+    }
+    for (feature, counts) in &report.per_feature {
+        if counts.nulls + counts.nan + counts.inf > 0 {
+            *signals.feature_nulls.entry(feature.clone()).or_default() += 1;
+        }
+    }
+    for (feature, values) in &report.observed {
+        for value in values {
+            match value {
+                Observed::Number(v) => signals.sketch_number(feature, *v),
+                Observed::Category(c) => signals.sketch_category(feature, c),
+            }
+        }
+    }
+}
+
+/// What an answer predicted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// The class (probabilities, labels).
+    pub class: Option<String>,
+    /// The number (scores).
+    pub score: Option<f64>,
+    pub confidence: Option<f64>,
+}
+
+impl Prediction {
+    /// Same answer: the same class, or scores within 1% of each other.
+    pub fn agrees_with(&self, other: &Prediction) -> bool {
+        match (&self.class, &other.class, self.score, other.score) {
+            (Some(a), Some(b), _, _) => a == b,
+            (_, _, Some(a), Some(b)) => (a - b).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-12),
+            _ => false,
+        }
+    }
+}
+
+/// Reads the prediction from an answer: an OIP `outputs` tensor named
+/// `output.field`, or a top-level field of a plain JSON answer. Batches
+/// are read from their first row. `None`: the answer does not hold what
+/// the policy says it holds.
+pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
+    if body.len() > OUTPUT_READ_MAX {
+        return None;
+    }
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let value = field(&answer, &output.field)?;
+    let first_row = first_row(value);
+    let mut prediction = Prediction {
+        class: None,
+        score: None,
+        confidence: None,
+    };
+    match output.kind {
+        OutputKind::Probabilities => {
+            let probabilities: Vec<f64> = first_row
+                .as_array()?
+                .iter()
+                .map(Value::as_f64)
+                .collect::<Option<_>>()?;
+            let (index, best) = probabilities
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, p)| p.is_finite())
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            prediction.class = Some(index.to_string());
+            prediction.confidence = Some(best);
+        }
+        OutputKind::Label => {
+            let label = scalar(first_row)?;
+            prediction.class = Some(match label {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        }
+        OutputKind::Score => {
+            let score = scalar(first_row)?.as_f64().filter(|s| s.is_finite())?;
+            prediction.score = Some(score);
+        }
+    }
+    if let Some(name) = &output.confidence_field {
+        let confidence = scalar(first_row_of(field(&answer, name)?))?.as_f64()?;
+        prediction.confidence = Some(confidence);
+    }
+    // A confidence outside 0..1 is not one.
+    if prediction
+        .confidence
+        .is_some_and(|c| !(0.0..=1.0).contains(&c))
+    {
+        return None;
+    }
+    Some(prediction)
+}
+
+/// The named OIP output tensor's `data`, or the top-level field.
+fn field<'a>(answer: &'a Value, name: &str) -> Option<&'a Value> {
+    if let Some(outputs) = answer.get("outputs").and_then(Value::as_array) {
+        if let Some(tensor) = outputs
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+        {
+            return tensor.get("data");
+        }
+    }
+    answer.get(name)
+}
+
+/// `[[0.1, 0.9], [..]]` → `[0.1, 0.9]`; a flat list stays as it is.
+fn first_row(value: &Value) -> &Value {
+    match value.as_array().and_then(|rows| rows.first()) {
+        Some(row @ Value::Array(_)) => row,
+        _ => value,
+    }
+}
+
+/// `[x, ...]` → `x`, nested as deep as it goes; a scalar stays.
+fn first_row_of(value: &Value) -> &Value {
+    let mut value = value;
+    while let Some(first) = value.as_array().and_then(|a| a.first()) {
+        value = first;
+    }
+    value
+}
+
+fn scalar(value: &Value) -> Option<&Value> {
+    let value = first_row_of(value);
+    (!value.is_array() && !value.is_object() && !value.is_null()).then_some(value)
+}
+
+/// Records an answer's prediction (or its absence) on its version.
+pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
+    state.signals.with(|signals| {
+        signals.outputs_read += 1;
+        let Some(p) = prediction else {
+            signals.invalid_outputs += 1;
+            return;
+        };
+        if let Some(class) = &p.class {
+            signals.predict_class(class);
+        } else if let Some(score) = p.score {
+            signals.predict_score(score);
+        }
+        if let Some(confidence) = p.confidence {
+            signals.confidence.record(confidence);
+        }
+    });
+}
+
+/// Records a fallback on the candidate that needed it.
+pub fn record_fallback(state: &VersionState, reason: FallbackReason) {
+    state.signals.with(|signals| {
+        signals.fallbacks += 1;
+        *signals
+            .fallback_reasons
+            .entry(reason.name().to_string())
+            .or_default() += 1;
+    });
+}
+
+/// An answer's bytes, kept as they stream past, for its prediction.
+pub struct OutputRead {
+    output: Output,
+    bytes: Vec<u8>,
+    too_big: bool,
+    pair: Option<(Arc<Pair>, Side)>,
+    /// Record the prediction on the version (not for mirror copies, which
+    /// only feed the pair).
+    record: bool,
+}
+
+impl OutputRead {
+    pub fn new(output: Output, pair: Option<(Arc<Pair>, Side)>, record: bool) -> Box<Self> {
+        Box::new(OutputRead {
+            output,
+            bytes: Vec::new(),
+            too_big: false,
+            pair,
+            record,
+        })
+    }
+
+    pub fn tee(&mut self, data: &[u8]) {
+        if self.too_big || self.bytes.len() + data.len() > OUTPUT_READ_MAX {
+            self.too_big = true;
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+    }
+
+    /// `answered`: the version answered in full and successfully.
+    pub fn finish(self, state: &VersionState, answered: bool) {
+        let read = answered && !self.too_big;
+        let prediction = if read {
+            read_prediction(&self.output, &self.bytes)
+        } else {
+            None
+        };
+        if read && self.record {
+            record_output(state, prediction.as_ref());
+        }
+        if let Some((pair, side)) = self.pair {
+            pair.offer(side, prediction);
+        }
+    }
+}
+
+/// Two answers to one request (the user's and a mirrored or shadow copy):
+/// whichever is read second compares them, on the candidate's signals.
+pub struct Pair {
+    candidate: Arc<VersionState>,
+    /// Each side's prediction once read (`Some(None)`: no prediction).
+    sides: Mutex<[Option<Option<Prediction>>; 2]>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Side {
+    Candidate = 0,
+    Baseline = 1,
+}
+
+impl Pair {
+    pub fn new(candidate: Arc<VersionState>) -> Arc<Pair> {
+        Arc::new(Pair {
+            candidate,
+            sides: Mutex::new([None, None]),
+        })
+    }
+
+    pub fn offer(&self, side: Side, prediction: Option<Prediction>) {
+        let both = {
+            let mut sides = self.sides.lock().unwrap_or_else(|e| e.into_inner());
+            sides[side as usize] = Some(prediction);
+            match &*sides {
+                [Some(Some(c)), Some(Some(b))] => Some(c.agrees_with(b)),
+                _ => None,
+            }
+        };
+        if let Some(agreed) = both {
+            self.candidate.signals.with(|signals| {
+                signals.paired += 1;
+                signals.agreed += u64::from(agreed);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn output(field: &str, kind: OutputKind) -> Output {
+        Output {
+            field: field.into(),
+            kind,
+            confidence_field: None,
+        }
+    }
+
+    fn read(output: &Output, answer: Value) -> Option<Prediction> {
+        read_prediction(output, answer.to_string().as_bytes())
+    }
+
+    #[test]
+    fn predictions_are_read_from_oip_and_plain_json_answers() {
+        let probabilities = output("probs", OutputKind::Probabilities);
+        let oip = json!({"outputs": [
+            {"name": "other", "datatype": "FP32", "shape": [1], "data": [7]},
+            {"name": "probs", "datatype": "FP32", "shape": [1, 3], "data": [0.1, 0.7, 0.2]},
+        ]});
+        let p = read(&probabilities, oip).unwrap();
+        assert_eq!((p.class.as_deref(), p.confidence), (Some("1"), Some(0.7)));
+        // A batch: the first row.
+        let p = read(&probabilities, json!({"probs": [[0.9, 0.1], [0.2, 0.8]]})).unwrap();
+        assert_eq!(p.class.as_deref(), Some("0"));
+        let label = output("label", OutputKind::Label);
+        assert_eq!(
+            read(&label, json!({"label": ["cat"]}))
+                .unwrap()
+                .class
+                .as_deref(),
+            Some("cat")
+        );
+        assert_eq!(
+            read(&label, json!({"label": 3})).unwrap().class.as_deref(),
+            Some("3")
+        );
+        let score = output("score", OutputKind::Score);
+        assert_eq!(
+            read(&score, json!({"score": [[0.25]]})).unwrap().score,
+            Some(0.25)
+        );
+        let mut with_confidence = output("label", OutputKind::Label);
+        with_confidence.confidence_field = Some("conf".into());
+        let p = read(&with_confidence, json!({"label": "dog", "conf": 0.4})).unwrap();
+        assert_eq!(p.confidence, Some(0.4));
+    }
+
+    #[test]
+    fn answers_without_the_prediction_are_invalid() {
+        let probabilities = output("probs", OutputKind::Probabilities);
+        for bad in [
+            json!({"other": [0.1]}),
+            json!({"probs": "high"}),
+            json!({"probs": [0.1, "x"]}),
+            json!({"probs": []}),
+            json!({"probs": [1.5, 0.2]}),
+        ] {
+            assert_eq!(read(&probabilities, bad.clone()), None, "{bad}");
+        }
+        assert_eq!(read_prediction(&probabilities, b"not json"), None);
+        let score = output("score", OutputKind::Score);
+        assert_eq!(read(&score, json!({"score": null})), None);
+        assert_eq!(read(&score, json!({"score": {"a": 1}})), None);
+    }
+
+    #[test]
+    fn agreement_is_the_same_class_or_a_close_score() {
+        let class = |c: &str| Prediction {
+            class: Some(c.into()),
+            score: None,
+            confidence: None,
+        };
+        let score = |s: f64| Prediction {
+            class: None,
+            score: Some(s),
+            confidence: None,
+        };
+        assert!(class("a").agrees_with(&class("a")));
+        assert!(!class("a").agrees_with(&class("b")));
+        assert!(score(100.0).agrees_with(&score(100.5)));
+        assert!(!score(100.0).agrees_with(&score(102.0)));
+        assert!(!class("a").agrees_with(&score(1.0)));
+    }
+
+    #[test]
+    fn fallback_reasons_follow_the_policy() {
+        let settings = |fallback: Fallback| SignalSettings {
+            ppm: 0,
+            mirror_ppm: 0,
+            features: vec![],
+            output: Some(output("probs", OutputKind::Probabilities)),
+            fallback: Some(fallback),
+            candidate: Some(1),
+            baseline: Some(0),
+        };
+        let all = settings(Fallback {
+            on: FallbackReason::ALL.to_vec(),
+            confidence_below: Some(0.5),
+        });
+        let confident = Some(Prediction {
+            class: Some("1".into()),
+            score: None,
+            confidence: Some(0.9),
+        });
+        let unsure = Some(Prediction {
+            class: Some("1".into()),
+            score: None,
+            confidence: Some(0.3),
+        });
+        assert_eq!(all.fallback_for(&confident), None);
+        assert_eq!(
+            all.fallback_for(&unsure),
+            Some(FallbackReason::LowConfidence)
+        );
+        assert_eq!(all.fallback_for(&None), Some(FallbackReason::InvalidOutput));
+        assert!(all.judges_answers());
+        let errors_only = settings(Fallback {
+            on: vec![FallbackReason::ServerError],
+            confidence_below: None,
+        });
+        assert_eq!(errors_only.fallback_for(&None), None);
+        assert!(!errors_only.judges_answers());
+        assert!(errors_only.falls_back_on(FallbackReason::ServerError));
+    }
+}
