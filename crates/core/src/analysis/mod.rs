@@ -6,6 +6,7 @@
 
 pub mod drift;
 pub mod histogram;
+pub mod kpi;
 pub mod sequential;
 pub mod trigger;
 pub mod window;
@@ -14,5 +15,6 @@ pub use drift::{
     chi_square, ks, psi, CategoricalSketch, ChiSquareResult, KsResult, NumericSketch, PsiBand,
 };
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
+pub use kpi::{KpiWindow, Moments};
 pub use trigger::Sample;
 pub use window::{Outcome, VersionStats, WindowSnapshot};
