@@ -229,6 +229,9 @@ pub struct Recorder {
     /// A sampled exchange's bodies so far (`None`: not sampled).
     pub capture: Option<Box<PendingCapture>>,
     pub request_id: super::request_id::RequestId,
+    /// Where a successful answer is remembered for feedback joins; `None`
+    /// for shadow copies, which never answered the user.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 impl Recorder {
@@ -264,6 +267,17 @@ impl Recorder {
         let elapsed = self.start.elapsed();
         let latency_us = elapsed.as_micros() as u64;
         self.state.stats.record(outcome, latency_us, self.bytes);
+        // Only answers the client got whole: a failure predicts nothing
+        // anyone acts on. The prediction is filled in once the gateway
+        // parses outputs.
+        if let (Outcome::Success, Some(feedback)) = (outcome, &self.feedback) {
+            feedback.record(
+                &self.request_id,
+                &self.state.feedback,
+                None,
+                super::unix_ms(),
+            );
+        }
         if let Some(capture) = self.capture.take() {
             capture.finish(self.state.clone(), outcome, elapsed);
         }

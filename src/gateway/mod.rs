@@ -19,6 +19,7 @@ pub mod routing;
 pub mod upstream;
 
 use crate::config::{Config, FieldError, ModelSpec, Protocol};
+use crate::feedback::Feedback;
 use arc_swap::ArcSwap;
 use backstop_core::analysis::VersionStats;
 use routing::{ModelTable, VersionRoute};
@@ -43,6 +44,9 @@ pub struct VersionState {
     pub rerouted_unhealthy: AtomicU64,
     /// Sampled request/response pairs (with the model's `capture` on).
     pub samples: capture::Ring,
+    /// The version's feedback accumulators (KPIs and labels joined to the
+    /// requests it answered), shared with the gateway's [`Feedback`].
+    pub feedback: Arc<crate::feedback::VersionFeedback>,
     events: Arc<Events>,
 }
 
@@ -62,6 +66,13 @@ impl VersionState {
             shadow_dropped: AtomicU64::new(0),
             rerouted_unhealthy: AtomicU64::new(0),
             samples: capture::Ring::default(),
+            // Stand-alone; the gateway gives its states the shared ones.
+            feedback: Arc::new(crate::feedback::VersionFeedback::new(
+                model,
+                version,
+                Default::default(),
+                buckets,
+            )),
             events,
         }
     }
@@ -188,6 +199,9 @@ pub struct Gateway {
     pub shadow_permits: Arc<tokio::sync::Semaphore>,
     pub events: Arc<Events>,
     pub rollout_events: RolloutEvents,
+    /// Feedback posted by applications, joined to the versions that
+    /// answered (the feedback API).
+    pub feedback: Arc<Feedback>,
     pub pin_header: http::HeaderName,
     pub swaps: AtomicU64,
     started: Instant,
@@ -210,6 +224,11 @@ impl Gateway {
             clients,
             events: Arc::new(Events::new()),
             rollout_events: RolloutEvents::default(),
+            feedback: Arc::new(Feedback::new(
+                &config.feedback,
+                config.stats.bucket_ms,
+                config.stats.buckets,
+            )),
             pin_header,
             swaps: AtomicU64::new(0),
             started: Instant::now(),
@@ -339,13 +358,16 @@ impl Gateway {
         states
             .entry((model.to_string(), version.to_string()))
             .or_insert_with(|| {
-                Arc::new(VersionState::new(
-                    model,
-                    version,
-                    stats.bucket_ms,
-                    stats.buckets,
-                    self.events.clone(),
-                ))
+                Arc::new(VersionState {
+                    feedback: self.feedback.version(model, version),
+                    ..VersionState::new(
+                        model,
+                        version,
+                        stats.bucket_ms,
+                        stats.buckets,
+                        self.events.clone(),
+                    )
+                })
             })
             .clone()
     }

@@ -287,6 +287,7 @@ async fn proxy(
             grpc,
             capture,
             request_id,
+            feedback: Some(gateway.feedback.clone()),
         }));
         // A gameday fault (rehearsal versions only): one branch otherwise.
         if let Some(fault) = &version.fault {
@@ -646,6 +647,8 @@ fn spawn_shadow(
             grpc,
             capture,
             request_id,
+            // A shadow copy never answered the user: nothing to join.
+            feedback: None,
         };
         let send = table.client.send(
             &recorder.endpoint,
