@@ -144,22 +144,31 @@ pub struct KpiNames {
 }
 
 impl KpiNames {
-    /// The name's index, adding it when there is room.
-    fn index(&self, name: &str) -> Result<usize, Unjoined> {
+    /// The names' indexes, adding the new ones when there is room for all
+    /// of them (else nothing is added).
+    fn indexes<'a>(&self, wanted: impl Iterator<Item = &'a str>) -> Result<Vec<usize>, Unjoined> {
         let mut names = lock(&self.names);
-        if let Some(i) = names.iter().position(|n| &**n == name) {
-            return Ok(i);
+        let known = names.len();
+        let mut indexes = Vec::new();
+        for name in wanted {
+            match names.iter().position(|n| &**n == name) {
+                Some(i) => indexes.push(i),
+                None if names.len() < KPI_NAMES_MAX => {
+                    names.push(name.into());
+                    indexes.push(names.len() - 1);
+                }
+                None => {
+                    names.truncate(known);
+                    return Err(Unjoined::rejected(
+                        "too_many_kpis",
+                        format!(
+                            "the model already has {known} KPI names (at most {KPI_NAMES_MAX}); {name:?} would be one too many"
+                        ),
+                    ));
+                }
+            }
         }
-        if names.len() >= KPI_NAMES_MAX {
-            return Err(Unjoined::rejected(
-                "too_many_kpis",
-                format!(
-                    "the model already has {KPI_NAMES_MAX} KPI names; {name:?} would be one more"
-                ),
-            ));
-        }
-        names.push(name.into());
-        Ok(names.len() - 1)
+        Ok(indexes)
     }
 
     fn snapshot(&self) -> Vec<Arc<str>> {
@@ -524,10 +533,13 @@ impl Feedback {
                 entry.version.count(Unjoined::Expired);
                 return Err(Unjoined::Expired);
             }
-            let mut kpis = Vec::with_capacity(item.kpis.len());
+            let indexes = entry
+                .version
+                .names
+                .indexes(item.kpis.keys().map(String::as_str))?;
             let mut bits = 0u64;
-            for (name, value) in &item.kpis {
-                let index = entry.version.names.index(name)?;
+            let mut kpis = Vec::with_capacity(indexes.len());
+            for (index, value) in indexes.into_iter().zip(item.kpis.values()) {
                 bits |= 1 << index;
                 kpis.push((index, *value));
             }
@@ -902,6 +914,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.code(), "too_many_kpis");
         assert_eq!(v1.window(0, 0).kpis["k0"].n, 1, "nothing of it applied");
+        assert_eq!(v1.names.snapshot().len(), KPI_NAMES_MAX);
+        // Room for one of two new names: neither is taken.
+        let names = KpiNames::default();
+        names
+            .indexes(
+                (0..31)
+                    .map(|i| ["k", &i.to_string()].concat())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            )
+            .unwrap();
+        assert!(names.indexes(["x", "y"].into_iter()).is_err());
+        assert_eq!(names.snapshot().len(), 31);
+        assert_eq!(names.indexes(["k3", "y"].into_iter()).unwrap(), [3, 31]);
         // Known names still work, and another model has its own names.
         assert!(fb.apply(&item(&id, json!({"kpis": {"k1": 1}})), 0).is_ok());
         let other = fb.version("n", "v1");
