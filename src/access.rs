@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 /// Viewer < deployer < approver < admin: each may do everything the ones
 /// before it may. Breakglass stands apart: it may do what a deployer may
 /// (for emergency rollbacks), and every request made with it is audited.
+/// Reporter stands apart too: an application's token that may only post
+/// feedback (deployers and above may as well), and read nothing.
 #[derive(
     Clone,
     Copy,
@@ -40,15 +42,19 @@ pub enum Role {
     Admin,
     /// Emergency access with a deployer's powers, always audited.
     Breakglass,
+    /// Posts feedback (business outcomes) and nothing else: what an
+    /// application's token needs.
+    Reporter,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Deployer,
         Role::Approver,
         Role::Admin,
         Role::Breakglass,
+        Role::Reporter,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +64,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Admin => "admin",
             Role::Breakglass => "breakglass",
+            Role::Reporter => "reporter",
         }
     }
 
@@ -67,16 +74,20 @@ impl Role {
             // Nothing requires breakglass as such; asking is a mistake
             // that must fail closed.
             (_, Role::Breakglass) => false,
+            // A reporter reports, and those who run rollouts may too.
+            (Role::Reporter, needed) => needed == Role::Reporter,
+            (role, Role::Reporter) => role.rank() >= Role::Deployer.rank(),
             (Role::Breakglass, needed) => needed.rank() <= Role::Deployer.rank(),
             (role, needed) => role.rank() >= needed.rank(),
         }
     }
 
     /// Place in the viewer < deployer < approver < admin order; breakglass
-    /// is ranked as a deployer.
+    /// is ranked as a deployer, a reporter below a viewer (it reads
+    /// nothing).
     fn rank(self) -> u8 {
         match self {
-            Role::Viewer => 0,
+            Role::Viewer | Role::Reporter => 0,
             Role::Deployer | Role::Breakglass => 1,
             Role::Approver => 2,
             Role::Admin => 3,
@@ -98,7 +109,7 @@ impl std::str::FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == text)
             .ok_or_else(|| {
-                format!("unknown role {text:?}: expected viewer, deployer, approver, admin or breakglass")
+                format!("unknown role {text:?}: expected viewer, deployer, approver, admin, breakglass or reporter")
             })
     }
 }
@@ -134,6 +145,8 @@ const RULES: &[(On, &str, Need)] = &[
     // What the code says, not what the gateway holds.
     (On::Read, "/api/v1/openapi.json", Need::Open),
     (On::Any, "/api/v1/tokens/**", Need::Role(Role::Admin)),
+    // Applications report outcomes with a reporter's token.
+    (On::Post, "/api/v1/feedback", Need::Role(Role::Reporter)),
     // Samples carry payloads (redacted, still): those who run rollouts.
     (
         On::Read,
@@ -436,6 +449,9 @@ mod tests {
             (Method::GET, "/api/v1/models", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/routes", R(Role::Viewer)),
             (Method::GET, "/api/v1/models/m/stats", R(Role::Viewer)),
+            (Method::GET, "/api/v1/models/m/feedback", R(Role::Viewer)),
+            (Method::POST, "/api/v1/feedback", R(Role::Reporter)),
+            (Method::PUT, "/api/v1/feedback", R(Role::Admin)),
             (Method::GET, "/api/v1/models/m/samples", R(Role::Deployer)),
             (Method::GET, "/api/v1/incidents", R(Role::Viewer)),
             (Method::GET, "/api/v1/incidents/inc-1", R(Role::Deployer)),
@@ -580,10 +596,14 @@ mod tests {
             Role::ALL.into_iter().filter(|n| role.allows(*n)).collect()
         };
         assert_eq!(allowed(Viewer), [Viewer]);
-        assert_eq!(allowed(Deployer), [Viewer, Deployer]);
-        assert_eq!(allowed(Approver), [Viewer, Deployer, Approver]);
-        assert_eq!(allowed(Admin), [Viewer, Deployer, Approver, Admin]);
-        assert_eq!(allowed(Breakglass), [Viewer, Deployer]);
+        assert_eq!(allowed(Deployer), [Viewer, Deployer, Reporter]);
+        assert_eq!(allowed(Approver), [Viewer, Deployer, Approver, Reporter]);
+        assert_eq!(
+            allowed(Admin),
+            [Viewer, Deployer, Approver, Admin, Reporter]
+        );
+        assert_eq!(allowed(Breakglass), [Viewer, Deployer, Reporter]);
+        assert_eq!(allowed(Reporter), [Reporter]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub stats: StatsConfig,
     #[serde(default)]
+    pub feedback: FeedbackConfig,
+    #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub health: HealthConfig,
@@ -94,6 +96,36 @@ pub struct TlsFiles {
 pub struct UpstreamTls {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+/// The feedback API's join of reported outcomes to the version that
+/// answered (see `crate::feedback`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// How long after its answer a request still takes feedback.
+    #[serde(default = "default_feedback_window_ms")]
+    pub window_ms: u64,
+    /// Answered requests remembered at most (about 100 bytes each); the
+    /// oldest go first.
+    #[serde(default = "default_feedback_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: default_feedback_window_ms(),
+            capacity: default_feedback_capacity(),
+        }
+    }
+}
+
+fn default_feedback_window_ms() -> u64 {
+    3_600_000
+}
+fn default_feedback_capacity() -> usize {
+    1_000_000
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -758,6 +790,18 @@ impl Config {
                 "must be between 3 and 100000",
             ));
         }
+        if !(1..=7 * 86_400_000).contains(&self.feedback.window_ms) {
+            return Err(FieldError::new(
+                "feedback.window_ms",
+                "must be between 1 and 604800000 (7 days)",
+            ));
+        }
+        if !(16..=100_000_000).contains(&self.feedback.capacity) {
+            return Err(FieldError::new(
+                "feedback.capacity",
+                "must be between 16 and 100000000",
+            ));
+        }
         if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
             return Err(FieldError::new(
                 "health",
@@ -1059,6 +1103,33 @@ models:
         let error = parse(&text).unwrap_err();
         assert_eq!(error.path, "models.fraud-scorer.versions");
         assert_eq!(error.line, Some(8));
+    }
+
+    #[test]
+    fn feedback_settings_default_and_are_checked() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.feedback.window_ms, 3_600_000);
+        assert_eq!(config.feedback.capacity, 1_000_000);
+        let config = parse(&format!(
+            "feedback: {{ window_ms: 500, capacity: 64 }}\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(
+            (config.feedback.window_ms, config.feedback.capacity),
+            (500, 64)
+        );
+        for (bad, path) in [
+            ("window_ms: 0", "feedback.window_ms"),
+            ("capacity: 3", "feedback.capacity"),
+        ] {
+            let error = parse(&format!("feedback: {{ {bad} }}\n{GOOD}")).unwrap_err();
+            assert_eq!(error.path, path, "{bad}");
+        }
+        let error = parse(&format!("feedback: {{ windw_ms: 5 }}\n{GOOD}")).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `windw_ms`"),
+            "{error}"
+        );
     }
 
     #[test]

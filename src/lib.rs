@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod feedback;
 pub mod gameday;
 pub mod gateway;
 pub mod incident;

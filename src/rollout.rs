@@ -668,12 +668,18 @@ impl Rollouts {
                 .find(|v| v.name == name)
                 .map(|v| {
                     let window = v.state.stats.range(from, to);
+                    // Since the last tick (not bucket-aligned: a request's
+                    // signals land a tick late at worst).
+                    let mut signals = v.state.signals.take();
+                    // Feedback that arrived in these buckets.
+                    let feedback = v.state.feedback.window(from, to);
+                    signals.kpis = feedback.kpis;
+                    signals.labeled = feedback.labeled;
+                    signals.correct = feedback.correct;
                     Sample {
                         counts: window.counts,
                         latency_us: window.latency_us,
-                        // Since the last tick (not bucket-aligned: a
-                        // request's signals land a tick late at worst).
-                        signals: v.state.signals.take(),
+                        signals,
                     }
                 })
                 .unwrap_or_default()

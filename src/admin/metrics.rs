@@ -43,7 +43,7 @@ fn label(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-fn text(gateway: &Gateway) -> String {
+pub(super) fn text(gateway: &Gateway) -> String {
     let mut out = String::with_capacity(8192);
     let states = gateway.version_states();
 
@@ -243,5 +243,109 @@ fn text(gateway: &Gateway) -> String {
             *last_ms as f64 / 1000.0
         );
     }
+    feedback(&mut out, gateway);
     out
+}
+
+/// The feedback API's counters and KPI sums, per version (KPI names are
+/// bounded per model, so labels stay bounded).
+fn feedback(out: &mut String, gateway: &Gateway) {
+    let feedback = &gateway.feedback;
+    let versions = feedback.all_versions();
+    let _ = writeln!(
+        out,
+        "# HELP backstop_feedback_total Feedback items joined to the version that answered, by result."
+    );
+    let _ = writeln!(out, "# TYPE backstop_feedback_total counter");
+    let mut lifetimes = Vec::with_capacity(versions.len());
+    for version in &versions {
+        let (m, v) = (label(&version.model), label(&version.version));
+        let counts = version.counts();
+        for (result, value) in [
+            ("accepted", counts.accepted),
+            ("duplicate", counts.duplicate),
+            ("expired", counts.expired),
+        ] {
+            let _ = writeln!(
+                out,
+                "backstop_feedback_total{{model=\"{m}\",version=\"{v}\",result=\"{result}\"}} {value}"
+            );
+        }
+        lifetimes.push((m, v, version.lifetime()));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backstop_feedback_unjoined_total Feedback items joined to no version: unknown request ids, or refused for their content."
+    );
+    let _ = writeln!(out, "# TYPE backstop_feedback_unjoined_total counter");
+    for (reason, value) in [
+        ("unknown", feedback.unknown_total()),
+        ("rejected", feedback.rejected_total()),
+    ] {
+        let _ = writeln!(
+            out,
+            "backstop_feedback_unjoined_total{{reason=\"{reason}\"}} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backstop_feedback_join_entries Answered requests the feedback join table remembers now."
+    );
+    let _ = writeln!(out, "# TYPE backstop_feedback_join_entries gauge");
+    let _ = writeln!(out, "backstop_feedback_join_entries {}", feedback.len());
+    let _ = writeln!(
+        out,
+        "# HELP backstop_feedback_join_evicted_total Answered requests forgotten early because the join table was full."
+    );
+    let _ = writeln!(out, "# TYPE backstop_feedback_join_evicted_total counter");
+    let _ = writeln!(
+        out,
+        "backstop_feedback_join_evicted_total {}",
+        feedback.evicted_total()
+    );
+    for (name, help, read) in [
+        (
+            "backstop_feedback_labeled_total",
+            "Feedback items that carried the true label.",
+            (|w: &backstop_core::analysis::KpiWindow| w.labeled)
+                as fn(&backstop_core::analysis::KpiWindow) -> u64,
+        ),
+        (
+            "backstop_feedback_correct_total",
+            "Labelled items whose recorded prediction matched the label.",
+            |w| w.correct,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (m, v, lifetime) in &lifetimes {
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{m}\",version=\"{v}\"}} {}",
+                read(lifetime)
+            );
+        }
+    }
+    // A summary without quantiles: `_sum` may go down (negative KPIs
+    // such as refunds), `_count` only up.
+    let _ = writeln!(
+        out,
+        "# HELP backstop_kpi KPI values reported for the version's answers (sum and count)."
+    );
+    let _ = writeln!(out, "# TYPE backstop_kpi summary");
+    for (m, v, lifetime) in &lifetimes {
+        for (kpi, moments) in &lifetime.kpis {
+            let k = label(kpi);
+            let _ = writeln!(
+                out,
+                "backstop_kpi_sum{{model=\"{m}\",version=\"{v}\",kpi=\"{k}\"}} {}",
+                moments.sum
+            );
+            let _ = writeln!(
+                out,
+                "backstop_kpi_count{{model=\"{m}\",version=\"{v}\",kpi=\"{k}\"}} {}",
+                moments.n
+            );
+        }
+    }
 }

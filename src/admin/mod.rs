@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod faults;
+mod feedback;
 mod incidents;
 mod metrics;
 mod openapi;
@@ -89,6 +90,7 @@ fn api_routes() -> OpenApiRouter<AdminState> {
         .merge(registry::routes())
         .merge(rollouts::routes())
         .merge(faults::routes())
+        .merge(feedback::routes())
         .merge(incidents::routes())
         .merge(tokens::routes())
 }
@@ -699,6 +701,8 @@ models:
         ("PUT", "/api/v1/models/{model}/routes"),
         ("GET", "/api/v1/models/{model}/stats"),
         ("GET", "/api/v1/models/{model}/samples"),
+        ("POST", "/api/v1/feedback"),
+        ("GET", "/api/v1/models/{model}/feedback"),
         ("GET", "/api/v1/events"),
         ("GET", "/api/v1/access/check"),
         ("PUT", "/api/v1/artifacts"),
@@ -837,6 +841,8 @@ models:
             "BundleRecord",
             "AuditEntry",
             "TokenRecord",
+            "FeedbackAnswer",
+            "FeedbackItemDoc",
         ] {
             assert!(components["schemas"][schema].is_object(), "{schema}");
         }

@@ -231,9 +231,12 @@ pub struct Recorder {
     pub request_id: super::request_id::RequestId,
     /// The answer's bytes for its prediction (`None`: not read).
     pub output: Option<Box<super::signals::OutputRead>>,
-    /// This version's answer is the one the client gets (not a shadow or
-    /// mirror copy, nor a failure the baseline answered instead).
-    pub answered: bool,
+    /// The class predicted, when the answer was read before it was passed
+    /// on (a fallback that judges answers).
+    pub predicted: Option<Arc<str>>,
+    /// Where a successful answer is remembered for feedback joins; `None`
+    /// for shadow copies, which never answered the user.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 impl Recorder {
@@ -269,11 +272,23 @@ impl Recorder {
         let elapsed = self.start.elapsed();
         let latency_us = elapsed.as_micros() as u64;
         self.state.stats.record(outcome, latency_us, self.bytes);
+        if let Some(output) = self.output.take() {
+            let prediction = output.finish(&self.state, outcome == Outcome::Success);
+            self.predicted = prediction.and_then(|p| p.class).map(Arc::from);
+        }
+        // Only answers the client got whole: a failure predicts nothing
+        // anyone acts on. The class predicted (when the answer was read)
+        // is what labels are checked against.
+        if let (Outcome::Success, Some(feedback)) = (outcome, &self.feedback) {
+            feedback.record(
+                &self.request_id,
+                &self.state.feedback,
+                self.predicted.take(),
+                super::unix_ms(),
+            );
+        }
         if let Some(capture) = self.capture.take() {
             capture.finish(self.state.clone(), outcome, elapsed);
-        }
-        if let Some(output) = self.output.take() {
-            output.finish(&self.state, outcome == Outcome::Success);
         }
     }
 }

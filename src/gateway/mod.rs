@@ -20,6 +20,7 @@ pub mod signals;
 pub mod upstream;
 
 use crate::config::{Config, FieldError, ModelSpec, Protocol};
+use crate::feedback::Feedback;
 use arc_swap::ArcSwap;
 use backstop_core::analysis::VersionStats;
 use routing::{ModelTable, VersionRoute};
@@ -47,6 +48,9 @@ pub struct VersionState {
     /// Model-aware signals gathered since the controller last took them,
     /// and the registered input signature they are checked against.
     pub signals: signals::Pending,
+    /// The version's feedback accumulators (KPIs and labels joined to the
+    /// requests it answered), shared with the gateway's [`Feedback`].
+    pub feedback: Arc<crate::feedback::VersionFeedback>,
     events: Arc<Events>,
 }
 
@@ -67,6 +71,13 @@ impl VersionState {
             rerouted_unhealthy: AtomicU64::new(0),
             samples: capture::Ring::default(),
             signals: signals::Pending::default(),
+            // Stand-alone; the gateway gives its states the shared ones.
+            feedback: Arc::new(crate::feedback::VersionFeedback::new(
+                model,
+                version,
+                Default::default(),
+                buckets,
+            )),
             events,
         }
     }
@@ -193,6 +204,9 @@ pub struct Gateway {
     pub shadow_permits: Arc<tokio::sync::Semaphore>,
     pub events: Arc<Events>,
     pub rollout_events: RolloutEvents,
+    /// Feedback posted by applications, joined to the versions that
+    /// answered (the feedback API).
+    pub feedback: Arc<Feedback>,
     pub pin_header: http::HeaderName,
     pub swaps: AtomicU64,
     started: Instant,
@@ -215,6 +229,11 @@ impl Gateway {
             clients,
             events: Arc::new(Events::new()),
             rollout_events: RolloutEvents::default(),
+            feedback: Arc::new(Feedback::new(
+                &config.feedback,
+                config.stats.bucket_ms,
+                config.stats.buckets,
+            )),
             pin_header,
             swaps: AtomicU64::new(0),
             started: Instant::now(),
@@ -344,13 +363,16 @@ impl Gateway {
         states
             .entry((model.to_string(), version.to_string()))
             .or_insert_with(|| {
-                Arc::new(VersionState::new(
-                    model,
-                    version,
-                    stats.bucket_ms,
-                    stats.buckets,
-                    self.events.clone(),
-                ))
+                Arc::new(VersionState {
+                    feedback: self.feedback.version(model, version),
+                    ..VersionState::new(
+                        model,
+                        version,
+                        stats.bucket_ms,
+                        stats.buckets,
+                        self.events.clone(),
+                    )
+                })
             })
             .clone()
     }

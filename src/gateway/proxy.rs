@@ -16,7 +16,7 @@ use super::grpc::{self, Scan};
 use super::h1::SendError;
 use super::request_id::{RequestId, REQUEST_ID_HEADER};
 use super::routing::{FaultAction, ModelTable};
-use super::signals::{self, OutputRead, Pair, Side};
+use super::signals::{self, OutputRead, Pair, PairSide, Side};
 use super::upstream::Endpoint;
 use super::Gateway;
 use crate::config::Protocol;
@@ -335,7 +335,8 @@ async fn proxy(
             capture,
             request_id,
             output: plan.output_read(),
-            answered: true,
+            predicted: None,
+            feedback: Some(gateway.feedback.clone()),
         }));
         // A gameday fault (rehearsal versions only): one branch otherwise.
         if let Some(fault) = &version.fault {
@@ -381,7 +382,7 @@ async fn proxy(
             };
             if let Some((reason, outcome)) = failed.filter(|(r, _)| settings.falls_back_on(*r)) {
                 recorder.output = None;
-                recorder.answered = false;
+                recorder.feedback = None;
                 recorder.finish(outcome);
                 signals::record_fallback(&version.state, reason);
                 let copy = copy_head(parts);
@@ -451,7 +452,7 @@ async fn proxy(
                     Ok(Ok(collected)) => collected.to_bytes(),
                     // The answer broke off: the candidate failed it.
                     _ => {
-                        recorder.answered = false;
+                        recorder.feedback = None;
                         recorder.finish(Outcome::ServerError);
                         if settings.falls_back_on(FallbackReason::ServerError) {
                             signals::record_fallback(&version.state, FallbackReason::ServerError);
@@ -463,10 +464,11 @@ async fn proxy(
                 };
                 let prediction = signals::read_prediction(output, &answer);
                 signals::record_output(&version.state, prediction.as_ref());
+                recorder.predicted = prediction.as_ref().and_then(|p| p.class.as_deref()).map(Arc::from);
                 if let Some(reason) = settings.fallback_for(&prediction) {
                     // The candidate did answer: its figures keep the
                     // success; the fallback is counted on its own.
-                    recorder.answered = false;
+                    recorder.feedback = None;
                     recorder.bytes = answer.len() as u64;
                     recorder.finish(Outcome::Success);
                     signals::record_fallback(&version.state, reason);
@@ -793,7 +795,9 @@ fn spawn_shadow(
             capture,
             request_id,
             output,
-            answered: false,
+            predicted: None,
+            // A shadow copy never answered the user: nothing to join.
+            feedback: None,
         };
         let send = table.client.send(
             &recorder.endpoint,
@@ -896,7 +900,9 @@ async fn fall_back(
         capture: None,
         request_id,
         output: None,
-        answered: true,
+        predicted: None,
+        // The baseline's answer is the one the client gets.
+        feedback: Some(gateway.feedback.clone()),
     };
     let model = &table.model;
     let response = match table
@@ -963,7 +969,7 @@ struct SignalPlan {
     /// Check the input and read the answer.
     sampled: bool,
     /// The answer's prediction, and the pair it joins.
-    output: Option<(Output, Option<(Arc<Pair>, Side)>)>,
+    output: Option<(Output, Option<PairSide>)>,
     /// A shadow or mirror copy's answer is compared with the user's.
     pair: Option<Arc<Pair>>,
     /// Also send the request to this version (the baseline), to compare.

@@ -282,7 +282,7 @@ pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
             signals.predict_score(score);
         }
         if let Some(confidence) = p.confidence {
-            signals.confidence.record(confidence);
+            signals.confidence.add(confidence);
         }
     });
 }
@@ -298,19 +298,22 @@ pub fn record_fallback(state: &VersionState, reason: FallbackReason) {
     });
 }
 
+/// A pair an answer joins, and on which side.
+pub type PairSide = (Arc<Pair>, Side);
+
 /// An answer's bytes, kept as they stream past, for its prediction.
 pub struct OutputRead {
     output: Output,
     bytes: Vec<u8>,
     too_big: bool,
-    pair: Option<(Arc<Pair>, Side)>,
+    pair: Option<PairSide>,
     /// Record the prediction on the version (not for mirror copies, which
     /// only feed the pair).
     record: bool,
 }
 
 impl OutputRead {
-    pub fn new(output: Output, pair: Option<(Arc<Pair>, Side)>, record: bool) -> Box<Self> {
+    pub fn new(output: Output, pair: Option<PairSide>, record: bool) -> Box<Self> {
         Box::new(OutputRead {
             output,
             bytes: Vec::new(),
@@ -329,8 +332,9 @@ impl OutputRead {
         }
     }
 
-    /// `answered`: the version answered in full and successfully.
-    pub fn finish(self, state: &VersionState, answered: bool) {
+    /// `answered`: the version answered in full and successfully. Returns
+    /// the prediction read.
+    pub fn finish(self, state: &VersionState, answered: bool) -> Option<Prediction> {
         let read = answered && !self.too_big;
         let prediction = if read {
             read_prediction(&self.output, &self.bytes)
@@ -341,8 +345,9 @@ impl OutputRead {
             record_output(state, prediction.as_ref());
         }
         if let Some((pair, side)) = self.pair {
-            pair.offer(side, prediction);
+            pair.offer(side, prediction.clone());
         }
+        prediction
     }
 }
 

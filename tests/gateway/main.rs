@@ -5,6 +5,7 @@
 mod access;
 mod capture;
 mod errors;
+mod feedback;
 mod gameday;
 mod grpc;
 mod health;

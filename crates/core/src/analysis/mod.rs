@@ -6,6 +6,7 @@
 
 pub mod drift;
 pub mod histogram;
+pub mod kpi;
 pub mod sequential;
 pub mod signals;
 pub mod trigger;
@@ -15,6 +16,7 @@ pub use drift::{
     chi_square, ks, psi, CategoricalSketch, ChiSquareResult, KsResult, NumericSketch, PsiBand,
 };
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
-pub use signals::{Moments, Signals, Sketch};
+pub use kpi::{KpiWindow, Moments};
+pub use signals::{Signals, Sketch};
 pub use trigger::{Reading, Sample};
 pub use window::{Outcome, VersionStats, WindowSnapshot};

@@ -8,42 +8,7 @@ use super::drift::{self, CategoricalSketch, NumericSketch};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Count, sum and sum of squares of per-request values: a mean and its
-/// variance, merged exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Moments {
-    pub n: u64,
-    pub sum: f64,
-    pub sum_sq: f64,
-}
-
-impl Moments {
-    pub fn record(&mut self, value: f64) {
-        self.n += 1;
-        self.sum += value;
-        self.sum_sq += value * value;
-    }
-
-    pub fn merge(&mut self, other: &Moments) {
-        self.n += other.n;
-        self.sum += other.sum;
-        self.sum_sq += other.sum_sq;
-    }
-
-    pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum / self.n as f64)
-    }
-
-    /// Sample variance (n − 1); `None` below two values.
-    pub fn variance(&self) -> Option<f64> {
-        if self.n < 2 {
-            return None;
-        }
-        let n = self.n as f64;
-        let mean = self.sum / n;
-        Some(((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0))
-    }
-}
+pub use super::kpi::Moments;
 
 /// A distribution: numbers on the fixed log-linear grid, or categories.
 #[derive(Clone, Debug, PartialEq)]
@@ -225,17 +190,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn moments_give_mean_and_sample_variance() {
-        let mut m = Moments::default();
-        for v in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
-            m.record(v);
-        }
-        assert_eq!(m.mean(), Some(5.0));
-        assert!((m.variance().unwrap() - 32.0 / 7.0).abs() < 1e-12);
-        assert_eq!(Moments::default().mean(), None);
-    }
-
-    #[test]
     fn merging_signals_adds_counts_and_sketches() {
         let mut a = Signals {
             inputs_checked: 3,
@@ -252,7 +206,7 @@ mod tests {
         b.sketch_number("age", 40.0);
         b.sketch_category("country", "fr");
         b.predict_class("dog");
-        b.kpis.entry("revenue".into()).or_default().record(10.0);
+        b.kpis.entry("revenue".into()).or_default().add(10.0);
         a.merge(&b);
         assert_eq!(a.inputs_checked, 5);
         assert_eq!(a.feature_nulls["age"], 3);
