@@ -26,5 +26,6 @@ pub mod runbook;
 pub mod signature;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod toy;
 pub mod yaml;

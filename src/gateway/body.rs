@@ -229,6 +229,8 @@ pub struct Recorder {
     /// A sampled exchange's bodies so far (`None`: not sampled).
     pub capture: Option<Box<PendingCapture>>,
     pub request_id: super::request_id::RequestId,
+    /// The request's span and access-log entry (`None`: both off).
+    pub hop: Option<Box<crate::telemetry::Hop>>,
 }
 
 impl Recorder {
@@ -240,6 +242,9 @@ impl Recorder {
                 let now_ms = self.clock.elapsed().as_millis() as u64;
                 if let Some(backoff) = self.endpoint.record_failure(now_ms) {
                     tracing::warn!(
+                        model = %self.state.model,
+                        version = %self.state.version,
+                        request_id = %self.request_id,
                         endpoint = %self.endpoint.url,
                         backoff_ms = backoff.as_millis() as u64,
                         "Endpoint ejected after consecutive failures."
@@ -266,6 +271,15 @@ impl Recorder {
         self.state.stats.record(outcome, latency_us, self.bytes);
         if let Some(capture) = self.capture.take() {
             capture.finish(self.state.clone(), outcome, elapsed);
+        }
+        if let Some(hop) = self.hop.take() {
+            hop.end(crate::telemetry::HopEnd {
+                model: &self.state.model,
+                version: &self.state.version,
+                request_id: self.request_id,
+                outcome,
+                endpoint: &self.endpoint,
+            });
         }
     }
 }
