@@ -333,7 +333,7 @@ impl Telemetry {
 
     /// Ends a hop: exports its span if sampled, writes its access-log line
     /// if that is on.
-    fn end_hop(&self, hop: Box<Hop>, end: HopEnd<'_>) {
+    fn end_hop(&self, hop: &Hop, end: HopEnd<'_>) {
         if self.access_log && !hop.shadow {
             tracing::info!(
                 target: "backstop::access",
@@ -427,8 +427,7 @@ impl Hop {
     /// Ends the hop: exports its span if sampled, writes its access-log
     /// line if that is on.
     pub fn end(self: Box<Self>, end: HopEnd<'_>) {
-        let telemetry = self.telemetry.clone();
-        telemetry.end_hop(self, end);
+        self.telemetry.end_hop(&self, end);
     }
 
     fn finish(&self, end: HopEnd<'_>) -> FinishedSpan {

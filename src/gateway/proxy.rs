@@ -256,8 +256,10 @@ async fn proxy(
                                 &parts,
                                 &path_and_query,
                                 bytes.clone(),
-                                request_id,
-                                hop.as_deref(),
+                                Origin {
+                                    request_id,
+                                    hop: hop.as_deref(),
+                                },
                             );
                         } else {
                             note_shadow_dropped(&table, shadow);
@@ -630,6 +632,12 @@ async fn buffer_small(
     Ok(Buffered::Whole(bytes))
 }
 
+/// The request a shadow copy is made from: its id and its span, if any.
+struct Origin<'a> {
+    request_id: RequestId,
+    hop: Option<&'a crate::telemetry::Hop>,
+}
+
 /// Sends a copy to the shadow version in the background. Its answer is
 /// recorded and thrown away; when too many copies are in flight the copy
 /// is dropped and counted, so shadows never slow the client down.
@@ -640,9 +648,9 @@ fn spawn_shadow(
     parts: &Parts,
     path_and_query: &str,
     body: Bytes,
-    request_id: RequestId,
-    parent: Option<&crate::telemetry::Hop>,
+    origin: Origin<'_>,
 ) {
+    let Origin { request_id, hop } = origin;
     let version = &table.versions[shadow];
     let Ok(permit) = gateway.shadow_permits.clone().try_acquire_owned() else {
         version.state.shadow_dropped.fetch_add(1, Ordering::Relaxed);
@@ -656,7 +664,7 @@ fn spawn_shadow(
         return;
     };
     // The copy's own span, a child of the request's.
-    let hop = match (&gateway.telemetry, parent) {
+    let hop = match (&gateway.telemetry, hop) {
         (Some(telemetry), Some(parent)) => telemetry.start_shadow_hop(parent, &mut head.headers),
         _ => None,
     };
