@@ -58,8 +58,14 @@ impl Collector {
         (collector, addr)
     }
 
-    /// The span whose `attribute` is `value`, waiting up to 10 s for it.
-    async fn span_with(&self, attribute: &str, value: &str) -> Value {
+    /// The request's span (`shadow`: its shadow copy's) with this request
+    /// id, waiting up to 10 s for it.
+    async fn span_of(&self, request_id: &str, shadow: bool) -> Value {
+        let name = if shadow {
+            "backstop.shadow m"
+        } else {
+            "backstop.proxy m"
+        };
         let mut found = None;
         eventually(Duration::from_secs(10), || {
             found = self
@@ -67,7 +73,10 @@ impl Collector {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|span| attr(span, attribute)["stringValue"] == value)
+                .find(|span| {
+                    span["name"] == name
+                        && attr(span, "backstop.request_id")["stringValue"] == request_id
+                })
                 .cloned();
             let done = found.is_some();
             async move { done }
@@ -75,7 +84,7 @@ impl Collector {
         .await;
         found.unwrap_or_else(|| {
             panic!(
-                "no span with {attribute}={value}: {:?}",
+                "no span {name} for {request_id}: {:?}",
                 self.spans.lock().unwrap()
             )
         })
@@ -167,7 +176,7 @@ async fn spans_reach_the_collector_and_the_upstream_continues_the_trace() {
     assert_eq!(flags, "01");
     assert_eq!(seen["tracestate"], "vendor=abc");
 
-    let span = collector.span_with("backstop.request_id", request_id).await;
+    let span = collector.span_of(request_id, false).await;
     assert_eq!(span["traceId"], CLIENT_TRACE);
     assert_eq!(span["spanId"], parent.as_str());
     assert_eq!(span["parentSpanId"], CLIENT_PARENT);
@@ -189,7 +198,8 @@ async fn spans_reach_the_collector_and_the_upstream_continues_the_trace() {
         .all(|name| name == "gateway-test"));
 
     // The shadow copy has its own span, a child of the request's.
-    let shadow = collector.span_with("backstop.version", "v2").await;
+    let shadow = collector.span_of(request_id, true).await;
+    assert_eq!(attr(&shadow, "backstop.version")["stringValue"], "v2");
     assert_eq!(shadow["traceId"], CLIENT_TRACE);
     assert_eq!(shadow["parentSpanId"], parent.as_str());
     assert_eq!(shadow["name"], "backstop.shadow m");
@@ -214,7 +224,7 @@ async fn spans_reach_the_collector_and_the_upstream_continues_the_trace() {
         assert_ne!(trace, CLIENT_TRACE);
         assert_ne!(trace, "0".repeat(32));
         assert_eq!(flags, "01", "sample_ratio defaults to 1.0");
-        let span = collector.span_with("backstop.request_id", request_id).await;
+        let span = collector.span_of(request_id, false).await;
         assert_eq!(span["traceId"], trace.as_str());
         assert_eq!(span["spanId"], parent.as_str());
         assert_eq!(span["parentSpanId"], Value::Null);
