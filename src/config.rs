@@ -53,6 +53,11 @@ pub struct Config {
     pub prometheus: Option<PrometheusConfig>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelSpec>,
+    /// OpenTelemetry traces of the gateway hop; absent: no tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -241,6 +246,78 @@ fn default_eject_base_ms() -> u64 {
 }
 fn default_eject_max_ms() -> u64 {
     60_000
+}
+
+/// Traces of the gateway hop, sent to an OTLP collector (see
+/// `crate::telemetry`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended, as
+    /// with `OTEL_EXPORTER_OTLP_ENDPOINT`), e.g. `http://127.0.0.1:4318`.
+    pub otlp_endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Share of new traces recorded (0.0-1.0); a client's sampled flag
+    /// decides for the traces it continues.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+/// How spans travel to the collector. OTLP/HTTP with the JSON encoding is
+/// the one supported: every OTLP collector accepts it on its HTTP port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "backstop".to_string()
+}
+
+impl TelemetryConfig {
+    pub fn check(&self) -> Result<(), FieldError> {
+        parse_endpoint(&self.otlp_endpoint).map_err(|m| FieldError::new("otlp_endpoint", m))?;
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(FieldError::new(
+                "sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(FieldError::new("service_name", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Log output of `serve`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object a line); the
+    /// `--log-format` option wins over it.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An access log: one line (target `backstop::access`) per proxied
+    /// request with model, version, request_id, status, outcome, latency_ms.
+    #[serde(default)]
+    pub requests: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Who may pin a request to a version with the pin header.
@@ -834,6 +911,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.check().map_err(|e| e.under("telemetry"))?;
+        }
         Ok(())
     }
 }
@@ -1326,5 +1406,53 @@ models:
         let text = text.replace("error_percent: 10", "eror_percent: 10");
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("unknown field `eror_percent`"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_and_log_sections_parse_and_are_checked() {
+        let config = parse(GOOD).unwrap();
+        assert!(config.telemetry.is_none());
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(!config.log.requests);
+
+        let text = format!(
+            "{GOOD}telemetry:\n  otlp_endpoint: http://127.0.0.1:4318\nlog:\n  format: json\n  requests: true\n"
+        );
+        let config = parse(&text).unwrap();
+        let telemetry = config.telemetry.unwrap();
+        assert_eq!(telemetry.sample_ratio, 1.0);
+        assert_eq!(telemetry.service_name, "backstop");
+        assert_eq!(telemetry.protocol, OtlpProtocol::HttpJson);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert!(config.log.requests);
+
+        for (section, path, message) in [
+            (
+                "telemetry:\n  otlp_endpoint: http://c:4318\n  sample_ratio: 1.5\n",
+                "telemetry.sample_ratio",
+                "between 0.0 and 1.0",
+            ),
+            (
+                "telemetry:\n  otlp_endpoint: ftp://c\n",
+                "telemetry.otlp_endpoint",
+                "expected an http:// or https:// URL",
+            ),
+            (
+                "telemetry:\n  otlp_endpoint: http://c:4318\n  service_name: ' '\n",
+                "telemetry.service_name",
+                "must not be empty",
+            ),
+        ] {
+            let error = parse(&format!("{GOOD}{section}")).unwrap_err();
+            assert_eq!(error.path, path);
+            assert!(error.message.contains(message), "{}", error.message);
+        }
+        let error = parse(&format!(
+            "{GOOD}telemetry:\n  otlp_endpoint: http://c:4318\n  protocol: grpc\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("telemetry.protocol"), "{error}");
+        assert!(error.contains("http/json"), "{error}");
     }
 }

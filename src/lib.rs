@@ -28,5 +28,6 @@ pub mod runbook;
 pub mod signature;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod toy;
 pub mod yaml;

@@ -23,6 +23,13 @@ struct Cli {
 }
 
 use backstop::cli::{self, Output};
+use backstop::config::LogFormat;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -30,6 +37,10 @@ enum Command {
     Serve {
         #[arg(long, default_value = "backstop.yaml")]
         config: PathBuf,
+        /// Log lines as text or as JSON objects (default: the config's
+        /// `log.format`, else text).
+        #[arg(long, value_enum, env = "BACKSTOP_LOG_FORMAT")]
+        log_format: Option<LogFormatArg>,
     },
     /// Register, list, show, verify, deprecate and delete immutable model
     /// versions.
@@ -276,9 +287,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Policy { command } = cli.command {
         return cli::policy(command);
     }
-    if let Command::Serve { config } = &cli.command {
-        init_logging("info");
+    if let Command::Serve { config, log_format } = &cli.command {
         let mut config = backstop::config::Config::load(config)?;
+        let format = match log_format {
+            Some(LogFormatArg::Json) => LogFormat::Json,
+            Some(LogFormatArg::Text) => LogFormat::Text,
+            None => config.log.format,
+        };
+        // The access log is at info level under its own target, so it shows
+        // even where RUST_LOG quiets the rest.
+        let access = config.log.requests.then_some("backstop::access=info");
+        init_logging("info", format, access);
         if config.data_dir.is_none() {
             config.data_dir = Some(PathBuf::from("backstop-data"));
         }
@@ -351,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             if output == Output::Text {
                 // The demo prints the rollout's story itself.
-                init_logging("error");
+                init_logging("error", LogFormat::Text, None);
             }
             let options = backstop::demo::DemoOptions {
                 duration: std::time::Duration::from_secs(duration_s),
@@ -389,16 +408,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: `default_level`).
-fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Logs go to stderr; `RUST_LOG` filters them (default: `default_level`),
+/// plus `extra` (a directive that always applies).
+fn init_logging(default_level: &str, format: LogFormat, extra: Option<&str>) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let json = std::env::var("BACKSTOP_LOG_FORMAT").is_ok_and(|f| f == "json");
+    if let Some(directive) = extra.and_then(|d| d.parse().ok()) {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    if format == LogFormat::Json {
+        builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }

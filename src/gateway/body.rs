@@ -237,6 +237,8 @@ pub struct Recorder {
     /// Where a successful answer is remembered for feedback joins; `None`
     /// for shadow copies, which never answered the user.
     pub feedback: Option<Arc<crate::feedback::Feedback>>,
+    /// The request's span and access-log entry (`None`: both off).
+    pub hop: Option<Box<crate::telemetry::Hop>>,
 }
 
 impl Recorder {
@@ -248,6 +250,9 @@ impl Recorder {
                 let now_ms = self.clock.elapsed().as_millis() as u64;
                 if let Some(backoff) = self.endpoint.record_failure(now_ms) {
                     tracing::warn!(
+                        model = %self.state.model,
+                        version = %self.state.version,
+                        request_id = %self.request_id,
                         endpoint = %self.endpoint.url,
                         backoff_ms = backoff.as_millis() as u64,
                         "Endpoint ejected after consecutive failures."
@@ -289,6 +294,15 @@ impl Recorder {
         }
         if let Some(capture) = self.capture.take() {
             capture.finish(self.state.clone(), outcome, elapsed);
+        }
+        if let Some(hop) = self.hop.take() {
+            hop.end(crate::telemetry::HopEnd {
+                model: &self.state.model,
+                version: &self.state.version,
+                request_id: self.request_id,
+                outcome,
+                endpoint: &self.endpoint,
+            });
         }
     }
 }

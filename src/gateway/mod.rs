@@ -210,6 +210,8 @@ pub struct Gateway {
     pub pin_header: http::HeaderName,
     pub swaps: AtomicU64,
     started: Instant,
+    /// Tracing and the access log; `None` when both are off.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Gateway {
@@ -237,6 +239,7 @@ impl Gateway {
             pin_header,
             swaps: AtomicU64::new(0),
             started: Instant::now(),
+            telemetry: crate::telemetry::Telemetry::start(config.telemetry.as_ref(), &config.log),
             config,
         });
         for (model, spec) in gateway.config.models.clone() {

@@ -70,7 +70,8 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             if error.source == super::error::Source::Internal {
-                tracing::error!(code = error.code, error = %error.message, request_id = %request_id, "Gateway failure.");
+                let version = error.version.as_ref().and_then(|v| v.to_str().ok());
+                tracing::error!(code = error.code, error = %error.message, version, request_id = %request_id, "Gateway failure.");
             }
             error.into_response(grpc)
         }
@@ -222,6 +223,11 @@ async fn proxy(
         parts
             .headers
             .insert(REQUEST_ID_HEADER, request_id.header_value());
+        // Tracing off and no access log: one branch, nothing allocated.
+        let mut hop = gateway
+            .telemetry
+            .as_ref()
+            .map(|t| t.start_hop(&mut parts.headers, &parts.method, parts.uri.path()));
         let path_and_query = match &forward_path {
             Some(path) => path.as_str(),
             None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -261,7 +267,6 @@ async fn proxy(
                                 &table,
                                 Copy {
                                     to: shadow,
-                                    request_id,
                                     pair: plan.pair.clone(),
                                     sampled: plan.sampled,
                                     mirror: false,
@@ -269,6 +274,10 @@ async fn proxy(
                                 &parts,
                                 &path_and_query,
                                 bytes.clone(),
+                                Origin {
+                                    request_id,
+                                    hop: hop.as_deref(),
+                                },
                             );
                         } else {
                             note_shadow_dropped(&table, shadow);
@@ -280,7 +289,6 @@ async fn proxy(
                             &table,
                             Copy {
                                 to: baseline,
-                                request_id,
                                 pair: plan.pair.clone(),
                                 sampled: false,
                                 mirror: true,
@@ -288,6 +296,11 @@ async fn proxy(
                             &parts,
                             &path_and_query,
                             bytes.clone(),
+                            // Not the user's traffic: no span of its own.
+                            Origin {
+                                request_id,
+                                hop: None,
+                            },
                         );
                     }
                     if capture_max.is_some() {
@@ -337,6 +350,7 @@ async fn proxy(
             output: plan.output_read(),
             predicted: None,
             feedback: Some(gateway.feedback.clone()),
+            hop: hop.take(),
         }));
         // A gameday fault (rehearsal versions only): one branch otherwise.
         if let Some(fault) = &version.fault {
@@ -346,17 +360,23 @@ async fn proxy(
             match fault.next() {
                 FaultAction::Forward => {}
                 FaultAction::Error => {
-                    pending.take().finish_injected(Outcome::ServerError);
-                    return Err(GatewayError::injected_fault(&model, &version.name));
+                    let error = GatewayError::injected_fault(&model, &version.name);
+                    let mut recorder = pending.take();
+                    note_status(&mut recorder, &error, grpc);
+                    recorder.finish_injected(Outcome::ServerError);
+                    return Err(error);
                 }
                 FaultAction::Timeout => {
                     tokio::time::sleep(table.request_timeout).await;
-                    pending.take().finish_injected(Outcome::Timeout);
-                    return Err(GatewayError::upstream_timeout(
+                    let error = GatewayError::upstream_timeout(
                         &model,
                         &version.name,
                         table.request_timeout.as_millis() as u64,
-                    ));
+                    );
+                    let mut recorder = pending.take();
+                    note_status(&mut recorder, &error, grpc);
+                    recorder.finish_injected(Outcome::Timeout);
+                    return Err(error);
                 }
             }
         }
@@ -391,39 +411,40 @@ async fn proxy(
         }
         let response = match result {
             Err(SendError::Timeout) => {
-                recorder.finish(Outcome::Timeout);
-                return Err(GatewayError::upstream_timeout(
+                let error = GatewayError::upstream_timeout(
                     &model,
                     &version.name,
                     table.request_timeout.as_millis() as u64,
-                ));
+                );
+                return fail(recorder, Outcome::Timeout, error, grpc);
             }
             // The client's own body failing is its fault, not the version's.
             Err(SendError::BodyTooLarge) => {
-                recorder.finish(Outcome::ClientError);
-                return Err(GatewayError::body_too_large(limit));
+                let error = GatewayError::body_too_large(limit);
+                return fail(recorder, Outcome::ClientError, error, grpc);
             }
             Err(SendError::ClientBody(why)) => {
-                recorder.finish(Outcome::ClientError);
-                return Err(GatewayError::bad_request(format!(
-                    "reading the request body: {why}"
-                )));
+                let error = GatewayError::bad_request(format!("reading the request body: {why}"));
+                return fail(recorder, Outcome::ClientError, error, grpc);
             }
             Err(SendError::Connect(why)) => {
                 let url = recorder.endpoint.url.clone();
                 tracing::debug!(model, version = %version.name, request_id = %request_id, endpoint = %url, error = %why, "Upstream connect failed.");
-                recorder.finish(Outcome::ConnectError);
-                return Err(GatewayError::upstream_connect(&model, &version.name, &url));
+                let error = GatewayError::upstream_connect(&model, &version.name, &url);
+                return fail(recorder, Outcome::ConnectError, error, grpc);
             }
             Err(SendError::Upstream(why)) => {
                 tracing::debug!(model, version = %version.name, request_id = %request_id, error = %why, "Upstream request failed.");
-                recorder.finish(Outcome::ServerError);
-                return Err(GatewayError::upstream_error(&model, &version.name, &why));
+                let error = GatewayError::upstream_error(&model, &version.name, &why);
+                return fail(recorder, Outcome::ServerError, error, grpc);
             }
             Ok(response) => response,
         };
 
         let (mut head, body) = response.into_parts();
+        if let Some(hop) = recorder.hop.as_mut() {
+            hop.status = Some(head.status.as_u16());
+        }
         if let Some(capture) = recorder.capture.as_mut() {
             capture.status = Some(head.status.as_u16());
         }
@@ -489,6 +510,26 @@ async fn proxy(
     }
     .await;
     forwarded.map_err(|error| error.with_version(&version.header_value))
+}
+
+/// Finishes the recorder of a request that failed with `error`.
+fn fail(
+    mut recorder: Recorder,
+    outcome: Outcome,
+    error: GatewayError,
+    grpc: bool,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    note_status(&mut recorder, &error, grpc);
+    recorder.finish(outcome);
+    Err(error)
+}
+
+/// The request's span carries the status its client gets.
+fn note_status(recorder: &mut Recorder, error: &GatewayError, grpc: bool) {
+    if let Some(hop) = recorder.hop.as_mut() {
+        // gRPC errors are trailers-only answers: HTTP 200.
+        hop.status = Some(if grpc { 200 } else { error.status.as_u16() });
+    }
 }
 
 /// Finishes its recorder as a cancellation when dropped unfinished.
@@ -715,6 +756,12 @@ async fn buffer_small(
     Ok(Buffered::Whole(bytes))
 }
 
+/// The request a shadow copy is made from: its id and its span, if any.
+struct Origin<'a> {
+    request_id: RequestId,
+    hop: Option<&'a crate::telemetry::Hop>,
+}
+
 /// Sends a copy to the shadow version in the background. Its answer is
 /// recorded and thrown away; when too many copies are in flight the copy
 /// is dropped and counted, so shadows never slow the client down.
@@ -725,14 +772,15 @@ fn spawn_shadow(
     parts: &Parts,
     path_and_query: &str,
     body: Bytes,
+    origin: Origin<'_>,
 ) {
     let Copy {
         to: shadow,
-        request_id,
         pair,
         sampled,
         mirror,
     } = copy;
+    let Origin { request_id, hop } = origin;
     let version = &table.versions[shadow];
     let Ok(permit) = gateway.shadow_permits.clone().try_acquire_owned() else {
         if !mirror {
@@ -763,9 +811,14 @@ fn spawn_shadow(
     };
     let clock = gateway.clock_origin();
     let endpoint = version.pick_endpoint(gateway.now_ms()).clone();
-    let Ok(head) = upstream_head(copy_head(parts), &endpoint, path_and_query, table.protocol)
+    let Ok(mut head) = upstream_head(copy_head(parts), &endpoint, path_and_query, table.protocol)
     else {
         return;
+    };
+    // The copy's own span, a child of the request's.
+    let hop = match (&gateway.telemetry, hop) {
+        (Some(telemetry), Some(parent)) => telemetry.start_shadow_hop(parent, &mut head.headers),
+        _ => None,
     };
     let grpc = grpc::is_grpc(&parts.headers);
     // The shadow is the candidate in shadow rollouts: its samples are
@@ -798,6 +851,7 @@ fn spawn_shadow(
             predicted: None,
             // A shadow copy never answered the user: nothing to join.
             feedback: None,
+            hop,
         };
         let send = table.client.send(
             &recorder.endpoint,
@@ -824,6 +878,9 @@ fn spawn_shadow(
         };
         if let Some(capture) = recorder.capture.as_mut() {
             capture.status = Some(response.status().as_u16());
+        }
+        if let Some(hop) = recorder.hop.as_mut() {
+            hop.status = Some(response.status().as_u16());
         }
         let outcome = if grpc {
             grpc::status_of(response.headers()).map_or_else(
@@ -903,6 +960,8 @@ async fn fall_back(
         predicted: None,
         // The baseline's answer is the one the client gets.
         feedback: Some(gateway.feedback.clone()),
+        // The user's span ended with the candidate's failure.
+        hop: None,
     };
     let model = &table.model;
     let response = match table
@@ -954,7 +1013,6 @@ async fn fall_back(
 /// (a canary's mirror sample) to the baseline for the agreement figure.
 struct Copy {
     to: usize,
-    request_id: RequestId,
     /// The comparison of the two answers, when the prediction is read.
     pair: Option<Arc<Pair>>,
     /// Check its input and read its answer for the version's signals.

@@ -16,5 +16,6 @@ mod rollout;
 mod routing;
 mod shadow;
 mod swap;
+mod telemetry;
 mod tls;
 mod util;

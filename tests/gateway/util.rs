@@ -30,16 +30,27 @@ impl Backstop {
     /// Starts the binary with `config` (YAML) and waits for its two
     /// "backstop listening" lines.
     pub fn start(config: &str) -> Backstop {
-        Self::start_in(config, None)
+        Self::start_in(config, None, &[], &[])
+    }
+
+    /// Like [`Backstop::start`], with extra `serve` arguments and
+    /// environment variables (which win over the default `RUST_LOG`).
+    pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Backstop {
+        Self::start_in(config, None, args, env)
     }
 
     /// Like [`Backstop::start`], on a data directory the test chose (and
     /// perhaps prepared, e.g. with `backstop token create`).
     pub fn start_with_data_dir(config: &str, data_dir: &Path) -> Backstop {
-        Self::start_in(config, Some(data_dir))
+        Self::start_in(config, Some(data_dir), &[], &[])
     }
 
-    fn start_in(config: &str, data_dir: Option<&Path>) -> Backstop {
+    fn start_in(
+        config: &str,
+        data_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Backstop {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backstop.yaml");
         // Keep the registry's files in the test's own directory.
@@ -51,6 +62,8 @@ impl Backstop {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
