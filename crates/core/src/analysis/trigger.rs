@@ -986,7 +986,7 @@ mod tests {
                     // Values spread ±0.1 around the mean.
                     s.signals
                         .confidence
-                        .record(mean - 0.1 + 0.2 * ((t * 50 + i) % 11) as f64 / 10.0);
+                        .add(mean - 0.1 + 0.2 * ((t * 50 + i) % 11) as f64 / 10.0);
                 }
                 s
             }
@@ -1014,7 +1014,7 @@ mod tests {
                 .kpis
                 .entry("conversion".into())
                 .or_default()
-                .record(converted);
+                .add(converted);
         }
         s
     }
