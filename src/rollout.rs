@@ -541,7 +541,7 @@ impl Rollouts {
             }
             if let Some(version) = table.versions.iter().find(|v| &v.name == name) {
                 version.state.signals.set_signature(signature);
-                version.state.signals.take();
+                version.state.signals.clear();
             }
         }
         for (i, trigger) in policy.triggers.iter().enumerate() {
@@ -668,9 +668,8 @@ impl Rollouts {
                 .find(|v| v.name == name)
                 .map(|v| {
                     let window = v.state.stats.range(from, to);
-                    // Since the last tick (not bucket-aligned: a request's
-                    // signals land a tick late at worst).
-                    let mut signals = v.state.signals.take();
+                    // The same buckets as the counts.
+                    let mut signals = v.state.signals.take(from, to);
                     // Feedback that arrived in these buckets.
                     let feedback = v.state.feedback.window(from, to);
                     signals.kpis = feedback.kpis;

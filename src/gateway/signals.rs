@@ -15,6 +15,7 @@ use crate::signature::{CheckReport, InputSignature, Observed};
 use backstop_core::analysis::Signals;
 use backstop_core::policy::{Fallback, FallbackReason, Output, OutputKind};
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Largest answer read for its prediction; a larger one is not read.
@@ -95,21 +96,55 @@ fn chance(ppm: u32) -> bool {
     ppm >= 1_000_000 || (ppm > 0 && fastrand::u32(0..1_000_000) < ppm)
 }
 
-/// A version's signals since the controller last took them.
+/// Buckets of signals kept when no rollout takes them.
+const PENDING_BUCKETS_MAX: usize = 600;
+
+/// A version's signals by statistics bucket, until the controller takes
+/// them with the same buckets as the request counts (so a rate's events
+/// and its requests cover the same span).
 #[derive(Default)]
 pub struct Pending {
-    signals: Mutex<Signals>,
+    buckets: Mutex<VecDeque<(u64, Signals)>>,
     signature: Mutex<Option<Arc<InputSignature>>>,
 }
 
 impl Pending {
-    pub fn with<R>(&self, f: impl FnOnce(&mut Signals) -> R) -> R {
-        f(&mut self.signals.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Adds to bucket `epoch` (the one the version's statistics record
+    /// into now).
+    pub fn with<R>(&self, epoch: u64, f: impl FnOnce(&mut Signals) -> R) -> R {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.back().is_none_or(|(e, _)| *e < epoch) {
+            if buckets.len() >= PENDING_BUCKETS_MAX {
+                buckets.pop_front();
+            }
+            buckets.push_back((epoch, Signals::default()));
+        }
+        // A request that started in an earlier bucket still lands in its
+        // own (or, if that is gone, the oldest kept).
+        let index = buckets.iter().rposition(|(e, _)| *e <= epoch).unwrap_or(0);
+        f(&mut buckets[index].1)
     }
 
-    /// Everything gathered since the last call.
-    pub fn take(&self) -> Signals {
-        self.with(std::mem::take)
+    /// Buckets `from..=to` merged; those up to `to` are dropped.
+    pub fn take(&self, from: u64, to: u64) -> Signals {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut merged = Signals::default();
+        while buckets.front().is_some_and(|(e, _)| *e <= to) {
+            if let Some((epoch, signals)) = buckets.pop_front() {
+                if epoch >= from {
+                    merged.merge(&signals);
+                }
+            }
+        }
+        merged
+    }
+
+    /// Drops everything gathered so far.
+    pub fn clear(&self) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn set_signature(&self, signature: Option<Arc<InputSignature>>) {
@@ -124,6 +159,14 @@ impl Pending {
     }
 }
 
+impl VersionState {
+    /// Adds to this version's signals, in the bucket its requests record
+    /// into now.
+    pub fn add_signals<R>(&self, f: impl FnOnce(&mut Signals) -> R) -> R {
+        self.signals.with(self.stats.current_epoch(), f)
+    }
+}
+
 /// Checks a sampled request against the version's signature (parsed
 /// outside the lock) and records the result.
 pub fn record_input(state: &VersionState, settings: &SignalSettings, body: &[u8]) {
@@ -131,7 +174,7 @@ pub fn record_input(state: &VersionState, settings: &SignalSettings, body: &[u8]
         return;
     };
     let report = signature.check_observing(body, &settings.features);
-    state.signals.with(|signals| add_report(signals, &report));
+    state.add_signals(|signals| add_report(signals, &report));
 }
 
 fn add_report(signals: &mut Signals, report: &CheckReport) {
@@ -270,7 +313,7 @@ fn scalar(value: &Value) -> Option<&Value> {
 
 /// Records an answer's prediction (or its absence) on its version.
 pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
-    state.signals.with(|signals| {
+    state.add_signals(|signals| {
         signals.outputs_read += 1;
         let Some(p) = prediction else {
             signals.invalid_outputs += 1;
@@ -289,7 +332,7 @@ pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
 
 /// Records a fallback on the candidate that needed it.
 pub fn record_fallback(state: &VersionState, reason: FallbackReason) {
-    state.signals.with(|signals| {
+    state.add_signals(|signals| {
         signals.fallbacks += 1;
         *signals
             .fallback_reasons
@@ -383,7 +426,7 @@ impl Pair {
             }
         };
         if let Some(agreed) = both {
-            self.candidate.signals.with(|signals| {
+            self.candidate.add_signals(|signals| {
                 signals.paired += 1;
                 signals.agreed += u64::from(agreed);
             });
@@ -519,5 +562,34 @@ mod tests {
         assert_eq!(errors_only.fallback_for(&None), None);
         assert!(!errors_only.judges_answers());
         assert!(errors_only.falls_back_on(FallbackReason::ServerError));
+    }
+
+    #[test]
+    fn pending_signals_are_taken_by_the_buckets_they_landed_in() {
+        let pending = Pending::default();
+        let checked = |epoch: u64, n: u64| pending.with(epoch, |s| s.inputs_checked += n);
+        checked(10, 1);
+        checked(11, 2);
+        // A request that started in bucket 10 and ends after 11 opened.
+        checked(10, 4);
+        checked(12, 8);
+        // The controller takes 10..=11: bucket 12 stays for the next tick.
+        assert_eq!(pending.take(10, 11).inputs_checked, 7);
+        assert_eq!(pending.take(12, 12).inputs_checked, 8);
+        assert_eq!(pending.take(0, 100).inputs_checked, 0);
+        // Buckets before `from` are dropped, not counted.
+        checked(20, 1);
+        checked(21, 2);
+        assert_eq!(pending.take(21, 21).inputs_checked, 2);
+        assert_eq!(pending.take(0, 100).inputs_checked, 0);
+        // Memory stays bounded when nobody takes them.
+        for epoch in 0..(PENDING_BUCKETS_MAX as u64 * 2) {
+            checked(100 + epoch, 1);
+        }
+        let kept = pending.take(0, u64::MAX).inputs_checked;
+        assert_eq!(kept, PENDING_BUCKETS_MAX as u64);
+        checked(5, 1);
+        pending.clear();
+        assert_eq!(pending.take(0, u64::MAX).inputs_checked, 0);
     }
 }

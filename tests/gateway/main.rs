@@ -15,6 +15,7 @@ mod registry;
 mod rollout;
 mod routing;
 mod shadow;
+mod signals;
 mod swap;
 mod telemetry;
 mod tls;
