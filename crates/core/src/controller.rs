@@ -468,7 +468,10 @@ impl Rollout {
         // Judge this tick against the baseline *before* it: the bound is
         // fixed before the data it judges.
         self.candidate_total.merge(&observation.candidate);
+        self.stage_candidate.merge(&observation.candidate);
+        self.stage_baseline.merge(&observation.baseline);
         let (total, reference) = (&self.candidate_total, &self.reference);
+        let stage = (&self.stage_candidate, &self.stage_baseline);
         let mut newly_unavailable = Vec::new();
         let fired: Vec<usize> = self
             .triggers
@@ -476,8 +479,14 @@ impl Rollout {
             .filter_map(|t| {
                 let was_available = t.unavailable.is_none();
                 let reading = observation.readings.get(&t.index);
-                let fired =
-                    t.observe_tick(now_ms, &observation.candidate, total, reference, reading);
+                let fired = t.observe_tick(
+                    now_ms,
+                    &observation.candidate,
+                    total,
+                    reference,
+                    stage,
+                    reading,
+                );
                 if was_available {
                     if let Some(why) = &t.unavailable {
                         newly_unavailable.push(format!("{}: {why}", rule_text(&t.trigger)));
@@ -498,8 +507,6 @@ impl Rollout {
             });
         }
         self.reference.merge(&observation.baseline);
-        self.stage_candidate.merge(&observation.candidate);
-        self.stage_baseline.merge(&observation.baseline);
 
         for index in fired {
             let status = self.trigger_status(index);
@@ -817,6 +824,8 @@ impl Rollout {
             return;
         };
         ramp.baseline.merge(&observation.baseline);
+        self.stage_candidate.merge(&observation.candidate);
+        self.stage_baseline.merge(&observation.baseline);
         // Severe triggers always swap at once, even mid-ramp. The reference
         // stays the baseline before the ramp.
         let critical = self.triggers.iter_mut().find_map(|t| {
@@ -829,12 +838,11 @@ impl Rollout {
                     &observation.candidate,
                     &self.candidate_total,
                     &self.reference,
+                    (&self.stage_candidate, &self.stage_baseline),
                     reading,
                 ))
             .then_some(t.index)
         });
-        self.stage_candidate.merge(&observation.candidate);
-        self.stage_baseline.merge(&observation.baseline);
         if let Some(index) = critical {
             let status = self.trigger_status(index);
             self.complete_ramp(
@@ -1898,5 +1906,45 @@ mod tests {
             }
         }
         assert!(ramps > 20, "only {ramps} graduated rollbacks exercised");
+    }
+
+    /// Inputs that change over time change on both versions alike: a
+    /// daily cycle is not drift. Judged on the stage's span on both sides,
+    /// the candidate (mostly sampled late, at 50%) is not compared with a
+    /// baseline mostly sampled early (at 95%).
+    #[test]
+    fn inputs_that_move_on_both_versions_alike_are_not_drift() {
+        let policy = policy(
+            serde_json::json!({ "canary": { "steps": [5, 50, 100], "bake": "60s" } }),
+            serde_json::json!([
+                { "metric": "drift_psi", "feature": "amount", "above": 0.1,
+                  "min_sample": 200, "action": "rollback" }
+            ]),
+        );
+        let (mut rollout, _) = Rollout::start("ro-1", policy, 0).unwrap();
+        // The same values on both sides each second: a uniform spread of
+        // width 30 whose centre moves by 1 a second.
+        let tick = |n: u64, t: u64| {
+            let mut s = sample(n, 0, 10_000);
+            for i in 0..n {
+                let value = 100.0 + t as f64 + 30.0 * ((i as f64 + 0.5) / n as f64 - 0.5);
+                s.signals.sketch_number("amount", value);
+            }
+            s
+        };
+        for t in 1..=200 {
+            let on_candidate = (rollout.routed.0 * 10.0) as u64;
+            let obs = Observation {
+                candidate: tick(on_candidate, t),
+                baseline: tick(1000 - on_candidate, t),
+                candidate_healthy: true,
+                ..Observation::default()
+            };
+            let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+            if actions.contains(&Action::Promote) {
+                break;
+            }
+        }
+        assert_eq!(rollout.phase, Phase::Promoted, "{:?}", rollout.verdict);
     }
 }

@@ -238,6 +238,10 @@ pub struct TriggerEval {
     /// Ticks a distance was scored at: its p-value is corrected for them.
     #[serde(default)]
     looks: u64,
+    /// A distance in a stage where the baseline serves nothing: not
+    /// judged, and not holding the stage for its sample.
+    #[serde(default)]
+    without_baseline: bool,
     /// The last value computed (distance, KPI mean, query readings).
     #[serde(default)]
     last: Option<(f64, Option<f64>)>,
@@ -261,6 +265,7 @@ impl TriggerEval {
             log_e: None,
             seen: 0,
             looks: 0,
+            without_baseline: false,
             last: None,
             unavailable: None,
         }
@@ -297,6 +302,7 @@ impl TriggerEval {
                 ) && self.test.requests < self.trigger.min_sample
             }
             _ if self.staged() => self.test.requests < self.trigger.min_sample,
+            MetricKind::Distance if self.without_baseline => false,
             _ => self.seen < self.trigger.min_sample,
         }
     }
@@ -329,19 +335,29 @@ impl TriggerEval {
     /// the trigger fires now: evidence held for `for:` and the minimum
     /// sample reached.
     pub fn observe(&mut self, now_ms: u64, candidate: &Sample, reference: &Sample) -> bool {
-        self.observe_tick(now_ms, candidate, candidate, reference, None)
+        self.observe_tick(
+            now_ms,
+            candidate,
+            candidate,
+            reference,
+            (candidate, reference),
+            None,
+        )
     }
 
     /// One tick: `candidate` is the tick's requests, `total` the
-    /// candidate's since the rollout started (what means and distances are
-    /// judged on), `reference` the baseline before this tick, `reading` a
-    /// Prometheus trigger's values for this tick (`None`: not read now).
+    /// candidate's since the rollout started (what means are judged on),
+    /// `reference` the baseline before this tick, `stage` both versions
+    /// over the current stage, this tick included (what distances are
+    /// judged on), `reading` a Prometheus trigger's values for this tick
+    /// (`None`: not read now).
     pub fn observe_tick(
         &mut self,
         now_ms: u64,
         candidate: &Sample,
         total: &Sample,
         reference: &Sample,
+        stage: (&Sample, &Sample),
         reading: Option<&Reading>,
     ) -> bool {
         if self.fired {
@@ -354,7 +370,20 @@ impl TriggerEval {
                 }
             }
             MetricKind::Mean => self.judge_mean(total, reference),
-            MetricKind::Distance => self.judge_distance(total, reference),
+            MetricKind::Distance => {
+                // The same span on both sides, so inputs that change over
+                // time (a daily cycle) change both alike, whatever the
+                // shares were. A stage the baseline serves nothing of
+                // (100%, blue/green after the flip) has nothing to compare
+                // with: the trigger waits for the next one.
+                let (stage_candidate, stage_baseline) = stage;
+                self.without_baseline = stage_baseline.judged() == 0;
+                if self.without_baseline {
+                    self.holds = false;
+                } else {
+                    self.judge_distance(stage_candidate, stage_baseline);
+                }
+            }
             _ => {
                 self.seen = total.judged();
                 if let Some(reading) = reading {
@@ -1028,7 +1057,7 @@ mod tests {
         for t in 0..ticks {
             let c = conversions(&mut rng, 200, candidate_rate);
             total.merge(&c);
-            if eval.observe_tick(t * 1000, &c, &total, &reference, None) {
+            if eval.observe_tick(t * 1000, &c, &total, &reference, (&c, &reference), None) {
                 return Some(t);
             }
             reference.merge(&conversions(&mut rng, 200, 0.10));
@@ -1061,17 +1090,21 @@ mod tests {
         let rule = signal_trigger(Metric::DriftPsi, "above", "0.1");
         let mut eval = TriggerEval::new_single(0, rule, 0.01);
         let (mut total, mut reference) = (Sample::default(), Sample::default());
+        let mut stage_baseline = Sample::default();
         for t in 0..ticks {
-            let mut c = Sample::default();
-            let mut b = Sample::default();
+            let mut c = sample(100, 0, 1000);
+            let mut b = sample(100, 0, 1000);
             for _ in 0..100 {
                 c.signals
                     .sketch_number("age", 40.0 + 10.0 * normal(&mut rng, shift));
                 b.signals
                     .sketch_number("age", 40.0 + 10.0 * normal(&mut rng, 0.0));
             }
+            // One stage: both windows include this tick.
             total.merge(&c);
-            if eval.observe_tick(t * 1000, &c, &total, &reference, None) {
+            stage_baseline.merge(&b);
+            let stage = (&total, &stage_baseline);
+            if eval.observe_tick(t * 1000, &c, &total, &reference, stage, None) {
                 return (Some(t), eval);
             }
             reference.merge(&b);
@@ -1097,10 +1130,18 @@ mod tests {
         rule.min_sample = 1;
         let mut eval = TriggerEval::new_single(0, rule, 0.01);
         let traffic = sample(50, 0, 1000);
+        let none = Sample::default();
         let ok: Reading = Ok((1.1, 1.0));
-        assert!(!eval.observe_tick(0, &traffic, &traffic, &Sample::default(), Some(&ok)));
+        assert!(!eval.observe_tick(0, &traffic, &traffic, &none, (&traffic, &none), Some(&ok)));
         let down: Reading = Err("unreachable: connection refused".into());
-        assert!(!eval.observe_tick(1000, &traffic, &traffic, &Sample::default(), Some(&down)));
+        assert!(!eval.observe_tick(
+            1000,
+            &traffic,
+            &traffic,
+            &none,
+            (&traffic, &none),
+            Some(&down)
+        ));
         assert!(
             !eval.baseline_ready(&Sample::default()),
             "an error holds the stage"
@@ -1109,7 +1150,14 @@ mod tests {
         assert_eq!(status.state, TriggerState::Unavailable);
         assert!(status.unavailable.unwrap().contains("refused"));
         let bad: Reading = Ok((1.5, 1.0));
-        assert!(eval.observe_tick(2000, &traffic, &traffic, &Sample::default(), Some(&bad)));
+        assert!(eval.observe_tick(
+            2000,
+            &traffic,
+            &traffic,
+            &none,
+            (&traffic, &none),
+            Some(&bad)
+        ));
         let status = eval.status(&traffic, &traffic, &Sample::default());
         assert_eq!(
             (status.candidate_value, status.baseline_value),
