@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 
 /// The default policy, embedded so `backstop sim` needs no file.
 pub const DEFAULT_POLICY: &str = include_str!("../examples/sim-policy.yaml");
+/// The default policy of the model-aware scenarios: the same rules plus
+/// drift, prediction shift and a KPI.
+pub const DEFAULT_SIGNALS_POLICY: &str = include_str!("../examples/sim-signals-policy.yaml");
 
 pub struct SimOptions {
     pub seed: u64,
     pub runs: usize,
-    /// A policy file instead of the embedded default.
+    /// A policy file instead of the embedded defaults (for every scenario).
     pub policy: Option<PathBuf>,
     /// Only scenarios whose name contains this.
     pub only: Option<String>,
@@ -26,20 +29,41 @@ pub struct SimReport {
     pub seed: u64,
     pub runs: usize,
     pub tick_ms: u64,
+    /// The policy of the request scenarios.
     pub policy: Policy,
+    /// The policy of the model-aware scenarios (names starting `model:`,
+    /// `allowed:`, `drift`, `predictions`, `KPI`, and the KPI margin).
+    pub signals_policy: Policy,
     pub elapsed_s: f64,
     pub scenarios: Vec<ScenarioReport>,
 }
 
 pub fn run(options: &SimOptions) -> anyhow::Result<SimReport> {
-    let policy = match &options.policy {
-        Some(file) => crate::policy::load(file)?,
-        None => crate::policy::parse(Path::new("examples/sim-policy.yaml"), DEFAULT_POLICY)?,
+    let (policy, signals_policy) = match &options.policy {
+        Some(file) => {
+            let policy = crate::policy::load(file)?;
+            (policy.clone(), policy)
+        }
+        None => (
+            crate::policy::parse(Path::new("examples/sim-policy.yaml"), DEFAULT_POLICY)?,
+            crate::policy::parse(
+                Path::new("examples/sim-signals-policy.yaml"),
+                DEFAULT_SIGNALS_POLICY,
+            )?,
+        ),
     };
-    let scenarios: Vec<_> = scenario::standard()
+    // Each scenario with its policy; the index seeds its runs.
+    let suites = scenario::standard()
         .into_iter()
+        .map(|s| (s, &policy))
+        .chain(
+            scenario::model_aware()
+                .into_iter()
+                .map(|s| (s, &signals_policy)),
+        );
+    let scenarios: Vec<_> = suites
         .enumerate()
-        .filter(|(_, s)| {
+        .filter(|(_, (s, _))| {
             options
                 .only
                 .as_ref()
@@ -47,8 +71,8 @@ pub fn run(options: &SimOptions) -> anyhow::Result<SimReport> {
         })
         .collect();
     anyhow::ensure!(!scenarios.is_empty(), "no scenario matches");
-    for (_, s) in &scenarios {
-        let policy = scenario::policy_for(&policy, s);
+    for (_, (s, policy)) in &scenarios {
+        let policy = scenario::policy_for(policy, s);
         policy
             .check()
             .map_err(|e| anyhow::anyhow!("scenario {:?} cannot run this policy: {e}", s.name))?;
@@ -63,11 +87,11 @@ pub fn run(options: &SimOptions) -> anyhow::Result<SimReport> {
         for _ in 0..threads.min(scenarios.len()) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((index, scenario)) = scenarios.get(i) else {
+                let Some((index, (scenario, policy))) = scenarios.get(i) else {
                     break;
                 };
                 let report =
-                    scenario::run_scenario(&policy, scenario, options.seed, *index, options.runs);
+                    scenario::run_scenario(policy, scenario, options.seed, *index, options.runs);
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -81,7 +105,8 @@ pub fn run(options: &SimOptions) -> anyhow::Result<SimReport> {
         seed: options.seed,
         runs: options.runs,
         tick_ms: scenario::TICK_MS,
-        policy,
+        policy: policy.clone(),
+        signals_policy: signals_policy.clone(),
         elapsed_s: started.elapsed().as_secs_f64(),
         scenarios: results.into_iter().map(|(_, r)| r).collect(),
     })
@@ -93,7 +118,7 @@ pub fn print_human(report: &SimReport) {
         report.seed, report.runs, report.tick_ms, report.elapsed_s
     );
     println!(
-        "\n{:<34} {:>9} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<44} {:>9} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "scenario",
         "rollbacks",
         "false rate",
@@ -107,7 +132,7 @@ pub fn print_human(report: &SimReport) {
     let opt_n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for s in &report.scenarios {
         println!(
-            "{:<34} {:>9} {:>9.2}% {:>7} {:>9} {:>9} {:>9} {:>9}",
+            "{:<44} {:>9} {:>9.2}% {:>7} {:>9} {:>9} {:>9} {:>9}",
             s.name,
             s.rollbacks,
             100.0 * s.false_rollback_rate,

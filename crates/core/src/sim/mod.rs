@@ -4,5 +4,6 @@
 //! bit. No OS randomness and no clock: the simulator owns time and passes
 //! tick lengths in.
 
+pub mod quality;
 pub mod scenario;
 pub mod traffic;

@@ -4,13 +4,17 @@
 //! candidates, missed regressions, detection delay and the candidate
 //! requests exposed before the rollback.
 
+use super::quality::{Quality, QualityTraffic};
 use super::traffic::{Behaviour, LatencyModel, Regression, Traffic};
 use crate::controller::{Input, Observation, Rollout};
-use crate::policy::{Policy, Strategy};
+use crate::policy::{Metric, Policy, Strategy};
 use serde::Serialize;
 
 /// Checks happen once per tick, as in the live runtime with 1 s buckets.
 pub const TICK_MS: u64 = 1000;
+
+/// Feedback (the KPI) arrives this long after the answer.
+pub const FEEDBACK_DELAY_S: u64 = 30;
 
 /// One kind of rollout to repeat.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +111,80 @@ pub fn standard() -> Vec<Scenario> {
     ]
 }
 
+/// The model-aware scenarios: regressions that latency and errors do not
+/// show (input drift, a shift in predictions, a KPI drop), and healthy
+/// candidates, with changes the policy allows, for false rollbacks. Run by
+/// default with `examples/sim-signals-policy.yaml`.
+pub fn model_aware() -> Vec<Scenario> {
+    let scenario = |name: &str, rate: f64, regression: Regression| Scenario {
+        name: name.to_string(),
+        rate_per_s: rate,
+        steps: vec![5.0, 25.0, 50.0, 100.0],
+        regression,
+        onset_s: 0,
+        within_policy: false,
+    };
+    let allowed = |name: &str, regression: Regression| Scenario {
+        within_policy: true,
+        ..scenario(name, 1000.0, regression)
+    };
+    let drift = Regression::FeatureDrift { sigma: 0.5 };
+    vec![
+        scenario("model: healthy 1000rps 5%", 1000.0, Regression::None),
+        scenario("model: healthy 100rps 5%", 100.0, Regression::None),
+        // Real but small changes, under the recommended thresholds (PSI
+        // 0.2 and 0.1, KPI -10%): significant, and still allowed.
+        allowed(
+            "allowed: drift 0.2σ (PSI≈0.04) 1000rps 5%",
+            Regression::FeatureDrift { sigma: 0.2 },
+        ),
+        allowed(
+            "allowed: predictions 3pp 1000rps 5%",
+            Regression::PredictionShift { moved_pp: 3.0 },
+        ),
+        allowed(
+            "at margin: KPI -10% 1000rps 5%",
+            Regression::KpiDrop { percent: 10.0 },
+        ),
+        scenario("drift 0.5σ (PSI≈0.23) 1000rps 5%", 1000.0, drift),
+        scenario("drift 0.5σ (PSI≈0.23) 100rps 5%", 100.0, drift),
+        scenario(
+            "drift 1σ (PSI≈0.9) 1000rps 5%",
+            1000.0,
+            Regression::FeatureDrift { sigma: 1.0 },
+        ),
+        scenario(
+            "predictions 15pp 1000rps 5%",
+            1000.0,
+            Regression::PredictionShift { moved_pp: 15.0 },
+        ),
+        scenario(
+            "KPI -50% 1000rps 5%",
+            1000.0,
+            Regression::KpiDrop { percent: 50.0 },
+        ),
+        scenario(
+            "KPI -25% 1000rps 5%",
+            1000.0,
+            Regression::KpiDrop { percent: 25.0 },
+        ),
+        Scenario {
+            onset_s: 90,
+            ..scenario("drift 0.5σ from 90s 1000rps 5%", 1000.0, drift)
+        },
+    ]
+}
+
+/// Whether the policy's triggers read what the gateway gathers from
+/// requests, answers or feedback (so the simulated traffic must carry it).
+pub fn reads_model_signals(policy: &Policy) -> bool {
+    policy.reads_signals()
+        || policy
+            .triggers
+            .iter()
+            .any(|t| matches!(t.metric, Metric::Kpi | Metric::Accuracy))
+}
+
 /// How one simulated rollout ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunResult {
@@ -149,6 +227,28 @@ pub fn run_once(policy: &Policy, scenario: &Scenario, seed: u64) -> RunResult {
         baseline.clone()
     };
     let mut traffic = Traffic::new(seed, scenario.rate_per_s, baseline.clone(), candidate);
+    // Model-aware figures only when the policy reads them (they cost a
+    // draw per request).
+    let base_quality = Quality::baseline();
+    let mut quality = reads_model_signals(&policy).then(|| {
+        let candidate = if scenario.onset_s == 0 {
+            base_quality.regressed(scenario.regression)
+        } else {
+            base_quality.clone()
+        };
+        let sample_percent = policy
+            .signals
+            .as_ref()
+            .map_or(100.0, |s| s.sample_percent());
+        let delay_ticks = (FEEDBACK_DELAY_S * 1000 / TICK_MS) as usize;
+        QualityTraffic::new(
+            seed,
+            base_quality.clone(),
+            candidate,
+            sample_percent,
+            delay_ticks,
+        )
+    });
     let (mut rollout, _) =
         Rollout::start("sim", policy, 0).expect("the simulated policy was checked");
     // Long enough for every stage plus the longest wait for traffic.
@@ -159,14 +259,21 @@ pub fn run_once(policy: &Policy, scenario: &Scenario, seed: u64) -> RunResult {
     while rollout.is_open() && now < horizon_ms {
         if now == onset_ms && scenario.onset_s > 0 {
             traffic.set_candidate(baseline.regressed(scenario.regression));
+            if let Some(quality) = &mut quality {
+                quality.set_candidate(base_quality.regressed(scenario.regression));
+            }
         }
         now += TICK_MS;
         let (candidate_percent, shadow_percent) = rollout.routed;
-        let sample = if shadow_percent > 0.0 {
+        let shadow = shadow_percent > 0.0;
+        let mut sample = if shadow {
             traffic.tick_shadow(TICK_MS, shadow_percent)
         } else {
             traffic.tick(TICK_MS, candidate_percent)
         };
+        if let Some(quality) = &mut quality {
+            quality.fill(&mut sample, shadow);
+        }
         if now > onset_ms {
             exposed += sample.candidate.counts.requests;
         }
@@ -328,6 +435,82 @@ mod tests {
         let result = run_once(&policy(), &s, 7);
         assert!(result.rolled_back && !result.false_rollback, "{result:?}");
         assert!(result.detection_delay_s.unwrap() < 60.0, "{result:?}");
+    }
+
+    /// The model-aware policy of `backstop sim` (examples/sim-signals-policy.yaml).
+    fn signals_policy() -> Policy {
+        let mut policy = policy();
+        policy.strategy = serde_json::from_value(
+            serde_json::json!({ "canary": { "steps": [5, 25, 50, 100], "bake": "1m" } }),
+        )
+        .unwrap();
+        let more: Vec<crate::policy::Trigger> = serde_json::from_value(serde_json::json!([
+            { "metric": "drift_psi", "feature": "amount", "above": 0.2,
+              "min_sample": 500, "action": "rollback" },
+            { "metric": "prediction_shift", "above": 0.1, "min_sample": 500,
+              "action": "rollback" },
+            { "metric": "kpi", "kpi": "conversion", "below": "-10%",
+              "min_sample": 1000, "action": "rollback" }
+        ]))
+        .unwrap();
+        policy.triggers.extend(more);
+        policy.signals = Some(
+            serde_json::from_value(
+                serde_json::json!({ "output": { "field": "probs", "kind": "probabilities" } }),
+            )
+            .unwrap(),
+        );
+        policy.check().unwrap();
+        policy
+    }
+
+    fn model_scenario(name: &str) -> Scenario {
+        model_aware()
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("a model-aware scenario")
+    }
+
+    /// Healthy models go through every model-aware trigger; drift, a shift
+    /// in predictions and a KPI drop are each caught, by the trigger that
+    /// names them.
+    #[test]
+    fn model_aware_regressions_roll_back_and_healthy_models_promote() {
+        let policy = signals_policy();
+        for name in [
+            "model: healthy 1000rps 5%",
+            "allowed: drift 0.2σ (PSI≈0.04) 1000rps 5%",
+        ] {
+            let report = run_scenario(&policy, &model_scenario(name), 42, 0, 5);
+            assert_eq!(report.rollbacks, 0, "{report:?}");
+        }
+        for (name, within_s) in [
+            ("drift 1σ (PSI≈0.9) 1000rps 5%", 15.0),
+            ("predictions 15pp 1000rps 5%", 15.0),
+            // The feedback arrives 30 s after the answers.
+            ("KPI -50% 1000rps 5%", 90.0),
+            ("drift 0.5σ from 90s 1000rps 5%", 60.0),
+        ] {
+            let report = run_scenario(&policy, &model_scenario(name), 42, 1, 5);
+            assert_eq!(report.missed, 0, "{report:?}");
+            assert_eq!(report.false_rollback_rate, 0.0, "{report:?}");
+            assert!(
+                report.detection_delay_s_p95.unwrap() <= within_s,
+                "{report:?}"
+            );
+        }
+    }
+
+    /// A policy without model-aware triggers gets no model-aware traffic
+    /// (it would cost a draw per request for nothing); with them, a seed
+    /// still replays the same run.
+    #[test]
+    fn model_signals_only_when_read_and_seeded() {
+        assert!(!reads_model_signals(&policy()));
+        assert!(reads_model_signals(&signals_policy()));
+        let s = model_scenario("drift 0.5σ (PSI≈0.23) 1000rps 5%");
+        let policy = signals_policy();
+        assert_eq!(run_once(&policy, &s, 11), run_once(&policy, &s, 11));
     }
 
     #[test]

@@ -119,6 +119,20 @@ pub enum Regression {
     Timeouts {
         extra_pp: f64,
     },
+    /// The candidate's watched input feature moved by `sigma` standard
+    /// deviations (see [`super::quality`]).
+    FeatureDrift {
+        sigma: f64,
+    },
+    /// `moved_pp` percentage points of the candidate's predictions moved
+    /// from the first class to the last.
+    PredictionShift {
+        moved_pp: f64,
+    },
+    /// The candidate's conversions `percent`% fewer (relative).
+    KpiDrop {
+        percent: f64,
+    },
 }
 
 impl Behaviour {
@@ -141,6 +155,10 @@ impl Behaviour {
             Regression::Timeouts { extra_pp } => {
                 behaviour.timeout_rate = (self.timeout_rate + extra_pp / 100.0).clamp(0.0, 1.0);
             }
+            // Model-aware: the requests behave the same.
+            Regression::FeatureDrift { .. }
+            | Regression::PredictionShift { .. }
+            | Regression::KpiDrop { .. } => {}
         }
         behaviour
     }
@@ -739,7 +757,7 @@ impl Boundary {
 }
 
 /// Standard normal quantile of `p`, by bisection (table building only).
-fn normal_quantile(p: f64) -> f64 {
+pub(crate) fn normal_quantile(p: f64) -> f64 {
     if p <= 0.0 {
         return f64::NEG_INFINITY;
     }
