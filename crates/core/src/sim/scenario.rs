@@ -404,11 +404,13 @@ mod tests {
         .unwrap()
     }
 
+    /// A scenario `backstop sim` runs (request or model-aware), by name.
     fn scenario(name: &str) -> Scenario {
         standard()
             .into_iter()
+            .chain(model_aware())
             .find(|s| s.name == name)
-            .expect("a standard scenario")
+            .expect("a scenario of backstop sim")
     }
 
     #[test]
@@ -464,13 +466,6 @@ mod tests {
         policy
     }
 
-    fn model_scenario(name: &str) -> Scenario {
-        model_aware()
-            .into_iter()
-            .find(|s| s.name == name)
-            .expect("a model-aware scenario")
-    }
-
     /// Healthy models go through every model-aware trigger; drift, a shift
     /// in predictions and a KPI drop are each caught, by the trigger that
     /// names them.
@@ -481,7 +476,7 @@ mod tests {
             "model: healthy 1000rps 5%",
             "allowed: drift 0.2σ (PSI≈0.04) 1000rps 5%",
         ] {
-            let report = run_scenario(&policy, &model_scenario(name), 42, 0, 5);
+            let report = run_scenario(&policy, &scenario(name), 42, 0, 5);
             assert_eq!(report.rollbacks, 0, "{report:?}");
         }
         for (name, within_s) in [
@@ -491,7 +486,7 @@ mod tests {
             ("KPI -50% 1000rps 5%", 90.0),
             ("drift 0.5σ from 90s 1000rps 5%", 60.0),
         ] {
-            let report = run_scenario(&policy, &model_scenario(name), 42, 1, 5);
+            let report = run_scenario(&policy, &scenario(name), 42, 1, 5);
             assert_eq!(report.missed, 0, "{report:?}");
             assert_eq!(report.false_rollback_rate, 0.0, "{report:?}");
             assert!(
@@ -508,7 +503,7 @@ mod tests {
     fn model_signals_only_when_read_and_seeded() {
         assert!(!reads_model_signals(&policy()));
         assert!(reads_model_signals(&signals_policy()));
-        let s = model_scenario("drift 0.5σ (PSI≈0.23) 1000rps 5%");
+        let s = scenario("drift 0.5σ (PSI≈0.23) 1000rps 5%");
         let policy = signals_policy();
         assert_eq!(run_once(&policy, &s, 11), run_once(&policy, &s, 11));
     }
