@@ -129,6 +129,17 @@ async fn register(backstop: &Backstop, version: &str, datatype: &str) {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// v1 and v2 answering these class probabilities, a rollout of `policy`
+/// driven with OIP requests until it rolls back: its view.
+async fn roll_back_with(v1: &[f64], v2: &[f64], policy: &str) -> Value {
+    let (v1, v2) = (ModelServer::start(v1).await, ModelServer::start(v2).await);
+    let backstop = Backstop::start(&config(&v1.url, &v2.url));
+    let client = HttpClient::new();
+    let view = start(&client, &backstop, policy).await;
+    let id = view["id"].as_str().unwrap().to_string();
+    drive_until(&client, &backstop, &id, "rolled_back", INFER_BODY).await
+}
+
 fn verdict_rule(view: &Value) -> String {
     view["verdict"]["trigger"]["rule"]
         .as_str()
@@ -195,10 +206,6 @@ async fn a_candidate_whose_signature_clients_break_is_rolled_back() {
 /// OIP answers the clients got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_less_confident_candidate_is_rolled_back_on_confidence() {
-    let v1 = ModelServer::start(&[0.9, 0.1]).await;
-    let v2 = ModelServer::start(&[0.45, 0.55]).await;
-    let backstop = Backstop::start(&config(&v1.url, &v2.url));
-    let client = HttpClient::new();
     let text = format!(
         "{}{OUTPUT}",
         policy(
@@ -209,9 +216,7 @@ async fn a_less_confident_candidate_is_rolled_back_on_confidence() {
             ],
         )
     );
-    let view = start(&client, &backstop, &text).await;
-    let id = view["id"].as_str().unwrap().to_string();
-    let view = drive_until(&client, &backstop, &id, "rolled_back", INFER_BODY).await;
+    let view = roll_back_with(&[0.9, 0.1], &[0.45, 0.55], &text).await;
     assert!(
         verdict_rule(&view).starts_with("confidence_mean below 0.7"),
         "{view:#}"
@@ -226,10 +231,6 @@ async fn a_less_confident_candidate_is_rolled_back_on_confidence() {
 /// baseline too; answers that disagree (another class) roll it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disagreeing_with_the_baseline_on_mirrored_requests_rolls_back() {
-    let v1 = ModelServer::start(&[0.9, 0.1]).await;
-    let v2 = ModelServer::start(&[0.2, 0.8]).await;
-    let backstop = Backstop::start(&config(&v1.url, &v2.url));
-    let client = HttpClient::new();
     let text = format!(
         "{}signals: {{ output: {{ field: probs, kind: probabilities }}, mirror_percent: 100 }}\n",
         policy(
@@ -237,9 +238,7 @@ async fn disagreeing_with_the_baseline_on_mirrored_requests_rolls_back() {
             &[r#"{ metric: agreement_rate, below: "90%", min_sample: 20, action: rollback }"#],
         )
     );
-    let view = start(&client, &backstop, &text).await;
-    let id = view["id"].as_str().unwrap().to_string();
-    let view = drive_until(&client, &backstop, &id, "rolled_back", INFER_BODY).await;
+    let view = roll_back_with(&[0.9, 0.1], &[0.2, 0.8], &text).await;
     assert!(
         verdict_rule(&view).starts_with("agreement_rate below 90%"),
         "{view:#}"
