@@ -73,15 +73,36 @@ pub enum Label {
 }
 
 impl Label {
-    /// What a prediction is compared with: the string as is, numbers and
-    /// booleans as JSON writes them (`1`, `0.5`, `true`).
+    /// What a prediction is compared with: the string as is, booleans and
+    /// numbers as [`number_text`] writes them (`true`, `1`, `0.5`).
     pub fn as_text(&self) -> std::borrow::Cow<'_, str> {
         match self {
             Label::Bool(b) => b.to_string().into(),
-            Label::Number(n) => n.to_string().into(),
+            Label::Number(n) => number_text(n).into(),
             Label::Text(t) => t.as_str().into(),
         }
     }
+}
+
+/// A number as labels compare it: a whole number without a fraction
+/// (`1.0` and `1` are the same label), others as JSON writes them.
+pub fn number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+        _ => n.to_string(),
+    }
+}
+
+/// What became of an item's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// Compared with the prediction recorded for the answer.
+    Label {
+        correct: bool,
+    },
+    /// The answer's prediction was not read: nothing to compare with.
+    Unjudged,
+    NoLabel,
 }
 
 /// One reported outcome.
@@ -221,6 +242,10 @@ pub struct FeedbackCounts {
     pub accepted: u64,
     pub duplicate: u64,
     pub expired: u64,
+    /// Labels for answers whose prediction was not read (not sampled, or a
+    /// fallback's): accepted, and left out of accuracy rather than counted
+    /// wrong.
+    pub unjudged_labels: u64,
 }
 
 struct VersionKpis {
@@ -255,9 +280,16 @@ impl VersionFeedback {
         }
     }
 
-    fn add(&self, epoch: u64, kpis: &[(usize, f64)], labeled: bool, correct: bool) {
+    /// `label`: the item's label was judged against a recorded prediction
+    /// (`Some(correct)`), not judged (`Some` of nothing: `unjudged`), or absent.
+    fn add(&self, epoch: u64, kpis: &[(usize, f64)], label: Judged) {
+        let (labeled, correct) = match label {
+            Judged::Label { correct } => (true, correct),
+            Judged::Unjudged | Judged::NoLabel => (false, false),
+        };
         let mut inner = lock(&self.inner);
         inner.counts.accepted += 1;
+        inner.counts.unjudged_labels += u64::from(label == Judged::Unjudged);
         inner.lifetime.add(kpis, labeled, correct);
         if inner.ring.is_empty() {
             inner.ring = vec![
@@ -553,16 +585,14 @@ impl Feedback {
             entry.applied |= bits;
             (entry.version.clone(), entry.prediction.clone(), kpis)
         };
-        let correct = match (&item.label, &prediction) {
-            (Some(label), Some(prediction)) => label.as_text() == **prediction,
-            _ => false,
+        let label = match (&item.label, &prediction) {
+            (Some(label), Some(prediction)) => Judged::Label {
+                correct: label.as_text() == **prediction,
+            },
+            (Some(_), None) => Judged::Unjudged,
+            (None, _) => Judged::NoLabel,
         };
-        version.add(
-            now_ms / self.bucket_ms,
-            &kpis,
-            item.label.is_some(),
-            correct,
-        );
+        version.add(now_ms / self.bucket_ms, &kpis, label);
         Ok(Joined {
             model: version.model.clone(),
             version: version.version.clone(),
@@ -791,7 +821,7 @@ mod tests {
         let fb = feedback(60_000, 1000);
         let v1 = fb.version("m", "v1");
         let id = RequestId::new();
-        fb.record(&id, &v1, None, 0);
+        fb.record(&id, &v1, Some(Arc::from("ok")), 0);
         let conversion = item(&id, json!({"kpis": {"conversion": 1}}));
         assert!(fb.apply(&conversion, 10).is_ok());
         assert_eq!(fb.apply(&conversion, 20), Err(Unjoined::Duplicate));
@@ -821,7 +851,8 @@ mod tests {
             FeedbackCounts {
                 accepted: 3,
                 duplicate: 3,
-                expired: 0
+                expired: 0,
+                unjudged_labels: 0,
             }
         );
     }
@@ -884,16 +915,26 @@ mod tests {
             (Some("1"), json!(1), true),
             (Some("true"), json!(true), true),
             (Some("0.5"), json!(0.5), true),
-            (None, json!("fraud"), false),
+            // A model that writes 1.0 and an application that sends 1.
+            (Some("1"), json!(1.0), true),
+            (Some("2"), json!(3), false),
         ];
         for (prediction, label, _) in &cases {
             let id = RequestId::new();
             fb.record(&id, &v1, prediction.map(Arc::from), 0);
             fb.apply(&item(&id, json!({ "label": label })), 0).unwrap();
         }
+        // An answer whose prediction was not read (not sampled, or a
+        // fallback's): its label is accepted and left out of accuracy.
+        let unread = RequestId::new();
+        fb.record(&unread, &v1, None, 0);
+        fb.apply(&item(&unread, json!({ "label": "fraud" })), 0)
+            .unwrap();
         let window = v1.window(0, 0);
         assert_eq!(window.labeled, cases.len() as u64);
         assert_eq!(window.correct, cases.iter().filter(|c| c.2).count() as u64);
+        assert_eq!(v1.counts().unjudged_labels, 1);
+        assert_eq!(v1.counts().accepted, cases.len() as u64 + 1);
         assert!(window.kpis.is_empty());
     }
 

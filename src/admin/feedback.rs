@@ -193,7 +193,8 @@ struct VersionFeedbackView {
     path = "/api/v1/models/{model}/feedback",
     tag = "feedback",
     description = "Role: viewer. By version: `{window: {kpis: {name: {n, sum, sum_sq}}, labeled, \
-        correct}, accuracy, lifetime, accepted, duplicate, expired}`, every version that has \
+        correct}, accuracy, lifetime, accepted, duplicate, expired, unjudged_labels}`, every \
+        version that has \
         answered since the gateway started (rolled-back ones included).",
     security(("bearer" = [])),
     params(("model" = String, Path, description = "Model name"), FeedbackQuery),
@@ -300,13 +301,14 @@ models:
             .unwrap()
     }
 
-    /// A request `v1` answered just now.
+    /// A request `v1` answered just now, predicting class "1".
     fn answered(gateway: &Gateway) -> RequestId {
         let id = RequestId::new();
         let state = &gateway.table("m").unwrap().versions[0].state;
+        let predicted = Some(std::sync::Arc::from("1"));
         gateway
             .feedback
-            .record(&id, &state.feedback, None, crate::gateway::unix_ms());
+            .record(&id, &state.feedback, predicted, crate::gateway::unix_ms());
         id
     }
 
@@ -356,7 +358,7 @@ models:
         assert_eq!(v1["window"]["kpis"]["conversion"]["n"], 2, "{value}");
         assert_eq!(v1["window"]["kpis"]["revenue"]["sum"], 2.5);
         assert_eq!(v1["window"]["labeled"], 1);
-        assert_eq!(v1["accuracy"], 0.0, "no prediction recorded: none correct");
+        assert_eq!(v1["accuracy"], 0.0, "it predicted 1, not fraud");
         assert_eq!(
             (v1["accepted"].as_u64(), v1["duplicate"].as_u64()),
             (Some(3), Some(1))

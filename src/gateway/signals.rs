@@ -227,7 +227,7 @@ pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
         return None;
     }
     let answer: Value = serde_json::from_slice(body).ok()?;
-    let value = field(&answer, &output.field)?;
+    let (value, row_len) = field(&answer, &output.field)?;
     let first_row = first_row(value);
     let mut prediction = Prediction {
         class: None,
@@ -236,11 +236,13 @@ pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
     };
     match output.kind {
         OutputKind::Probabilities => {
-            let probabilities: Vec<f64> = first_row
-                .as_array()?
-                .iter()
-                .map(Value::as_f64)
-                .collect::<Option<_>>()?;
+            let row = first_row.as_array()?;
+            // OIP sends a batch flat: its shape says where a row ends.
+            let row = match row_len {
+                Some(n) if n > 0 && n < row.len() => &row[..n],
+                _ => row,
+            };
+            let probabilities: Vec<f64> = row.iter().map(Value::as_f64).collect::<Option<_>>()?;
             let (index, best) = probabilities
                 .iter()
                 .copied()
@@ -254,6 +256,7 @@ pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
             let label = scalar(first_row)?;
             prediction.class = Some(match label {
                 Value::String(s) => s.clone(),
+                Value::Number(n) => crate::feedback::number_text(n),
                 other => other.to_string(),
             });
         }
@@ -263,7 +266,7 @@ pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
         }
     }
     if let Some(name) = &output.confidence_field {
-        let confidence = scalar(first_row_of(field(&answer, name)?))?.as_f64()?;
+        let confidence = scalar(first_row_of(field(&answer, name)?.0))?.as_f64()?;
         prediction.confidence = Some(confidence);
     }
     // A confidence outside 0..1 is not one.
@@ -276,17 +279,28 @@ pub fn read_prediction(output: &Output, body: &[u8]) -> Option<Prediction> {
     Some(prediction)
 }
 
-/// The named OIP output tensor's `data`, or the top-level field.
-fn field<'a>(answer: &'a Value, name: &str) -> Option<&'a Value> {
+/// The named OIP output tensor's `data` with the length of one row by its
+/// shape (the product of the dimensions after the first, when the first
+/// is the batch), or the top-level field.
+fn field<'a>(answer: &'a Value, name: &str) -> Option<(&'a Value, Option<usize>)> {
     if let Some(outputs) = answer.get("outputs").and_then(Value::as_array) {
         if let Some(tensor) = outputs
             .iter()
             .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
         {
-            return tensor.get("data");
+            let row_len = tensor
+                .get("shape")
+                .and_then(Value::as_array)
+                .filter(|dims| dims.len() >= 2)
+                .and_then(|dims| {
+                    dims[1..].iter().try_fold(1usize, |n, d| {
+                        n.checked_mul(usize::try_from(d.as_u64()?).ok()?)
+                    })
+                });
+            return Some((tensor.get("data")?, row_len));
         }
     }
-    answer.get(name)
+    Some((answer.get(name)?, None))
 }
 
 /// `[[0.1, 0.9], [..]]` → `[0.1, 0.9]`; a flat list stays as it is.
@@ -463,6 +477,33 @@ mod tests {
         // A batch: the first row.
         let p = read(&probabilities, json!({"probs": [[0.9, 0.1], [0.2, 0.8]]})).unwrap();
         assert_eq!(p.class.as_deref(), Some("0"));
+        // An OIP batch comes flat: the shape says where the first row ends.
+        let batch = json!({"outputs": [{"name": "probs", "datatype": "FP32",
+            "shape": [2, 3], "data": [0.1, 0.7, 0.2, 0.05, 0.05, 0.9]}]});
+        let p = read(&probabilities, batch).unwrap();
+        assert_eq!((p.class.as_deref(), p.confidence), (Some("1"), Some(0.7)));
+        let nested = json!({"outputs": [{"name": "probs", "datatype": "FP32",
+            "shape": [2, 2], "data": [[0.3, 0.7], [0.9, 0.1]]}]});
+        assert_eq!(
+            read(&probabilities, nested).unwrap().class.as_deref(),
+            Some("1")
+        );
+        // Numbers as labels compare as numbers: 1.0 is class 1.
+        let label = output("label", OutputKind::Label);
+        assert_eq!(
+            read(&label, json!({"label": 1.0}))
+                .unwrap()
+                .class
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            read(&label, json!({"label": 2.5}))
+                .unwrap()
+                .class
+                .as_deref(),
+            Some("2.5")
+        );
         let label = output("label", OutputKind::Label);
         assert_eq!(
             read(&label, json!({"label": ["cat"]}))
