@@ -1,7 +1,7 @@
 //! `backstop bench`: what the gateway costs on the hot path, measured
 //! against a direct call and against nginx, on loopback.
 //!
-//! Three setups, each driven by [`crate::loadgen`] inside this process:
+//! The setups, each driven by [`crate::loadgen`] inside this process:
 //!
 //! - `direct`: client → toy upstream;
 //! - `nginx`: client → nginx (one worker, upstream keep-alive) → toy upstream;
@@ -9,7 +9,16 @@
 //! - `backstop_capture`, `backstop_capture_1pct`: the same with the model's
 //!   sample capture on at 100% and at 1% (the default rollout setting),
 //!   redacting one field and hashing another that the request body holds,
-//!   so every sampled exchange is parsed, redacted and pushed into a ring.
+//!   so every sampled exchange is parsed, redacted and pushed into a ring;
+//! - `backstop_signals`: the same with the model-aware input signals on at
+//!   100%: v1 and v2 are registered (admin API) with an OIP input signature
+//!   that [`INFER_BODY`] fits, and a canary rollout v1 → v2 (held at 50%
+//!   for longer than the bench runs) watches `schema_violation_rate`,
+//!   `null_rate` and `drift_psi` on the tensor `x` with `action: notify`,
+//!   so every request on either version is checked against its version's
+//!   signature, its nulls counted and its feature values sketched. After
+//!   the run the rollout's status is read back (`signals` in the report):
+//!   inputs checked and schema violations.
 //!
 //! The toy upstream, nginx and the gateway are separate child processes, so
 //! the CPU time of each proxy can be read from `/proc/<pid>/stat` on its own.
@@ -107,6 +116,20 @@ const CAPTURE_REDACT: &str = "x";
 /// toy upstream's answer's tensors.
 const CAPTURE_HASH: &str = "shape";
 const SAMPLES_PATH: &str = "/api/v1/models/bench/samples?version=v1";
+/// The input-signals setup's name.
+const SIGNALS_SETUP: &str = "backstop_signals";
+/// The signature v1 and v2 are registered with in the signals setup:
+/// [`INFER_BODY`]'s tensor `x` (any batch of 4 FP32 values) and the toy
+/// upstream's `score` answer.
+const SIGNALS_SIGNATURE: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[-1,4]}],"outputs":[{"name":"score","datatype":"FP32","shape":[-1,1]}]}"#;
+/// The feature the signals setup's triggers name (sketched for drift).
+const SIGNALS_FEATURE: &str = "x";
+/// Share of requests checked in the signals setup, percent.
+const SIGNALS_SAMPLE_PERCENT: f64 = 100.0;
+/// The candidate's share while the signals setup is measured.
+const SIGNALS_CANARY_PERCENT: f64 = 50.0;
+/// Time the signals setup's rollout gets to route its first step.
+const SIGNALS_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Everything `backstop bench` measured. Field names are stable: scripts
 /// and BENCHMARKS.md read them.
@@ -117,6 +140,9 @@ pub struct BenchReport {
     pub swap: SwapReport,
     /// The capture setups' settings, and what their ring held afterwards.
     pub capture: CaptureReport,
+    /// The input-signals setup's policy, and what its rollout had checked
+    /// by the end of the run.
+    pub signals: SignalsReport,
     pub machine: Machine,
     /// The command line that produced this report.
     pub command: String,
@@ -134,6 +160,8 @@ pub struct Setups {
     pub backstop_capture: SetupReport,
     /// backstop with sample capture at 1%.
     pub backstop_capture_1pct: SetupReport,
+    /// backstop with the model-aware input checks on at 100%.
+    pub backstop_signals: SetupReport,
 }
 
 /// One setup's figures; null where the setup did not run or has no proxy.
@@ -173,6 +201,8 @@ pub struct Ratios {
     /// The cost of sample capture: with it on, divided by backstop without.
     pub backstop_capture_over_backstop: Ratio,
     pub backstop_capture_1pct_over_backstop: Ratio,
+    /// The cost of the input checks (signature, nulls, sketches) at 100%.
+    pub backstop_signals_over_backstop: Ratio,
 }
 
 /// One setup's figure divided by the other setup's (backstop's, for the
@@ -200,6 +230,41 @@ pub struct CaptureReport {
     pub kept: Option<u64>,
     pub redacted: Option<bool>,
     pub hashed: Option<bool>,
+}
+
+/// The model-aware input checks in the signals setup.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SignalsReport {
+    /// Share of requests checked, percent.
+    pub sample_percent: f64,
+    /// The features sketched (the triggers' `feature`s).
+    pub features: Vec<String>,
+    /// The rollout's triggers, as written (all `action: notify`).
+    pub triggers: Vec<String>,
+    /// Read back from the rollout's status after the run (null: the read
+    /// failed or the figure was missing). `phase` and `candidate_percent`
+    /// show that the rollout still held its first step.
+    pub rollout: Option<String>,
+    pub phase: Option<String>,
+    pub candidate_percent: Option<f64>,
+    /// Candidate (v2) requests checked against its signature during the
+    /// step: the `schema_violation_rate` trigger's sample.
+    pub checked: Option<u64>,
+    /// Schema violations among them (the trigger's rate × `checked`).
+    pub violations: Option<u64>,
+    /// `schema_violation_rate` over the step, each version; the baseline's
+    /// is null if none of its requests was checked.
+    pub violation_rate_candidate: Option<f64>,
+    pub violation_rate_baseline: Option<f64>,
+    /// `null_rate` of the feature, candidate's, over the step.
+    pub null_rate_candidate: Option<f64>,
+    /// `drift_psi` of the feature, candidate vs baseline sketches.
+    pub drift_psi: Option<f64>,
+    /// True when the checks ran as intended: the rollout still on its
+    /// first step, candidate requests checked, none of them and none of
+    /// the baseline's (some checked) breaking the signature. False: a note
+    /// says so, and the setup's figures do not measure the checks.
+    pub ran: bool,
 }
 
 /// Routing-table swaps under load.
@@ -318,19 +383,19 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = TempDir::create()?;
 
     let toy = start_toy(&exe, &dir).await?;
-    let backstop = start_backstop(&exe, &dir, toy.addr, options.backstop_threads, None).await?;
+    let threads = options.backstop_threads;
+    let backstop = start_backstop(&exe, &dir, toy.addr, threads, "backstop", None).await?;
     let mut capture_backstops = Vec::with_capacity(CAPTURE_SETUPS.len());
     for (name, percent) in CAPTURE_SETUPS {
-        let process = start_backstop(
-            &exe,
-            &dir,
-            toy.addr,
-            options.backstop_threads,
-            Some((name, percent)),
-        )
-        .await?;
+        let process = start_backstop(&exe, &dir, toy.addr, threads, name, Some(percent)).await?;
         capture_backstops.push((name, process));
     }
+    let signals_backstop =
+        start_backstop(&exe, &dir, toy.addr, threads, SIGNALS_SETUP, None).await?;
+    let signals_policy = signals_policy(&plan);
+    let signals_rollout = start_signals_rollout(signals_backstop.admin, &signals_policy)
+        .await
+        .context("starting the signals setup's rollout")?;
     let nginx_binary = options.nginx.clone().or_else(find_nginx);
     let mut nginx_version = None;
     let nginx = match nginx_binary {
@@ -376,6 +441,11 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             pid: process.process.pid(),
         });
     }
+    targets.push(Target {
+        name: SIGNALS_SETUP,
+        addr: signals_backstop.data,
+        pid: signals_backstop.process.pid(),
+    });
     for target in &targets {
         wait_ready(target.addr)
             .await
@@ -514,6 +584,42 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         capture.hashed.unwrap_or(false),
     );
 
+    // The signals setup's rollout: still on its first step, requests
+    // checked, none broken?
+    let mut signals = SignalsReport {
+        sample_percent: SIGNALS_SAMPLE_PERCENT,
+        features: vec![SIGNALS_FEATURE.to_string()],
+        triggers: signals_triggers().iter().map(|t| t.to_string()).collect(),
+        rollout: Some(signals_rollout.clone()),
+        ..SignalsReport::default()
+    };
+    let rollout_path = format!("/api/v1/rollouts/{signals_rollout}");
+    match admin_call(signals_backstop.admin, Method::GET, &rollout_path, None).await {
+        Ok(value) => check_signals(&value, &mut signals),
+        Err(error) => notes.push(format!("Reading the signals rollout failed: {error:#}")),
+    }
+    eprintln!(
+        "bench: signals rollout {}: phase {}, candidate {}%, {} inputs checked, {} schema violations, PSI {}",
+        signals_rollout,
+        signals.phase.as_deref().unwrap_or("?"),
+        fmt_opt_f64(signals.candidate_percent, 0),
+        fmt_opt_u64(signals.checked),
+        fmt_opt_u64(signals.violations),
+        fmt_opt_f64(signals.drift_psi, 4),
+    );
+    if !signals.ran {
+        let message = format!(
+            "The signals setup's input checks did not run as intended (phase {}, candidate {}%, \
+             {} inputs checked, {} schema violations): its figures do not measure the checks.",
+            signals.phase.as_deref().unwrap_or("unknown"),
+            fmt_opt_f64(signals.candidate_percent, 0),
+            fmt_opt_u64(signals.checked),
+            fmt_opt_u64(signals.violations),
+        );
+        eprintln!("bench: WARNING: {message}");
+        notes.push(message);
+    }
+
     let mut summarized: Vec<(&str, SetupReport)> = targets
         .iter()
         .zip(&runs)
@@ -529,6 +635,7 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let backstop_report = take("backstop").context("backstop setup missing")?;
     let capture_report = take(CAPTURE_SETUPS[0].0).context("capture setup missing")?;
     let capture_1pct_report = take(CAPTURE_SETUPS[1].0).context("capture setup missing")?;
+    let signals_report = take(SIGNALS_SETUP).context("signals setup missing")?;
     let nginx_report = take("nginx");
     // Skipped nginx: same shape, null figures.
     let nginx_report = nginx_report.unwrap_or_else(|| SetupReport {
@@ -551,12 +658,14 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
         backstop_over_direct: Ratio::of(&backstop_report, &direct),
         backstop_capture_over_backstop: Ratio::of(&capture_report, &backstop_report),
         backstop_capture_1pct_over_backstop: Ratio::of(&capture_1pct_report, &backstop_report),
+        backstop_signals_over_backstop: Ratio::of(&signals_report, &backstop_report),
     };
 
     // Stop the proxies before the upstream, so neither logs a lost upstream.
     drop(nginx);
     drop(backstop);
     drop(capture_backstops);
+    drop(signals_backstop);
     drop(toy);
     drop(dir);
 
@@ -567,10 +676,12 @@ async fn bench(options: BenchOptions) -> anyhow::Result<BenchReport> {
             backstop: backstop_report,
             backstop_capture: capture_report,
             backstop_capture_1pct: capture_1pct_report,
+            backstop_signals: signals_report,
         },
         ratios,
         swap,
         capture,
+        signals,
         machine: machine(),
         command: command_line(),
         settings: Settings {
@@ -893,6 +1004,126 @@ fn check_samples(answer: &serde_json::Value, report: &mut CaptureReport) {
     );
 }
 
+/// The signals setup's triggers (YAML flow mappings), all `notify`: the
+/// rollout never rolls back, whatever they see.
+fn signals_triggers() -> [String; 3] {
+    let f = SIGNALS_FEATURE;
+    [
+        r#"{ metric: schema_violation_rate, above: "1%", action: notify }"#.to_string(),
+        format!(r#"{{ metric: null_rate, feature: {f}, above: "1%", action: notify }}"#),
+        format!(r#"{{ metric: drift_psi, feature: {f}, above: "0.25", action: notify }}"#),
+    ]
+}
+
+/// The signals setup's policy: a canary v1 → v2 whose first step (50%)
+/// bakes for longer than the whole bench can run, every request checked.
+fn signals_policy(plan: &Plan) -> String {
+    // Upper bound of the bench's length: every setup (8 at most, with
+    // warm-ups and the swap test) three measurements a round, plus an hour.
+    let bench_s = plan.rounds as u64 * 8 * 3 * plan.duration.as_secs().max(1);
+    let bake_h = bench_s / 3600 + 1;
+    let mut text = format!(
+        "model: bench\ncandidate: v2\nbaseline: v1\n\
+         strategy: {{ canary: {{ steps: [{SIGNALS_CANARY_PERCENT}, 100], bake: {bake_h}h }} }}\n\
+         signals: {{ sample_percent: {SIGNALS_SAMPLE_PERCENT} }}\n\
+         triggers:\n"
+    );
+    for trigger in signals_triggers() {
+        text.push_str(&format!("  - {trigger}\n"));
+    }
+    text
+}
+
+/// Registers v1 and v2 of the bench model with [`SIGNALS_SIGNATURE`] and
+/// starts the rollout of `policy` over the admin API; returns its id once
+/// its first step routes the candidate's share.
+async fn start_signals_rollout(admin: SocketAddr, policy: &str) -> anyhow::Result<String> {
+    let stored = admin_call(
+        admin,
+        Method::PUT,
+        "/api/v1/artifacts",
+        Some("backstop bench model".to_string()),
+    )
+    .await?;
+    let digest = stored
+        .get("digest")
+        .and_then(serde_json::Value::as_str)
+        .context("artifact upload: no digest")?
+        .to_string();
+    let signature: serde_json::Value = serde_json::from_str(SIGNALS_SIGNATURE)?;
+    for version in ["v1", "v2"] {
+        let body = serde_json::json!({
+            "id": version,
+            "digest": digest,
+            "signature": signature,
+            "reason": "backstop bench: input signals setup",
+        });
+        admin_call(
+            admin,
+            Method::POST,
+            "/api/v1/models/bench/versions",
+            Some(body.to_string()),
+        )
+        .await?;
+    }
+    let body = serde_json::json!({ "policy": policy, "file": "bench-signals.yaml" });
+    let view = admin_call(
+        admin,
+        Method::POST,
+        "/api/v1/rollouts",
+        Some(body.to_string()),
+    )
+    .await?;
+    let id = view
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .context("rollout answer has no id")?
+        .to_string();
+    let path = format!("/api/v1/rollouts/{id}");
+    let deadline = Instant::now() + SIGNALS_START_TIMEOUT;
+    // Bounded by the deadline; one look per 100 ms.
+    loop {
+        let view = admin_call(admin, Method::GET, &path, None).await?;
+        let percent = view
+            .get("candidate_percent")
+            .and_then(serde_json::Value::as_f64);
+        if view.get("phase") == Some(&"running".into()) && percent == Some(SIGNALS_CANARY_PERCENT) {
+            return Ok(id);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rollout {id} did not route its first step within {SIGNALS_START_TIMEOUT:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a rollout's status into `report`: its phase and share, and what
+/// its input triggers (in [`signals_triggers`]'s order) counted.
+fn check_signals(view: &serde_json::Value, report: &mut SignalsReport) {
+    let f64_at = |pointer: &str| view.pointer(pointer).and_then(serde_json::Value::as_f64);
+    report.phase = view
+        .get("phase")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    report.candidate_percent = f64_at("/candidate_percent");
+    report.checked = view
+        .pointer("/triggers/0/candidate_requests")
+        .and_then(serde_json::Value::as_u64);
+    report.violation_rate_candidate = f64_at("/triggers/0/candidate_value");
+    report.violation_rate_baseline = f64_at("/triggers/0/baseline_value");
+    report.violations = report
+        .checked
+        .zip(report.violation_rate_candidate)
+        .map(|(checked, rate)| (checked as f64 * rate).round() as u64);
+    report.null_rate_candidate = f64_at("/triggers/1/candidate_value");
+    report.drift_psi = f64_at("/triggers/2/candidate_value");
+    report.ran = report.phase.as_deref() == Some("running")
+        && report.checked.is_some_and(|c| c > 0)
+        && report.violations == Some(0)
+        && report.violation_rate_baseline == Some(0.0);
+}
+
 /// The bench model's routing table with `v1_weight` on v1, the rest on v2.
 fn routes_body(toy: SocketAddr, v1_weight: u32) -> String {
     let endpoint = format!("http://{toy}");
@@ -1130,10 +1361,11 @@ async fn start_backstop(
     dir: &TempDir,
     toy: SocketAddr,
     threads: usize,
-    // Sample capture on: the setup's name and the sampled percent.
-    capture: Option<(&str, f64)>,
+    // The setup's name: its config, data and log files are named after it.
+    name: &str,
+    // Sample capture on: the sampled percent.
+    capture: Option<f64>,
 ) -> anyhow::Result<BackstopProcess> {
-    let name = capture.map_or("backstop", |(name, _)| name);
     let config = dir.path.join(format!("{name}.yaml"));
     let mut top = if threads == 0 {
         String::new()
@@ -1145,7 +1377,7 @@ async fn start_backstop(
         "data_dir: \"{}\"\n",
         dir.path.join(format!("{name}-data")).display()
     ));
-    let capture = capture.map_or(String::new(), |(_, percent)| {
+    let capture = capture.map_or(String::new(), |percent| {
         format!(
             "    capture: {{ sample_percent: {percent}, samples: {CAPTURE_SAMPLES}, \
              redact: [{CAPTURE_REDACT}], hash: [{CAPTURE_HASH}] }}\n"
@@ -1455,6 +1687,10 @@ impl BenchReport {
             ("backstop", &self.setups.backstop),
             ("backstop, capture 100%", &self.setups.backstop_capture),
             ("backstop, capture 1%", &self.setups.backstop_capture_1pct),
+            (
+                "backstop, input signals 100%",
+                &self.setups.backstop_signals,
+            ),
         ] {
             let _ = write!(
                 out,
@@ -1514,6 +1750,11 @@ impl BenchReport {
                 &self.ratios.backstop_capture_1pct_over_backstop,
                 &self.setups.backstop_capture_1pct,
             ),
+            (
+                "input signals 100%",
+                &self.ratios.backstop_signals_over_backstop,
+                &self.setups.backstop_signals,
+            ),
         ] {
             let added = setup
                 .cpu_us_per_req
@@ -1548,6 +1789,35 @@ impl BenchReport {
             fmt_opt_u64(c.kept),
             yes_no(c.redacted),
             yes_no(c.hashed),
+        );
+        let g = &self.signals;
+        let _ = writeln!(
+            out,
+            "\nInput signals setup: v1 and v2 registered with an OIP input signature the request \
+             fits, a canary rollout at its first step with `signals: {{ sample_percent: {} }}` \
+             and triggers {} (features sketched: {}). The rollout afterwards: phase {}, \
+             candidate {}%; candidate inputs checked: {}; schema violations: {} (rate {} \
+             candidate, {} baseline); null rate {}; PSI {}.{}",
+            g.sample_percent,
+            g.triggers
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            g.features.join(", "),
+            g.phase.as_deref().unwrap_or("–"),
+            fmt_opt_f64(g.candidate_percent, 0),
+            fmt_opt_u64(g.checked),
+            fmt_opt_u64(g.violations),
+            fmt_opt_f64(g.violation_rate_candidate, 4),
+            fmt_opt_f64(g.violation_rate_baseline, 4),
+            fmt_opt_f64(g.null_rate_candidate, 4),
+            fmt_opt_f64(g.drift_psi, 4),
+            if g.ran {
+                ""
+            } else {
+                " **The checks did not run as intended: these figures do not measure them.**"
+            },
         );
         let w = &self.swap;
         let _ = writeln!(
@@ -1663,18 +1933,24 @@ mod tests {
             cpu_us_per_req: Some(60.0),
             ..setup.clone()
         };
+        let signals = SetupReport {
+            cpu_us_per_req: Some(55.0),
+            ..setup.clone()
+        };
         let report = BenchReport {
             ratios: Ratios {
                 backstop_over_nginx: Ratio::of(&setup, &SetupReport::default()),
                 backstop_over_direct: Ratio::of(&setup, &direct),
                 backstop_capture_over_backstop: Ratio::of(&capture, &setup),
                 backstop_capture_1pct_over_backstop: Ratio::of(&setup, &setup),
+                backstop_signals_over_backstop: Ratio::of(&signals, &setup),
             },
             setups: Setups {
                 direct,
                 nginx: SetupReport::default(),
                 backstop_capture: capture,
                 backstop_capture_1pct: setup.clone(),
+                backstop_signals: signals,
                 backstop: setup,
             },
             swap: SwapReport::default(),
@@ -1685,6 +1961,21 @@ mod tests {
                 kept: Some(100),
                 redacted: Some(true),
                 hashed: Some(true),
+            },
+            signals: SignalsReport {
+                sample_percent: SIGNALS_SAMPLE_PERCENT,
+                features: vec![SIGNALS_FEATURE.to_string()],
+                triggers: signals_triggers().to_vec(),
+                rollout: Some("ro-1".to_string()),
+                phase: Some("running".to_string()),
+                candidate_percent: Some(50.0),
+                checked: Some(1000),
+                violations: Some(0),
+                violation_rate_candidate: Some(0.0),
+                violation_rate_baseline: Some(0.0),
+                null_rate_candidate: Some(0.0),
+                drift_psi: Some(0.0),
+                ran: true,
             },
             machine: machine(),
             command: "backstop bench --quick".to_string(),
@@ -1706,6 +1997,7 @@ mod tests {
             "backstop",
             "backstop_capture",
             "backstop_capture_1pct",
+            "backstop_signals",
         ] {
             for field in [
                 "max_rps",
@@ -1743,6 +2035,26 @@ mod tests {
             json["ratios"]["backstop_capture_1pct_over_backstop"]["max_rps"],
             1.0
         );
+        let ratio = &json["ratios"]["backstop_signals_over_backstop"];
+        assert_eq!(ratio["cpu_us_per_req"], 1.1);
+        assert_eq!(ratio["max_rps"], 1.0);
+        for field in [
+            "sample_percent",
+            "features",
+            "triggers",
+            "rollout",
+            "phase",
+            "candidate_percent",
+            "checked",
+            "violations",
+            "violation_rate_candidate",
+            "violation_rate_baseline",
+            "null_rate_candidate",
+            "drift_psi",
+            "ran",
+        ] {
+            assert!(json["signals"].get(field).is_some(), "signals.{field}");
+        }
         for field in ["samples", "redact", "hash", "kept", "redacted", "hashed"] {
             assert!(json["capture"].get(field).is_some(), "capture.{field}");
         }
@@ -1764,6 +2076,78 @@ mod tests {
             markdown.contains("| capture 100% | 1.00× | 1.00× / 1.00× | – / – | 1.20× | +10.0 |"),
             "{markdown}"
         );
+        assert!(
+            markdown.contains("| backstop, input signals 100% | 1100 | 55.0 | 100 / 400 / 900 |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown
+                .contains("| input signals 100% | 1.00× | 1.00× / 1.00× | – / – | 1.10× | +5.0 |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("candidate inputs checked: 1000; schema violations: 0"),
+            "{markdown}"
+        );
+        assert!(!markdown.contains("did not run as intended"), "{markdown}");
+    }
+
+    #[test]
+    fn signals_policy_parses_and_the_bench_body_fits_its_signature() {
+        let plan = Plan {
+            duration: Duration::from_secs(5),
+            rounds: 3,
+            connections: 64,
+            warmup: Duration::from_secs(1),
+        };
+        let text = signals_policy(&plan);
+        let policy = crate::policy::parse(Path::new("bench-signals.yaml"), &text)
+            .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(policy.triggers.len(), 3);
+        assert!(text.contains("bake: 1h"), "{text}");
+        assert!(text.contains("steps: [50, 100]"), "{text}");
+        assert!(text.contains("sample_percent: 100 }"), "{text}");
+        // The request the bench sends fits both versions' signature, and
+        // its feature is observed: no violation, no null.
+        let signature: serde_json::Value = serde_json::from_str(SIGNALS_SIGNATURE).unwrap();
+        let signature = crate::signature::InputSignature::from_registered(&signature).unwrap();
+        let report =
+            signature.check_observing(INFER_BODY.as_bytes(), &[SIGNALS_FEATURE.to_string()]);
+        assert!(report.is_valid(), "{report:?}");
+        assert_eq!(report.observed[SIGNALS_FEATURE].len(), 4);
+    }
+
+    #[test]
+    fn signals_status_is_read_from_the_rollout_view() {
+        let view = serde_json::json!({
+            "id": "ro-1", "phase": "running", "candidate_percent": 50.0,
+            "triggers": [
+                { "candidate_requests": 2000, "candidate_value": 0.0, "baseline_value": 0.0 },
+                { "candidate_requests": 2000, "candidate_value": 0.0, "baseline_value": 0.0 },
+                { "candidate_requests": 2000, "candidate_value": 0.001, "baseline_value": null },
+            ]
+        });
+        let mut report = SignalsReport::default();
+        check_signals(&view, &mut report);
+        assert_eq!(report.checked, Some(2000));
+        assert_eq!(report.violations, Some(0));
+        assert_eq!(report.drift_psi, Some(0.001));
+        assert!(report.ran);
+        // Every request breaking the signature is told apart.
+        let mut broken = view.clone();
+        broken["triggers"][0]["candidate_value"] = 1.0.into();
+        check_signals(&broken, &mut report);
+        assert_eq!(report.violations, Some(2000));
+        assert!(!report.ran);
+        // So is a rollout that checked nothing, or ended.
+        let mut idle = view.clone();
+        idle["triggers"][0]["candidate_requests"] = 0.into();
+        check_signals(&idle, &mut report);
+        assert!(!report.ran);
+        let mut ended = view;
+        ended["phase"] = "promoted".into();
+        check_signals(&ended, &mut report);
+        assert!(!report.ran);
     }
 
     #[test]
