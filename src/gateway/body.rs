@@ -117,6 +117,14 @@ impl Body for UpstreamBody {
 pub enum UpstreamResponse {
     Http1(super::h1::ResponseBody),
     Http2(Incoming),
+    /// Bytes already read from the answer (to judge it), then the rest.
+    Prefixed(Option<Bytes>, Box<UpstreamResponse>),
+}
+
+impl UpstreamResponse {
+    pub fn prefixed(read: Bytes, rest: UpstreamResponse) -> Self {
+        UpstreamResponse::Prefixed(Some(read), Box::new(rest))
+    }
 }
 
 impl Body for UpstreamResponse {
@@ -130,6 +138,10 @@ impl Body for UpstreamResponse {
         match self.get_mut() {
             UpstreamResponse::Http1(body) => Pin::new(body).poll_frame(cx),
             UpstreamResponse::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamResponse::Prefixed(read, rest) => match read.take() {
+                Some(read) => Poll::Ready(Some(Ok(Frame::data(read)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
         }
     }
 
@@ -137,6 +149,7 @@ impl Body for UpstreamResponse {
         match self {
             UpstreamResponse::Http1(body) => body.is_end_stream(),
             UpstreamResponse::Http2(body) => body.is_end_stream(),
+            UpstreamResponse::Prefixed(read, rest) => read.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -144,6 +157,16 @@ impl Body for UpstreamResponse {
         match self {
             UpstreamResponse::Http1(body) => body.size_hint(),
             UpstreamResponse::Http2(body) => body.size_hint(),
+            UpstreamResponse::Prefixed(read, rest) => {
+                let read = read.as_ref().map_or(0, |r| r.len() as u64);
+                let hint = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + read);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + read);
+                }
+                out
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! 4. Forward with the route's timeout; stream the answer back, tagged with
 //!    `x-backstop-version`, and record the outcome when it ends.
 
-use super::body::{GatewayBody, Recorder, RecordingBody, UpstreamBody};
+use super::body::{BoxError, GatewayBody, Recorder, RecordingBody, UpstreamBody, UpstreamResponse};
 use super::capture::PendingCapture;
 use super::error::GatewayError;
 use super::grpc::{self, Scan};
@@ -249,9 +249,17 @@ async fn proxy(
             .map(|c| c.body_max_bytes as u64);
         // Model-aware signals (HTTP JSON only): one branch when off.
         let plan = match &table.signals {
-            Some(_) if !grpc => SignalPlan::new(&table, version_index, shadow),
+            Some(_) if !grpc && is_inference(&parts) => {
+                SignalPlan::new(&table, version_index, shadow)
+            }
             _ => SignalPlan::default(),
         };
+        if plan.reads_answers() {
+            // The answer is read: ask for it uncompressed (a preference the
+            // client expressed, not a requirement; gzip would read as
+            // invalid output).
+            parts.headers.remove(http::header::ACCEPT_ENCODING);
+        }
         let signals_max = plan
             .needs_body()
             .then_some(gateway.config.limits.shadow_body_max_bytes);
@@ -463,16 +471,30 @@ async fn proxy(
         if let (Some((to, parts, bytes)), Some(settings)) = (&fallback, &table.signals) {
             if outcome == Outcome::Success && settings.judges_answers() {
                 let output = settings.output.as_ref().expect("judges_answers needs an output");
-                recorder.output = None;
+                // Taken, so the answer is read once, here, and its pair
+                // (a mirror copy's comparison) still hears of it.
+                let output_read = recorder.output.take();
                 let read = tokio::time::timeout(
                     table.request_timeout.saturating_sub(start.elapsed()),
-                    Limited::new(body, signals::OUTPUT_READ_MAX).collect(),
+                    read_answer(body, signals::OUTPUT_READ_MAX),
                 )
                 .await;
                 let answer = match read {
-                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Ok(ReadAnswer::Whole(answer))) => answer,
+                    // Too large to judge: passed on as it is, unjudged
+                    // (a long answer is not a failed one).
+                    Ok(Ok(ReadAnswer::TooLarge(rest))) => {
+                        if let Some(read) = output_read {
+                            read.finish(&version.state, false);
+                        }
+                        let body = RecordingBody::new(rest, Recorder { outcome, ..recorder });
+                        return Ok(Response::from_parts(head, GatewayBody::Upstream(body)));
+                    }
                     // The answer broke off: the candidate failed it.
                     _ => {
+                        if let Some(read) = output_read {
+                            read.finish(&version.state, false);
+                        }
                         recorder.feedback = None;
                         recorder.finish(Outcome::ServerError);
                         if settings.falls_back_on(FallbackReason::ServerError) {
@@ -483,8 +505,18 @@ async fn proxy(
                         return Err(GatewayError::upstream_error(&model, &version.name, "the answer broke off"));
                     }
                 };
-                let prediction = signals::read_prediction(output, &answer);
-                signals::record_output(&version.state, prediction.as_ref());
+                let prediction = match output_read {
+                    Some(mut read) => {
+                        read.tee(&answer);
+                        read.finish(&version.state, true)
+                    }
+                    // Not sampled: judged all the same, and counted.
+                    None => {
+                        let prediction = signals::read_prediction(output, &answer);
+                        signals::record_output(&version.state, prediction.as_ref());
+                        prediction
+                    }
+                };
                 recorder.predicted = prediction.as_ref().and_then(|p| p.class.as_deref()).map(Arc::from);
                 if let Some(reason) = settings.fallback_for(&prediction) {
                     // The candidate did answer: its figures keep the
@@ -754,6 +786,42 @@ async fn buffer_small(
         None => rest.to_bytes(),
     };
     Ok(Buffered::Whole(bytes))
+}
+
+/// A prediction call, what the signals are about: a POST to an OIP
+/// model's `infer` (or `generate`), or any POST through the plain JSON
+/// passthrough. Metadata and readiness calls are not predictions: they
+/// are never checked, read, mirrored or answered by the fallback.
+fn is_inference(parts: &Parts) -> bool {
+    let path = parts.uri.path();
+    parts.method == http::Method::POST
+        && (!path.starts_with("/v2/") || path.ends_with("/infer") || path.ends_with("/generate"))
+}
+
+/// An answer read for judging.
+enum ReadAnswer {
+    Whole(Bytes),
+    /// Over the limit: what was read, then the rest, to pass on.
+    TooLarge(UpstreamResponse),
+}
+
+/// Reads an answer up to `max` bytes.
+async fn read_answer(mut body: UpstreamResponse, max: usize) -> Result<ReadAnswer, BoxError> {
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers of a JSON answer are dropped, as by `collect`.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        read.extend_from_slice(&data);
+        if read.len() > max {
+            return Ok(ReadAnswer::TooLarge(UpstreamResponse::prefixed(
+                read.freeze(),
+                body,
+            )));
+        }
+    }
+    Ok(ReadAnswer::Whole(read.freeze()))
 }
 
 /// The request a shadow copy is made from: its id and its span, if any.
@@ -1075,6 +1143,12 @@ impl SignalPlan {
             mirror_to,
             fallback_to,
         }
+    }
+
+    /// An answer to this request (the user's, a copy's, or a candidate's
+    /// the fallback judges) is read.
+    fn reads_answers(&self) -> bool {
+        self.output.is_some() || self.pair.is_some() || self.fallback_to.is_some()
     }
 
     /// The request body is needed: checked, copied, or kept for a fallback.

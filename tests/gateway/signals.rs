@@ -17,7 +17,11 @@ struct ModelServer {
     url: String,
     probabilities: Arc<Mutex<Vec<f64>>>,
     status: Arc<Mutex<u16>>,
+    /// Bytes of padding added to each answer (a `pad` field).
+    padding: Arc<Mutex<usize>>,
     requests: Arc<AtomicU64>,
+    /// Requests that asked for a compressed answer.
+    compressed_asked: Arc<AtomicU64>,
 }
 
 impl ModelServer {
@@ -25,19 +29,25 @@ impl ModelServer {
         let probabilities = Arc::new(Mutex::new(probabilities.to_vec()));
         let status = Arc::new(Mutex::new(200u16));
         let requests = Arc::new(AtomicU64::new(0));
+        let padding = Arc::new(Mutex::new(0usize));
+        let compressed_asked = Arc::new(AtomicU64::new(0));
         let (p, s, r) = (probabilities.clone(), status.clone(), requests.clone());
-        let app = axum::Router::new().fallback(move |uri: http::Uri| {
-            let (p, s, r) = (p.clone(), s.clone(), r.clone());
+        let (pad, gz) = (padding.clone(), compressed_asked.clone());
+        let app = axum::Router::new().fallback(move |uri: http::Uri, headers: http::HeaderMap| {
+            let (p, s, r, pad, gz) = (p.clone(), s.clone(), r.clone(), pad.clone(), gz.clone());
             async move {
                 if uri.path().contains("health") {
                     return (StatusCode::OK, String::new());
                 }
                 r.fetch_add(1, Ordering::SeqCst);
+                if headers.contains_key("accept-encoding") {
+                    gz.fetch_add(1, Ordering::SeqCst);
+                }
                 let status = StatusCode::from_u16(*s.lock().unwrap()).unwrap();
                 let data = p.lock().unwrap().clone();
                 let body = json!({"model_name": "m", "outputs": [
                     {"name": "probs", "datatype": "FP32", "shape": [1, data.len()], "data": data}
-                ]});
+                ], "pad": "x".repeat(*pad.lock().unwrap())});
                 (status, body.to_string())
             }
         });
@@ -48,7 +58,9 @@ impl ModelServer {
             url,
             probabilities,
             status,
+            padding,
             requests,
+            compressed_asked,
         }
     }
 
@@ -246,6 +258,95 @@ async fn disagreeing_with_the_baseline_on_mirrored_requests_rolls_back() {
     assert_eq!(
         view["verdict"]["trigger"]["candidate_value"], 0.0,
         "{view:#}"
+    );
+}
+
+/// With a fallback that judges answers, mirrored copies still measure
+/// agreement (the candidate's answer, read once for the fallback, joins
+/// its pair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreement_is_measured_beside_a_judging_fallback() {
+    let text = format!(
+        "{}signals: {{ output: {{ field: probs, kind: probabilities }}, mirror_percent: 100 }}\n\
+         fallback: {{ confidence_below: 0.6 }}\n",
+        policy(
+            "{ canary: { steps: [20, 100], bake: 1m } }",
+            &[r#"{ metric: agreement_rate, below: "90%", min_sample: 20, action: rollback }"#],
+        )
+    );
+    let view = roll_back_with(&[0.9, 0.1], &[0.2, 0.8], &text).await;
+    assert!(
+        verdict_rule(&view).starts_with("agreement_rate below 90%"),
+        "{view:#}"
+    );
+}
+
+/// The fallback judges predictions only: a metadata call is passed on as
+/// the candidate answered it, an answer too large to read is passed on
+/// unjudged (never taken for a failure), and answers that are read are
+/// asked for uncompressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_judges_only_predictions_it_can_read() {
+    let v1 = ModelServer::start(&[0.9, 0.1]).await;
+    let v2 = ModelServer::start(&[0.2, 0.8]).await;
+    let backstop = Backstop::start(&config(&v1.url, &v2.url));
+    let client = HttpClient::new();
+    let text = format!(
+        "{}{OUTPUT}fallback: {{}}\n",
+        policy(
+            "{ canary: { steps: [50, 100], bake: 1m } }",
+            &[r#"{ metric: fallback_rate, above: "50%", min_sample: 20, action: notify }"#],
+        )
+    );
+    start(&client, &backstop, &text).await;
+
+    // Metadata: no prediction in it, and none expected.
+    for _ in 0..20 {
+        let answer = client
+            .send(
+                http::Method::GET,
+                &backstop.url("/v2/models/m"),
+                &[],
+                String::new(),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            !answer.headers.contains_key("x-backstop-fallback"),
+            "{:?}",
+            answer.headers
+        );
+    }
+
+    // A 1.5 MB answer from v2: passed on whole, unjudged.
+    *v2.padding.lock().unwrap() = 1_500_000;
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept-encoding", "gzip"),
+    ];
+    let url = backstop.url("/v2/models/m/infer");
+    let mut from_v2 = 0;
+    for _ in 0..20 {
+        let answer = client
+            .send(http::Method::POST, &url, &headers, INFER_BODY.to_string())
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            !answer.headers.contains_key("x-backstop-fallback"),
+            "{:?}",
+            answer.headers
+        );
+        if answer.version() == Some("v2") {
+            from_v2 += 1;
+            assert!(answer.body.len() > 1_500_000, "{} bytes", answer.body.len());
+            assert_eq!(answer.json()["outputs"][0]["data"][1], 0.8);
+        }
+    }
+    assert!(from_v2 > 0, "v2 answered none of 20");
+    assert_eq!(
+        v2.compressed_asked.load(Ordering::SeqCst),
+        0,
+        "read answers are asked plain"
     );
 }
 
