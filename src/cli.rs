@@ -67,7 +67,7 @@ pub enum Output {
 pub enum VersionCommand {
     /// Upload an artifact and register an immutable version.
     #[command(
-        after_help = "Example:\n  backstop version register fraud-scorer v2 --artifact model.onnx \\\n    --signature sig.yaml --upstream http://127.0.0.1:9001 --label team=risk"
+        after_help = "Example:\n  backstop version register fraud-scorer v2 --artifact model.onnx \\\n    --signature sig.yaml --upstream http://127.0.0.1:9001 --label team=risk \\\n    --profile profile.json"
     )]
     Register {
         model: String,
@@ -87,6 +87,12 @@ pub enum VersionCommand {
         /// Provenance `key=value`, e.g. `commit=abc123` (repeatable).
         #[arg(long = "provenance", value_parser = key_value)]
         provenance: Vec<(String, String)>,
+        /// Reference profile of the input features (`backstop profile
+        /// build` writes one), for `drift_psi` triggers with
+        /// `reference: profile`. Only at registration: versions are
+        /// immutable.
+        #[arg(long)]
+        profile: Option<PathBuf>,
         /// Why, for the audit log.
         #[arg(long, default_value = "")]
         reason: String,
@@ -367,12 +373,24 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
             upstreams,
             labels,
             provenance,
+            profile,
             reason,
         } => {
             let text = std::fs::read_to_string(&signature)
                 .with_context(|| format!("reading {}", signature.display()))?;
             let signature_value: Value = serde_yaml_ng::from_str(&text)
                 .map_err(|e| anyhow!("{}: {e}", signature.display()))?;
+            // Read and checked before anything is uploaded.
+            let profile_value = match &profile {
+                None => None,
+                Some(path) => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let parsed = crate::profile::parse_text(&bytes)
+                        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                    Some(serde_json::to_value(&parsed)?)
+                }
+            };
             // Ask first: a refusal that arrives mid-upload would surface
             // as a broken pipe instead of the 401/403 it is.
             for (method, path) in [
@@ -390,7 +408,7 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
                     false,
                 )
                 .await?)?;
-            let body = json!({
+            let mut body = json!({
                 "id": id,
                 "digest": stored["digest"],
                 "signature": signature_value,
@@ -399,6 +417,9 @@ pub async fn version(command: VersionCommand, remote: &Remote) -> anyhow::Result
                 "upstreams": upstreams,
                 "reason": reason,
             });
+            if let Some(profile) = profile_value {
+                body["profile"] = profile;
+            }
             let version = ok(api
                 .json(
                     Method::POST,
@@ -825,6 +846,127 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Build a reference profile of every input feature from request
+    /// bodies, one per line (OIP or plain JSON, as the gateway sees them),
+    /// each checked against the input signature; lines that do not fit
+    /// are counted and left out. Exit 1 only when no line could be used.
+    #[command(
+        after_help = "Example:\n  backstop profile build --signature sig.yaml --input train-requests.jsonl -o profile.json\n  backstop version register fraud-scorer v2 --artifact model.onnx --signature sig.yaml \\\n    --profile profile.json"
+    )]
+    Build {
+        /// The version's signature, YAML or JSON (as registered).
+        #[arg(long)]
+        signature: PathBuf,
+        /// Request bodies, one JSON document per line (`-`: stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the profile (default: stdout, and the summary on
+        /// stderr).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// With json, the summary as `{"lines","used","bad","errors",
+        /// "values","missing","features","bytes","file"}`.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// `profile` commands work on files only: nothing is started or changed.
+pub fn profile(command: ProfileCommand) -> anyhow::Result<ExitCode> {
+    use backstop_core::analysis::profile::PROFILE_BYTES_MAX;
+    let ProfileCommand::Build {
+        signature,
+        input,
+        out,
+        output,
+    } = command;
+    let text = std::fs::read_to_string(&signature)
+        .with_context(|| format!("reading {}", signature.display()))?;
+    let value: Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow!("{}: {e}", signature.display()))?;
+    let checker = crate::signature::InputSignature::from_registered(&value)
+        .map_err(|e| anyhow!("{}: {e}", signature.display()))?;
+    let built = if input.as_os_str() == "-" {
+        crate::profile::build(&checker, std::io::stdin().lock())
+    } else {
+        let file =
+            std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?;
+        crate::profile::build(&checker, std::io::BufReader::new(file))
+    };
+    if built.used == 0 {
+        let why = built
+            .read_error
+            .clone()
+            .or_else(|| built.errors.first().cloned())
+            .unwrap_or_else(|| "no lines".into());
+        return Err(anyhow!(
+            "{}: no line could be used ({} read, {} bad; {why})",
+            input.display(),
+            built.lines,
+            built.bad
+        ));
+    }
+    built
+        .profile
+        .check()
+        .map_err(|e| anyhow!("the profile would be refused: {e}"))?;
+    let profile_json = serde_json::to_string(&built.profile)?;
+    if profile_json.len() > PROFILE_BYTES_MAX {
+        return Err(anyhow!(
+            "the profile would be refused: {} bytes, over the {PROFILE_BYTES_MAX}-byte limit (fewer features?)",
+            profile_json.len()
+        ));
+    }
+    match &out {
+        Some(path) => std::fs::write(path, format!("{profile_json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{profile_json}"),
+    }
+    let mut summary = serde_json::to_value(&built)?;
+    summary["features"] = json!(built.profile.feature_names());
+    summary["bytes"] = json!(profile_json.len());
+    summary["file"] = json!(out.as_ref().map(|p| p.display().to_string()));
+    // The summary goes to stdout only when the profile does not.
+    let say = |line: String| {
+        if out.is_some() {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    match output {
+        Output::Json => say(serde_json::to_string_pretty(&summary)?),
+        Output::Text => {
+            say(format!(
+                "profiled {} feature(s) from {} of {} line(s) ({} bad), {} bytes{}",
+                built.profile.features.len(),
+                built.used,
+                built.lines,
+                built.bad,
+                profile_json.len(),
+                out.as_ref()
+                    .map(|p| format!(" → {}", p.display()))
+                    .unwrap_or_default()
+            ));
+            for (feature, n) in &built.values {
+                say(format!("  {feature}: {n} value(s)"));
+            }
+            for feature in &built.missing {
+                say(format!("  {feature}: no values (not in the profile)"));
+            }
+            for error in &built.errors {
+                say(format!("  bad {error}"));
+            }
+            if let Some(e) = &built.read_error {
+                say(format!("  input ended early: {e}"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `policy` commands work on files only: nothing is started or changed.

@@ -19,6 +19,7 @@ pub mod incident;
 pub mod loadgen;
 pub mod notify;
 pub mod policy;
+pub mod profile;
 pub mod prometheus;
 pub mod redact;
 pub mod registry;

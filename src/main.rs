@@ -119,6 +119,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::PolicyCommand,
     },
+    /// Build reference profiles of input features (for `drift_psi` with
+    /// `reference: profile`) from request bodies.
+    Profile {
+        #[command(subcommand)]
+        command: cli::ProfileCommand,
+    },
     /// Evaluate PromQL on the config's Prometheus server, as a trigger
     /// would read it.
     Prometheus {
@@ -287,6 +293,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Policy { command } = cli.command {
         return cli::policy(command);
     }
+    if let Command::Profile { command } = cli.command {
+        return cli::profile(command);
+    }
     if let Command::Serve { config, log_format } = &cli.command {
         let mut config = backstop::config::Config::load(config)?;
         let format = match log_format {
@@ -309,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { .. }
         | Command::Token { .. }
         | Command::Policy { .. }
+        | Command::Profile { .. }
         | Command::Sim { .. } => {
             unreachable!("handled above")
         }

@@ -37,6 +37,13 @@ pub struct RegisterRequest {
     pub upstreams: Vec<String>,
     #[serde(default)]
     pub reason: String,
+    /// A reference profile of the input features (`{"features": {NAME:
+    /// SKETCH}}`, as `backstop profile build` writes it), for `drift_psi`
+    /// triggers with `reference: profile`. Given here only: a version is
+    /// immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub profile: Option<serde_json::Value>,
 }
 
 /// Most versions a bundle may name.
@@ -282,6 +289,34 @@ impl Registry {
             crate::config::parse_endpoint(upstream)
                 .map_err(|m| invalid(&format!("upstreams[{i}]"), m))?;
         }
+        let profile = match request.profile {
+            None => None,
+            Some(value) => {
+                let profile =
+                    crate::profile::parse_value(value).map_err(|e| invalid(&e.field, e.message))?;
+                // Its features are the signature's inputs, when the
+                // signature lists them.
+                if let Ok(signature) =
+                    crate::signature::InputSignature::from_registered(&request.signature)
+                {
+                    let names = signature.feature_names();
+                    if let Some(name) = profile
+                        .features
+                        .keys()
+                        .find(|n| !names.contains(&n.as_str()))
+                    {
+                        return Err(invalid(
+                            &format!("profile.features.{name}"),
+                            format!(
+                                "the signature has no input feature {name:?} (it has: {})",
+                                names.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                Some(profile)
+            }
+        };
         let version = VersionRecord {
             model: model.to_string(),
             id: request.id.clone(),
@@ -293,14 +328,21 @@ impl Registry {
             registered_at_ms: crate::gateway::unix_ms(),
             registered_by: actor.to_string(),
             deprecated: false,
-        };
+            profile: None,
+            profile_features: None,
+        }
+        .with_profile(profile);
+        let mut after = serde_json::json!({ "digest": version.digest });
+        if let Some(features) = &version.profile_features {
+            after["profile_features"] = serde_json::json!(features);
+        }
         let draft = AuditDraft {
             actor: actor.to_string(),
             action: "version.register".into(),
             target: format!("{model}/{}", version.id),
             reason: request.reason,
             before: None,
-            after: Some(serde_json::json!({ "digest": version.digest })),
+            after: Some(after),
         };
         let stored = version.clone();
         let outcome = self
@@ -602,7 +644,7 @@ impl Registry {
             .with_store(move |store| store.delete_version(&m, &i, draft))
             .await?
         {
-            Deletion::Deleted(version) => version,
+            Deletion::Deleted(version) => *version,
             Deletion::Refused(reasons) => {
                 return Err(RegistryError::Retained(format!(
                     "{model}/{id} is still referenced: {}",

@@ -19,7 +19,7 @@ use crate::prometheus::Prometheus;
 use crate::registry::{PromoteRequest, Registry};
 use crate::signature::InputSignature;
 use crate::store::{blocking, AuditDraft, RolloutRecord, Store, StoreError};
-use backstop_core::analysis::{Reading, Sample};
+use backstop_core::analysis::{Reading, Sample, Sketch};
 use backstop_core::controller::{Action, Command, Input, Observation, Rollout, Status};
 use backstop_core::policy::{Metric, Policy};
 use serde::Serialize;
@@ -211,6 +211,16 @@ impl Rollouts {
                     continue;
                 }
             };
+            let mut rollout = rollout;
+            // Profiles are not saved with the state: read them again. One
+            // that cannot be read leaves its trigger holding the stage.
+            match self.profiles(&rollout.policy).await {
+                Ok(profiles) => rollout.set_profiles(&profiles),
+                Err(e) => tracing::error!(
+                    id = record.id,
+                    "The candidate's reference profile cannot be read ({e}); its drift triggers hold the stage."
+                ),
+            }
             let mut entry = Active::new(rollout, record, self.current_epoch(), now);
             let actions = entry
                 .rollout
@@ -319,6 +329,7 @@ impl Rollouts {
             }
         }
         self.prepare_signals(&policy, &table).await?;
+        let profiles = self.profiles(&policy).await?;
         let store = self.store.clone();
         let m = model.clone();
         let past = blocking(move || store.rollouts(Some(&m), false, 1000)).await?;
@@ -345,8 +356,9 @@ impl Rollouts {
         let now = unix_ms();
         let policy_json =
             serde_json::to_string(&policy).map_err(|e| RolloutError::Store(e.to_string()))?;
-        let (rollout, actions) =
+        let (mut rollout, actions) =
             Rollout::start(&id, policy, now).map_err(|e| invalid(&e.path, e.message))?;
+        rollout.set_profiles(&profiles);
         let decided = Instant::now();
         let record = RolloutRecord {
             id: id.clone(),
@@ -573,6 +585,66 @@ impl Rollouts {
             }
         }
         Ok(())
+    }
+
+    /// The candidate's stored reference profile, by feature, when a
+    /// trigger has `reference: profile` (else empty). A policy whose
+    /// triggers need a profile the candidate was not registered with, or a
+    /// feature (or enough values of it) that profile lacks, is refused,
+    /// naming the field.
+    async fn profiles(&self, policy: &Policy) -> Result<BTreeMap<String, Sketch>, RolloutError> {
+        let wanted: Vec<(usize, &backstop_core::policy::Trigger)> = policy
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.against_profile())
+            .collect();
+        let Some((first, _)) = wanted.first() else {
+            return Ok(BTreeMap::new());
+        };
+        let profile = match self
+            .registry
+            .version(&policy.model, &policy.candidate)
+            .await
+        {
+            Ok(record) => record.profile,
+            Err(crate::registry::RegistryError::VersionNotFound(_)) => None,
+            Err(e) => return Err(RolloutError::Store(e.to_string())),
+        };
+        let Some(profile) = profile else {
+            return Err(RolloutError::Invalid {
+                field: format!("triggers[{first}].reference"),
+                message: format!(
+                    "{} of {} is not registered with a reference profile (`backstop version register ... --profile`)",
+                    policy.candidate, policy.model
+                ),
+            });
+        };
+        for (i, trigger) in wanted {
+            let feature = trigger.feature.as_deref().unwrap_or_default();
+            let Some(sketch) = profile.features.get(feature) else {
+                return Err(RolloutError::Invalid {
+                    field: format!("triggers[{i}].feature"),
+                    message: format!(
+                        "{}'s reference profile has no feature {feature:?} (it has: {})",
+                        policy.candidate,
+                        profile.feature_names().join(", ")
+                    ),
+                });
+            };
+            if sketch.count() < trigger.min_sample {
+                return Err(RolloutError::Invalid {
+                    field: format!("triggers[{i}].min_sample"),
+                    message: format!(
+                        "{}'s reference profile has {} value(s) of {feature:?}, fewer than min_sample {}: the trigger could never judge",
+                        policy.candidate,
+                        sketch.count(),
+                        trigger.min_sample
+                    ),
+                });
+            }
+        }
+        Ok(profile.features)
     }
 
     /// Reads the `prometheus` triggers of the open rollouts that are due,

@@ -711,6 +711,7 @@ models:
         ("POST", "/api/v1/models/{model}/versions"),
         ("GET", "/api/v1/models/{model}/versions/{id}"),
         ("DELETE", "/api/v1/models/{model}/versions/{id}"),
+        ("GET", "/api/v1/models/{model}/versions/{id}/profile"),
         ("POST", "/api/v1/models/{model}/versions/{id}/deprecate"),
         ("GET", "/api/v1/models/{model}/versions/{id}/retain"),
         ("POST", "/api/v1/models/{model}/versions/{id}/retain"),

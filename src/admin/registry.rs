@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(verify_artifacts))
         .routes(routes!(list_versions, register_version))
         .routes(routes!(get_version, delete_version))
+        .routes(routes!(get_version_profile))
         .routes(routes!(deprecate_version))
         .routes(routes!(list_retentions, retain_version, release_version))
         .routes(routes!(list_bundles, create_bundle))
@@ -306,6 +307,35 @@ async fn get_version(
 ) -> Result<Json<VersionRecord>, ApiError> {
     let version = registry(&state)?.version(&model, &id).await?;
     Ok(Json(version))
+}
+
+/// A version's reference profile, whole: `{"features": {NAME: SKETCH}}`
+/// (version answers only name its features).
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/versions/{id}/profile",
+    tag = "registry",
+    description = "Role: viewer.",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), ("id" = String, Path, description = "Version id")),
+    responses(
+        (status = 200, description = "The profile", body = Object),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 404, description = "`version_not_found` (also when the version has no profile)", body = ErrorBody),
+        (status = 503, description = "`registry_disabled`, `store_unavailable`", body = ErrorBody),
+    )
+)]
+async fn get_version_profile(
+    State(state): State<AdminState>,
+    Path((model, id)): Path<(String, String)>,
+) -> Result<Json<backstop_core::analysis::Profile>, ApiError> {
+    let version = registry(&state)?.version(&model, &id).await?;
+    let profile = version.profile.ok_or_else(|| {
+        crate::registry::RegistryError::VersionNotFound(format!(
+            "{model}/{id} was registered without a profile"
+        ))
+    })?;
+    Ok(Json(profile))
 }
 
 /// `{reason}`: why, for the audit log (or, for a pin, who holds it).

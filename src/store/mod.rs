@@ -16,6 +16,7 @@ pub mod audit;
 pub mod faulty;
 pub mod sqlite;
 
+use backstop_core::analysis::Profile;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,9 +42,25 @@ pub struct VersionRecord {
     pub registered_by: String,
     #[serde(default)]
     pub deprecated: bool,
+    /// The reference profile given at registration (sketches of the input
+    /// features, e.g. of the training data), for `drift_psi` triggers with
+    /// `reference: profile`. Not in API answers, which name its features
+    /// (`profile_features`); `GET .../versions/{id}/profile` has it whole.
+    #[serde(skip)]
+    pub profile: Option<Profile>,
+    /// The features of the version's reference profile; absent: it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_features: Option<Vec<String>>,
 }
 
 impl VersionRecord {
+    /// Sets the reference profile and the feature names shown with it.
+    pub fn with_profile(mut self, profile: Option<Profile>) -> Self {
+        self.profile_features = profile.as_ref().map(Profile::feature_names);
+        self.profile = profile;
+        self
+    }
+
     /// Two registrations are the same version when everything but the
     /// registration time, the registrant and the lifecycle flag agrees.
     pub fn same_content(&self, other: &VersionRecord) -> bool {
@@ -54,6 +71,7 @@ impl VersionRecord {
             && self.metadata == other.metadata
             && self.provenance == other.provenance
             && self.upstreams == other.upstreams
+            && self.profile == other.profile
     }
 }
 
@@ -125,7 +143,7 @@ pub struct Retention {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deletion {
     /// The record is gone; here is what it was.
-    Deleted(VersionRecord),
+    Deleted(Box<VersionRecord>),
     /// Something still references it: `lkg:<model>/<bundle>`,
     /// `retained:<reason>`, `bundle:<model>/<bundle>`.
     Refused(Vec<String>),

@@ -176,6 +176,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox (state, next_attempt_unix_ms);
     CREATE INDEX outbox_incident ON outbox (incident, id);
     "#,
+    // 7: a reference profile stored with a version (JSON, as given at
+    // registration; NULL: none). Like the rest of a version, never updated.
+    r#"
+    ALTER TABLE versions ADD COLUMN profile TEXT;
+    "#,
 ];
 
 pub struct SqliteStore {
@@ -299,6 +304,7 @@ fn append(tx: &rusqlite::Transaction<'_>, draft: AuditDraft) -> StoreResult<Audi
 fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecord, StoreError>> {
     let text = |i: usize| row.get::<_, String>(i);
     let (signature, metadata, provenance, upstreams) = (text(3)?, text(4)?, text(5)?, text(6)?);
+    let profile: Option<String> = row.get(10)?;
     let parsed = (|| {
         Ok(VersionRecord {
             model: text(0).map_err(|e| corrupt("model", e))?,
@@ -311,7 +317,13 @@ fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecor
             registered_at_ms: row.get(7).map_err(|e| corrupt("registered_at_ms", e))?,
             registered_by: text(8).map_err(|e| corrupt("registered_by", e))?,
             deprecated: row.get::<_, i64>(9).map_err(|e| corrupt("deprecated", e))? != 0,
-        })
+            profile: None,
+            profile_features: None,
+        }
+        .with_profile(match &profile {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| corrupt("profile", e))?),
+        }))
     })();
     Ok(parsed)
 }
@@ -447,7 +459,7 @@ fn references(conn: &Connection, model: &str, id: &str) -> StoreResult<Vec<Strin
 }
 
 const VERSION_COLUMNS: &str = "model, id, digest, signature, metadata, provenance, upstreams, \
-                               registered_at_ms, registered_by, deprecated";
+                               registered_at_ms, registered_by, deprecated, profile";
 
 impl Store for SqliteStore {
     fn register_version(
@@ -487,8 +499,8 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         tx.execute(
             "INSERT INTO versions (model, id, digest, signature, metadata, provenance, upstreams,
-                                   registered_at_ms, registered_by, deprecated, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                   registered_at_ms, registered_by, deprecated, seq, profile)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 version.model,
                 version.id,
@@ -500,7 +512,8 @@ impl Store for SqliteStore {
                 version.registered_at_ms,
                 version.registered_by,
                 version.deprecated as i64,
-                seq
+                seq,
+                version.profile.as_ref().map(to_json)
             ],
         )
         .map_err(unavailable)?;
@@ -954,7 +967,7 @@ impl Store for SqliteStore {
             },
         )?;
         tx.commit().map_err(unavailable)?;
-        Ok(Deletion::Deleted(version))
+        Ok(Deletion::Deleted(Box::new(version)))
     }
 
     fn referenced_digests(&self) -> StoreResult<BTreeSet<String>> {
@@ -1484,6 +1497,8 @@ pub fn write_versions(path: &Path, start: u64, count: u64) -> StoreResult<WriteS
             registered_at_ms: now_ms(),
             registered_by: "store-writer".into(),
             deprecated: false,
+            profile: None,
+            profile_features: None,
         };
         let audit = AuditDraft {
             actor: "store-writer".into(),
@@ -1530,6 +1545,8 @@ mod tests {
             registered_at_ms: 1,
             registered_by: "alice".into(),
             deprecated: false,
+            profile: None,
+            profile_features: None,
         }
     }
 
@@ -2556,5 +2573,73 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.notifications(None, 10).unwrap().len(), 1);
+    }
+
+    /// Migration 7: versions registered before it have no profile (NULL);
+    /// one given at registration is stored whole, read back, and part of
+    /// the version's immutable content.
+    #[test]
+    fn a_store_from_before_profiles_is_migrated_and_stores_them() {
+        let dir = at_schema(6, |conn| {
+            conn.execute(
+                "INSERT INTO versions (model, id, digest, signature, metadata, provenance,
+                                       upstreams, registered_at_ms, registered_by, deprecated, seq)
+                 VALUES ('fraud', 'old', 'sha256:old', '{}', '{}', '{}', '[]', 1, 'alice', 0, 1)",
+                [],
+            )
+            .unwrap();
+        });
+        let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
+        assert_eq!(schema_version(&store), MIGRATIONS.len());
+        let old = store.version("fraud", "old").unwrap().unwrap();
+        assert_eq!((old.profile, old.profile_features), (None, None));
+        let null: Option<String> = store
+            .lock()
+            .query_row("SELECT profile FROM versions WHERE id = 'old'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(null, None);
+
+        let mut signals = backstop_core::analysis::Signals::default();
+        for i in 0..100 {
+            signals.sketch_number("amount", i as f64);
+            signals.sketch_category("country", if i % 2 == 0 { "fr" } else { "de" });
+        }
+        let profile = backstop_core::analysis::Profile {
+            features: signals.features,
+        };
+        let v2 = version("v2", "v2").with_profile(Some(profile.clone()));
+        assert_eq!(
+            v2.profile_features,
+            Some(vec!["amount".to_string(), "country".to_string()])
+        );
+        assert_eq!(
+            store.register_version(&v2, draft("fraud/v2")).unwrap(),
+            Registered::Created
+        );
+        let read = store.version("fraud", "v2").unwrap().unwrap();
+        assert_eq!(read, v2);
+        assert_eq!(read.profile.as_ref(), Some(&profile));
+        let listed = store.versions("fraud").unwrap();
+        assert_eq!(listed.last().unwrap().profile.as_ref(), Some(&profile));
+        // The API's JSON names the features, never the bins.
+        let shown = serde_json::to_string(&read).unwrap();
+        assert!(
+            shown.contains("\"profile_features\":[\"amount\",\"country\"]"),
+            "{shown}"
+        );
+        assert!(!shown.contains("bins"), "{shown}");
+        // The same registration again is idempotent; another profile is
+        // another version, refused.
+        assert_eq!(
+            store.register_version(&v2, draft("fraud/v2")).unwrap(),
+            Registered::AlreadyExists
+        );
+        let other = version("v2", "v2").with_profile(None);
+        assert!(matches!(
+            store.register_version(&other, draft("fraud/v2")),
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

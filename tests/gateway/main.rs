@@ -10,6 +10,7 @@ mod gameday;
 mod grpc;
 mod health;
 mod incident;
+mod profile;
 mod prometheus;
 mod registry;
 mod rollout;

@@ -27,6 +27,7 @@
 use crate::analysis::trigger::{
     metric_value, rule_text, Reading, Sample, TriggerEval, TriggerStatus,
 };
+use crate::analysis::Sketch;
 use crate::policy::{
     self, FieldError, Metric, Policy, Severity, Strategy, Threshold, Verification,
 };
@@ -414,6 +415,23 @@ impl Rollout {
         )];
         rollout.enter_stage(0, now_ms, &mut actions);
         Ok((rollout, actions))
+    }
+
+    /// Gives `drift_psi` triggers with `reference: profile` the sketches
+    /// of the candidate's stored profile, by feature (the runtime reads
+    /// them from the registry at start and again after a restart: they are
+    /// not saved with the state). A trigger whose feature is missing keeps
+    /// none and holds its stage.
+    pub fn set_profiles(&mut self, profiles: &BTreeMap<String, Sketch>) {
+        for t in &mut self.triggers {
+            let sketch = t
+                .trigger
+                .feature
+                .as_deref()
+                .and_then(|f| profiles.get(f))
+                .cloned();
+            t.set_profile(sketch);
+        }
     }
 
     pub fn baseline(&self) -> &str {
@@ -1946,5 +1964,86 @@ mod tests {
             }
         }
         assert_eq!(rollout.phase, Phase::Promoted, "{:?}", rollout.verdict);
+    }
+
+    /// `reference: profile`: the candidate's inputs against the sketch
+    /// stored with the version, in every stage, 100% included. Inputs like
+    /// the profile's promote; inputs shifted by one standard deviation once
+    /// the candidate serves everything roll back (the baseline serves
+    /// nothing then, so a `reference: baseline` trigger could not judge).
+    #[test]
+    fn drift_against_the_stored_profile_is_judged_at_100_percent() {
+        // A uniform spread of width 30 around 100 (σ ≈ 8.66).
+        let sigma = 30.0 / 12f64.sqrt();
+        let values = |n: u64, shift: f64| {
+            (0..n).map(move |i| 100.0 + shift + 30.0 * ((i as f64 + 0.5) / n as f64 - 0.5))
+        };
+        let mut profile = crate::analysis::Signals::default();
+        for v in values(20_000, 0.0) {
+            profile.sketch_number("amount", v);
+        }
+        let profiles = profile.features;
+        let policy = || {
+            policy(
+                serde_json::json!({ "canary": { "steps": [5, 100], "bake": "60s" } }),
+                serde_json::json!([
+                    { "metric": "drift_psi", "feature": "amount", "above": 0.2,
+                      "reference": "profile", "min_sample": 200, "action": "rollback" }
+                ]),
+            )
+        };
+        let run = |shift_at_100: f64| {
+            let (mut rollout, _) = Rollout::start("ro-1", policy(), 0).unwrap();
+            rollout.set_profiles(&profiles);
+            assert!(rollout.triggers[0].has_profile());
+            let mut at_100 = 0;
+            for t in 1..=400u64 {
+                let on_candidate = (rollout.routed.0 * 10.0) as u64;
+                let shift = if rollout.routed.0 >= 100.0 {
+                    at_100 += 1;
+                    shift_at_100
+                } else {
+                    0.0
+                };
+                let mut candidate = sample(on_candidate, 0, 10_000);
+                for v in values(on_candidate, shift) {
+                    candidate.signals.sketch_number("amount", v);
+                }
+                let obs = Observation {
+                    candidate,
+                    baseline: sample(1000 - on_candidate, 0, 10_000),
+                    candidate_healthy: true,
+                    ..Observation::default()
+                };
+                let actions = rollout.step(t * 1000, Input::Tick(obs)).unwrap();
+                if !rollout.is_open() || actions.contains(&Action::Promote) {
+                    break;
+                }
+            }
+            (rollout, at_100)
+        };
+        let (rollout, at_100) = run(0.0);
+        assert_eq!(rollout.phase, Phase::Promoted, "{:?}", rollout.verdict);
+        assert!(at_100 >= 60, "{at_100}");
+        let (rollout, at_100) = run(sigma);
+        assert_eq!(rollout.phase, Phase::RolledBack);
+        assert!((1..60).contains(&at_100), "{at_100}");
+        let verdict = rollout.verdict.as_ref().unwrap();
+        let rule = &verdict.trigger.as_ref().unwrap().rule;
+        assert_eq!(rule, "drift_psi{feature=amount} above 0.2 vs profile");
+
+        // The profile is not saved with the state: after a restart the
+        // trigger has none until the runtime gives it again, and waits.
+        let (mut rollout, _) = Rollout::start("ro-2", policy(), 0).unwrap();
+        rollout.set_profiles(&profiles);
+        let json = serde_json::to_string(&rollout).unwrap();
+        assert!(!json.contains("\"profile\":{"), "{json}");
+        let mut back: Rollout = serde_json::from_str(&json).unwrap();
+        assert!(!back.triggers[0].has_profile());
+        back.set_profiles(&profiles);
+        assert!(back.triggers[0].has_profile());
+        // A profile without the feature gives the trigger none.
+        back.set_profiles(&BTreeMap::new());
+        assert!(!back.triggers[0].has_profile());
     }
 }

@@ -7,6 +7,7 @@
 pub mod drift;
 pub mod histogram;
 pub mod kpi;
+pub mod profile;
 pub mod sequential;
 pub mod signals;
 pub mod trigger;
@@ -17,6 +18,7 @@ pub use drift::{
 };
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
 pub use kpi::{KpiWindow, Moments};
+pub use profile::{Profile, ProfileError};
 pub use signals::{Signals, Sketch};
 pub use trigger::{Reading, Sample};
 pub use window::{Outcome, VersionStats, WindowSnapshot};

@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 pub use super::kpi::Moments;
 
 /// A distribution: numbers on the fixed log-linear grid, or categories.
-#[derive(Clone, Debug, PartialEq)]
+/// Serialized with its kind: `{"kind": "numeric", "layout": 1, "bins":
+/// [...]}` or `{"kind": "categorical", "counts": {...}}` (the sketches'
+/// own sparse forms, see [`super::drift`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Sketch {
     Numeric(NumericSketch),
     Categorical(CategoricalSketch),

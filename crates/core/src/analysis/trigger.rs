@@ -20,7 +20,7 @@
 
 use super::histogram::HistogramSnapshot;
 use super::sequential::{self, StagedTest, BASELINE_Z};
-use super::signals::{Moments, Signals};
+use super::signals::{Moments, Signals, Sketch};
 use super::window::Counts;
 use crate::policy::{Metric, MetricKind, Threshold, Trigger};
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,7 @@ pub fn trigger_value(trigger: &Trigger, sample: &Sample) -> Option<f64> {
 }
 
 /// The sketches a distance trigger compares.
-fn sketch_of<'a>(trigger: &Trigger, sample: &'a Sample) -> Option<&'a super::signals::Sketch> {
+fn sketch_of<'a>(trigger: &Trigger, sample: &'a Sample) -> Option<&'a Sketch> {
     match trigger.metric {
         Metric::DriftPsi => sample.signals.features.get(trigger.feature.as_deref()?),
         Metric::PredictionShift => sample.signals.predictions.as_ref(),
@@ -248,6 +248,11 @@ pub struct TriggerEval {
     /// Why the last Prometheus reading failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// The candidate's stored profile sketch of the feature, for a
+    /// `reference: profile` distance. Given by the runtime at start and
+    /// after a restart, never saved with the state.
+    #[serde(skip)]
+    profile: Option<Sketch>,
 }
 
 impl TriggerEval {
@@ -268,7 +273,21 @@ impl TriggerEval {
             without_baseline: false,
             last: None,
             unavailable: None,
+            profile: None,
         }
+    }
+
+    /// Gives a `reference: profile` distance its reference: the stored
+    /// profile's sketch of the feature (ignored by other triggers).
+    pub fn set_profile(&mut self, sketch: Option<Sketch>) {
+        if self.trigger.against_profile() {
+            self.profile = sketch;
+        }
+    }
+
+    /// A `reference: profile` distance that has its profile.
+    pub fn has_profile(&self) -> bool {
+        self.profile.is_some()
     }
 
     /// Judged by the staged sequential test on per-request events (or
@@ -377,11 +396,26 @@ impl TriggerEval {
                 // (100%, blue/green after the flip) has nothing to compare
                 // with: the trigger waits for the next one.
                 let (stage_candidate, stage_baseline) = stage;
-                self.without_baseline = stage_baseline.judged() == 0;
-                if self.without_baseline {
-                    self.holds = false;
+                if self.trigger.against_profile() {
+                    // The stored profile is there in every stage (100%
+                    // included): the candidate's stage window against it.
+                    // Without it (never given) nothing is judged and the
+                    // stage waits: no data never counts as healthy.
+                    self.without_baseline = false;
+                    match self.profile.take() {
+                        Some(profile) => {
+                            self.judge_distance_against(stage_candidate, &profile);
+                            self.profile = Some(profile);
+                        }
+                        None => self.holds = false,
+                    }
                 } else {
-                    self.judge_distance(stage_candidate, stage_baseline);
+                    self.without_baseline = stage_baseline.judged() == 0;
+                    if self.without_baseline {
+                        self.holds = false;
+                    } else {
+                        self.judge_distance(stage_candidate, stage_baseline);
+                    }
                 }
             }
             _ => {
@@ -456,14 +490,21 @@ impl TriggerEval {
     /// p-value below α divided by the looks so far (Bonferroni: the test
     /// is fixed-horizon, and it is looked at every tick).
     fn judge_distance(&mut self, total: &Sample, reference: &Sample) {
+        let Some(base) = sketch_of(&self.trigger, reference) else {
+            self.holds = false;
+            return;
+        };
+        self.judge_distance_against(total, base);
+    }
+
+    /// [`judge_distance`](Self::judge_distance) against a reference sketch
+    /// (the baseline's, or the stored profile's).
+    fn judge_distance_against(&mut self, total: &Sample, base: &Sketch) {
         let threshold = match self.threshold().1 {
             Threshold::Value(v) => v,
             _ => f64::INFINITY,
         };
-        let (Some(current), Some(base)) = (
-            sketch_of(&self.trigger, total),
-            sketch_of(&self.trigger, reference),
-        ) else {
+        let Some(current) = sketch_of(&self.trigger, total) else {
             self.holds = false;
             return;
         };
@@ -516,6 +557,12 @@ impl TriggerEval {
         let kind = self.trigger.metric.kind();
         if kind == MetricKind::External {
             return self.unavailable.is_none();
+        }
+        if kind == MetricKind::Distance && self.trigger.against_profile() {
+            return self
+                .profile
+                .as_ref()
+                .is_some_and(|s| s.count() >= self.trigger.min_sample);
         }
         if kind == MetricKind::Distance {
             // Scored against the baseline's own distribution.
@@ -769,6 +816,8 @@ pub fn rule_text(trigger: &Trigger) -> String {
     let mut text = format!("{} {word} {threshold}", metric_label(trigger));
     if threshold.is_relative() {
         text.push_str(" vs baseline");
+    } else if trigger.against_profile() {
+        text.push_str(" vs profile");
     }
     if trigger.for_period.as_ms() > 0 {
         text.push_str(&format!(" for {}", trigger.for_period));
@@ -788,6 +837,7 @@ mod tests {
             kpi: None,
             query: None,
             relative_to: None,
+            reference: None,
             above: Some(above.parse().unwrap()),
             below: None,
             for_period: Period::from_ms(0),

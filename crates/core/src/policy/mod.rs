@@ -272,6 +272,12 @@ pub struct Trigger {
     /// only allowed with) a relative threshold: `"+30%"` or `"+2pp"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative_to: Option<RelativeTo>,
+    /// What a `drift_psi` trigger compares the candidate's inputs with:
+    /// the baseline's traffic over the same stage (default), or the
+    /// reference profile registered with the candidate version (judged in
+    /// every stage, 100% included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<DriftReference>,
     /// Fires when the candidate's value is above this. Exactly one of
     /// `above` or `below`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +437,17 @@ impl Metric {
 pub enum RelativeTo {
     /// The baseline (LKG) over the same window.
     Baseline,
+}
+
+/// What a distance trigger compares with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftReference {
+    /// The baseline's traffic over the same stage span.
+    #[default]
+    Baseline,
+    /// The profile stored with the candidate version at registration.
+    Profile,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -1118,6 +1135,11 @@ impl Trigger {
         self.above.or(self.below)
     }
 
+    /// A `drift_psi` trigger judged against the candidate's stored profile.
+    pub fn against_profile(&self) -> bool {
+        self.reference == Some(DriftReference::Profile)
+    }
+
     /// Returns the failing field below `triggers[i]`.
     fn check(&self) -> Result<(), (&'static str, String)> {
         let (field, threshold) = match (self.above, self.below) {
@@ -1173,6 +1195,15 @@ impl Trigger {
                 "relative_to",
                 format!(
                     "\"{threshold}\" is an absolute threshold, not compared with the baseline: drop `relative_to` or use a relative one like \"+30%\""
+                ),
+            ));
+        }
+        if self.reference.is_some() && self.metric != Metric::DriftPsi {
+            return Err((
+                "reference",
+                format!(
+                    "{} takes no `reference`: only drift_psi compares with a stored profile",
+                    self.metric.name()
                 ),
             ));
         }
@@ -1354,6 +1385,50 @@ mod tests {
         );
         let schema = serde_json::to_string(&schema()).unwrap();
         assert!(schema.contains("\"graduated\""), "{schema}");
+    }
+
+    #[test]
+    fn reference_profile_is_for_drift_psi_only() {
+        let parse = |triggers: serde_json::Value| {
+            serde_json::from_value::<Policy>(serde_json::json!({
+                "model": "m",
+                "candidate": "v2",
+                "strategy": { "canary": { "steps": [5, 100], "bake": "1m" } },
+                "triggers": triggers,
+            }))
+            .unwrap()
+        };
+        let policy = parse(serde_json::json!([
+            { "metric": "error_rate", "above": "5%", "action": "rollback" },
+            { "metric": "drift_psi", "feature": "amount", "above": "0.2", "reference": "profile", "action": "rollback" },
+            { "metric": "drift_psi", "feature": "amount", "above": "0.2", "reference": "baseline", "action": "rollback" },
+        ]));
+        policy.check().unwrap();
+        assert!(policy.triggers[1].against_profile());
+        assert!(!policy.triggers[2].against_profile());
+        assert!(!policy.triggers[0].against_profile());
+        let policy = parse(serde_json::json!([
+            { "metric": "error_rate", "above": "5%", "action": "rollback" },
+            { "metric": "drift_psi", "feature": "amount", "above": "0.2", "action": "rollback" },
+            { "metric": "null_rate", "feature": "amount", "above": "5%", "reference": "profile", "action": "rollback" },
+        ]));
+        let error = policy.check().unwrap_err();
+        assert_eq!(error.path, "triggers[2].reference");
+        assert!(
+            error.message.contains("null_rate takes no `reference`"),
+            "{error:?}"
+        );
+        let bad = serde_json::from_value::<Policy>(serde_json::json!({
+            "model": "m", "candidate": "v2",
+            "strategy": { "canary": { "steps": [100], "bake": "1m" } },
+            "triggers": [{ "metric": "drift_psi", "feature": "a", "above": "0.2", "reference": "training", "action": "rollback" }],
+        }));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `training`"));
+        let schema = serde_json::to_string(&schema()).unwrap();
+        assert!(schema.contains("\"profile\""), "{schema}");
     }
 
     #[test]
