@@ -244,7 +244,75 @@ pub(super) fn text(gateway: &Gateway) -> String {
         );
     }
     feedback(&mut out, gateway);
+    signals(&mut out, &states);
     out
+}
+
+/// The model-aware signals' counters, per version: what a rollout's
+/// input checks, answer reading, agreement pairs and fallbacks saw.
+fn signals(out: &mut String, states: &[std::sync::Arc<crate::gateway::VersionState>]) {
+    use backstop_core::policy::FallbackReason;
+    type Read = fn(&crate::gateway::signals::SignalTotals) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&str, &str, Read); 6] = [
+        (
+            "backstop_signal_inputs_checked_total",
+            "Requests checked against the version's input signature (sampled).",
+            |t| &t.inputs_checked,
+        ),
+        (
+            "backstop_signal_schema_violations_total",
+            "Checked requests that broke the version's input signature.",
+            |t| &t.schema_violations,
+        ),
+        (
+            "backstop_signal_outputs_read_total",
+            "Answers read for their prediction.",
+            |t| &t.outputs_read,
+        ),
+        (
+            "backstop_signal_invalid_outputs_total",
+            "Answers read that did not hold the prediction the policy names.",
+            |t| &t.invalid_outputs,
+        ),
+        (
+            "backstop_signal_paired_total",
+            "Requests both the candidate and the baseline answered (mirror or shadow), on the candidate.",
+            |t| &t.paired,
+        ),
+        (
+            "backstop_signal_agreed_total",
+            "Of those, the ones where the predictions matched.",
+            |t| &t.agreed,
+        ),
+    ];
+    for (name, help, read) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for state in states {
+            let (m, v) = (label(&state.model), label(&state.version));
+            let value = read(&state.signals.totals).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{model=\"{m}\",version=\"{v}\"}} {value}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backstop_fallbacks_total Candidate requests answered by the baseline instead, by reason."
+    );
+    let _ = writeln!(out, "# TYPE backstop_fallbacks_total counter");
+    for state in states {
+        let (m, v) = (label(&state.model), label(&state.version));
+        for (reason, counter) in FallbackReason::ALL
+            .iter()
+            .zip(&state.signals.totals.fallbacks)
+        {
+            let _ = writeln!(
+                out,
+                "backstop_fallbacks_total{{model=\"{m}\",version=\"{v}\",reason=\"{}\"}} {}",
+                reason.name(),
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// The feedback API's counters and KPI sums, per version (KPI names are

@@ -16,6 +16,7 @@ use backstop_core::analysis::Signals;
 use backstop_core::policy::{Fallback, FallbackReason, Output, OutputKind};
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Largest answer read for its prediction; a larger one is not read.
@@ -106,6 +107,28 @@ const PENDING_BUCKETS_MAX: usize = 600;
 pub struct Pending {
     buckets: Mutex<VecDeque<(u64, Signals)>>,
     signature: Mutex<Option<Arc<InputSignature>>>,
+    /// Since the process started, for `/metrics`.
+    pub totals: SignalTotals,
+}
+
+/// A version's signal counters since the process started (what `/metrics`
+/// shows; the controller's figures are taken by bucket and drained).
+#[derive(Default)]
+pub struct SignalTotals {
+    pub inputs_checked: AtomicU64,
+    pub schema_violations: AtomicU64,
+    pub outputs_read: AtomicU64,
+    pub invalid_outputs: AtomicU64,
+    pub paired: AtomicU64,
+    pub agreed: AtomicU64,
+    /// By [`FallbackReason::ALL`]'s order.
+    pub fallbacks: [AtomicU64; FallbackReason::ALL.len()],
+}
+
+fn bump(counter: &AtomicU64, by: bool) {
+    if by {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Pending {
@@ -174,6 +197,9 @@ pub fn record_input(state: &VersionState, settings: &SignalSettings, body: &[u8]
         return;
     };
     let report = signature.check_observing(body, &settings.features);
+    let totals = &state.signals.totals;
+    bump(&totals.inputs_checked, true);
+    bump(&totals.schema_violations, !report.is_valid());
     state.add_signals(|signals| add_report(signals, &report));
 }
 
@@ -327,6 +353,9 @@ fn scalar(value: &Value) -> Option<&Value> {
 
 /// Records an answer's prediction (or its absence) on its version.
 pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
+    let totals = &state.signals.totals;
+    bump(&totals.outputs_read, true);
+    bump(&totals.invalid_outputs, prediction.is_none());
     state.add_signals(|signals| {
         signals.outputs_read += 1;
         let Some(p) = prediction else {
@@ -346,6 +375,9 @@ pub fn record_output(state: &VersionState, prediction: Option<&Prediction>) {
 
 /// Records a fallback on the candidate that needed it.
 pub fn record_fallback(state: &VersionState, reason: FallbackReason) {
+    if let Some(i) = FallbackReason::ALL.iter().position(|r| *r == reason) {
+        bump(&state.signals.totals.fallbacks[i], true);
+    }
     state.add_signals(|signals| {
         signals.fallbacks += 1;
         *signals
@@ -440,6 +472,9 @@ impl Pair {
             }
         };
         if let Some(agreed) = both {
+            let totals = &self.candidate.signals.totals;
+            bump(&totals.paired, true);
+            bump(&totals.agreed, agreed);
             self.candidate.add_signals(|signals| {
                 signals.paired += 1;
                 signals.agreed += u64::from(agreed);

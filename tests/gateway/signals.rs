@@ -209,6 +209,24 @@ async fn a_candidate_whose_signature_clients_break_is_rolled_back() {
         "every request breaks v2's signature"
     );
     assert_eq!(trigger["baseline_value"], 0.0, "and none v1's");
+    let metrics = client.get(&backstop.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let counter = |name: &str, version: &str| -> u64 {
+        let prefix = format!(r#"{name}{{model="m",version="{version}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} not in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let checked = counter("backstop_signal_inputs_checked_total", "v2");
+    assert!(checked > 0);
+    assert_eq!(
+        counter("backstop_signal_schema_violations_total", "v2"),
+        checked
+    );
+    assert_eq!(counter("backstop_signal_schema_violations_total", "v1"), 0);
     // Nulls: none on either side, so the null trigger never breached.
     assert_eq!(view["triggers"][1]["state"], "ok", "{view:#}");
 }
@@ -412,6 +430,22 @@ async fn failed_and_unsure_candidate_answers_fall_back_to_the_baseline_once() {
     assert!(answers
         .iter()
         .all(|a| a.json()["outputs"][0]["data"][0] == 0.9));
+
+    // What an SRE's dashboard sees: fallbacks by reason, on the candidate.
+    let metrics = client.get(&backstop.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        format!(
+            r#"backstop_fallbacks_total{{model="m",version="v2",reason="server_error"}} {}"#,
+            fell_back.len()
+        ),
+        format!(
+            r#"backstop_fallbacks_total{{model="m",version="v2",reason="low_confidence"}} {unsure}"#
+        ),
+        r#"backstop_fallbacks_total{model="m",version="v1",reason="server_error"} 0"#.to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
 
     // Confident again: the candidate's own answers go through.
     *v2.probabilities.lock().unwrap() = vec![0.2, 0.8];
