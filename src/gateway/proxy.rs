@@ -474,11 +474,15 @@ async fn proxy(
                 // Taken, so the answer is read once, here, and its pair
                 // (a mirror copy's comparison) still hears of it.
                 let output_read = recorder.output.take();
+                // A client that goes away while the answer is read is
+                // recorded as a cancellation, as before the answer's head.
+                let pending = PendingRecord(Some(recorder));
                 let read = tokio::time::timeout(
                     table.request_timeout.saturating_sub(start.elapsed()),
                     read_answer(body, signals::OUTPUT_READ_MAX),
                 )
                 .await;
+                let mut recorder = pending.take();
                 let answer = match read {
                     Ok(Ok(ReadAnswer::Whole(answer))) => answer,
                     // Too large to judge: passed on as it is, unjudged
