@@ -73,7 +73,10 @@ async fn feedback_joins_the_version_that_answered() {
         let conversion = &entry["window"]["kpis"]["conversion"];
         assert_eq!(conversion["n"], on(version), "{figures}");
         assert_eq!(conversion["sum"].as_f64(), Some(sum as f64), "{figures}");
-        assert_eq!(entry["window"]["labeled"], on(version));
+        // No rollout read the answers' predictions: the labels are
+        // accepted and left unjudged (accuracy is over judged ones).
+        assert_eq!(entry["window"]["labeled"], 0);
+        assert_eq!(entry["unjudged_labels"], on(version));
         assert_eq!(entry["accepted"], on(version));
     }
 
@@ -228,5 +231,5 @@ async fn applications_post_feedback_with_a_reporter_token() {
         )
         .await;
     assert_eq!(read.status, StatusCode::OK);
-    assert_eq!(read.json()["versions"]["v1"]["window"]["labeled"], 1);
+    assert_eq!(read.json()["versions"]["v1"]["unjudged_labels"], 1);
 }
