@@ -221,7 +221,8 @@ impl Rollouts {
                     "The candidate's reference profile cannot be read ({e}); its drift triggers hold the stage."
                 ),
             }
-            let mut entry = Active::new(rollout, record, self.current_epoch(), now);
+            let first = self.first_epoch(&rollout);
+            let mut entry = Active::new(rollout, record, first, now);
             let actions = entry
                 .rollout
                 .step(now, Input::Restarted)
@@ -390,12 +391,18 @@ impl Rollouts {
         let created = record.clone();
         blocking(move || store.create_rollout(&created, draft)).await?;
         let mut active = self.active.lock().await;
-        let mut entry = Active::new(rollout, record, self.current_epoch(), now);
+        let first = self.first_epoch(&rollout);
+        let mut entry = Active::new(rollout, record, first, now);
         entry.baseline_before = self
             .incidents
             .baseline_reference(&entry.record.model, &entry.record.baseline);
         self.carry_out(&mut entry, actions, decided, actor, now)
             .await;
+        // The first route moved the start past the bucket in progress; but
+        // the candidate had no traffic before it, so every request of its
+        // in that bucket is at the first share: keep it (the first stage
+        // is the one short of data).
+        entry.last_epoch = first;
         let view = self.view(&entry);
         active.insert(id, entry);
         Ok(view)
@@ -713,6 +720,13 @@ impl Rollouts {
         unix_ms() / self.gateway.config.stats.bucket_ms
     }
 
+    /// Where a rollout's ticks start (just before the bucket the versions
+    /// record into now): the candidate's first requests are in that
+    /// bucket, wherever the wall clock is.
+    fn first_epoch(&self, rollout: &Rollout) -> u64 {
+        self.settled_epoch(rollout).saturating_sub(1)
+    }
+
     /// The bucket both versions currently record into (the ticker may not
     /// have moved them on yet): everything before it is complete.
     fn settled_epoch(&self, rollout: &Rollout) -> u64 {
@@ -799,8 +813,12 @@ impl Rollouts {
                     shadow_percent,
                 } => {
                     // The bucket in progress mixes the old and new shares:
-                    // the next tick starts after it.
-                    entry.last_epoch = entry.last_epoch.max(self.current_epoch());
+                    // the next tick starts after it (the one the versions
+                    // record into, which lags the wall clock when the
+                    // statistics ticker does: skipping to the wall clock's
+                    // would lose the next whole bucket too).
+                    let in_progress = self.settled_epoch(&entry.rollout);
+                    entry.last_epoch = entry.last_epoch.max(in_progress);
                     if let Err(e) =
                         self.route(&entry.rollout.policy, candidate_percent, shadow_percent)
                     {
