@@ -465,11 +465,13 @@ impl TriggerEval {
         let (estimate, error_sq, scale) = match threshold {
             Threshold::Value(v) => (mean - v, standard_error_sq, 0.1 * variance.sqrt()),
             Threshold::RelativePercent(r) => {
-                let factor = 1.0 + r / 100.0;
                 let (Some(b_mean), Some(b_var)) = (baseline.mean(), baseline.variance()) else {
                     self.holds = false;
                     return;
                 };
+                // The limit is `b + |b|·r`: "-10%" is below the baseline
+                // whatever its sign (a net revenue of -5 gives -5.5).
+                let factor = 1.0 + b_mean.signum() * r / 100.0;
                 (
                     mean - factor * b_mean,
                     standard_error_sq + factor * factor * b_var / baseline.n as f64,
@@ -1113,6 +1115,49 @@ mod tests {
             reference.merge(&conversions(&mut rng, 200, 0.10));
         }
         None
+    }
+
+    /// A KPI whose mean is negative (net revenue after refunds): "-10%"
+    /// means lower than the baseline, not higher.
+    #[test]
+    fn relative_kpi_limits_hold_for_negative_means() {
+        let run = |seed: u64, candidate_mean: f64| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let rule = signal_trigger(Metric::Kpi, "below", "-10%");
+            let mut eval = TriggerEval::new_single(0, rule, 0.01);
+            let (mut total, mut reference) = (Sample::default(), Sample::default());
+            let draw = |rng: &mut fastrand::Rng, mean: f64| {
+                let mut s = Sample::default();
+                let kpi = s.signals.kpis.entry("conversion".into()).or_default();
+                for _ in 0..200 {
+                    kpi.add(normal(rng, mean));
+                }
+                s
+            };
+            for t in 0..300 {
+                let c = draw(&mut rng, candidate_mean);
+                total.merge(&c);
+                if eval.observe_tick(t * 1000, &c, &total, &reference, (&c, &reference), None) {
+                    return (Some(t), eval);
+                }
+                reference.merge(&draw(&mut rng, -5.0));
+            }
+            (None, eval)
+        };
+        for seed in 0..10 {
+            assert_eq!(
+                run(seed, -5.0).0,
+                None,
+                "the same as the baseline, seed {seed}"
+            );
+        }
+        let (fired, eval) = run(1, -6.0);
+        assert!(fired.is_some_and(|t| t < 30), "fired at {fired:?}");
+        let status = eval.status(&Sample::default(), &Sample::default(), &Sample::default());
+        let baseline = status.baseline_value.unwrap();
+        let limit = status.limit.unwrap();
+        assert!(limit < baseline, "{status:?}");
+        assert!((limit - 1.1 * baseline).abs() < 1e-9, "{status:?}");
     }
 
     #[test]

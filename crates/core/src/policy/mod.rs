@@ -507,6 +507,15 @@ impl Threshold {
     /// Checks that this form suits `metric` and its number is sensible.
     fn check_for(self, metric: Metric) -> Result<(), String> {
         let kind = metric.kind();
+        // Only the candidate has these: a relative limit would wait for a
+        // baseline figure that never comes.
+        if self.is_relative() && matches!(metric, Metric::AgreementRate | Metric::FallbackRate) {
+            return Err(format!(
+                "{} is measured on the candidate only (the baseline is what it is compared with or falls back to); use an absolute rate like \"{}\"",
+                metric.name(),
+                if metric == Metric::AgreementRate { "90%" } else { "2%" }
+            ));
+        }
         match (kind, self) {
             (MetricKind::Latency | MetricKind::Rate, Threshold::Value(_)) => {
                 return Err(format!(
@@ -1341,6 +1350,16 @@ mod tests {
         assert!(check(Metric::LatencyP99, "+2pp").is_err());
         assert!(check(Metric::ErrorRate, "101%").is_err());
         assert!(check(Metric::ErrorRate, "-100%").is_err());
+        // Candidate-only rates take absolute thresholds.
+        assert!(check(Metric::AgreementRate, "90%").is_ok());
+        assert!(check(Metric::FallbackRate, "2%").is_ok());
+        for (metric, t) in [
+            (Metric::AgreementRate, "-5pp"),
+            (Metric::FallbackRate, "+50%"),
+        ] {
+            let error = check(metric, t).unwrap_err();
+            assert!(error.contains("candidate only"), "{error}");
+        }
     }
 
     #[test]
