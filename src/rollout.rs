@@ -12,7 +12,6 @@
 //! a half-finished rollout never continues unattended after a crash.
 
 use crate::config::{CaptureSpec, CohortSpec, ModelSpec, ShadowSpec, SignalSpec, StickySpec};
-use crate::gateway::routing::ModelTable;
 use crate::gateway::{unix_ms, Event, Gateway};
 use crate::incident::{Incidents, Opening, Swap, WindowSummary};
 use crate::prometheus::Prometheus;
@@ -103,6 +102,10 @@ pub struct RolloutView {
     /// what `backstop runbook` and `backstop gameday` read.
     pub policy: Policy,
 }
+
+/// Each version's registered input signature (candidate first), as a
+/// rollout's input triggers need them.
+type Signatures = Vec<(String, Option<Arc<InputSignature>>)>;
 
 struct Active {
     rollout: Rollout,
@@ -212,6 +215,15 @@ impl Rollouts {
                 }
             };
             let mut rollout = rollout;
+            // Signatures live in the gateway's memory: give them again, or
+            // the input triggers would see nothing after a restart.
+            match self.signatures(&rollout.policy).await {
+                Ok(signatures) => self.apply_signatures(&rollout.policy.model, signatures),
+                Err(e) => tracing::error!(
+                    id = record.id,
+                    "The versions' input signatures cannot be read ({e}); input triggers see no requests."
+                ),
+            }
             // Profiles are not saved with the state: read them again. One
             // that cannot be read leaves its trigger holding the stage.
             match self.profiles(&rollout.policy).await {
@@ -329,7 +341,9 @@ impl Rollouts {
                 ));
             }
         }
-        self.prepare_signals(&policy, &table).await?;
+        // Read and checked now, given to the gateway only once nothing can
+        // refuse the start (a refused start changes nothing).
+        let signatures = self.signatures(&policy).await?;
         let profiles = self.profiles(&policy).await?;
         let store = self.store.clone();
         let m = model.clone();
@@ -390,6 +404,7 @@ impl Rollouts {
         let store = self.store.clone();
         let created = record.clone();
         blocking(move || store.create_rollout(&created, draft)).await?;
+        self.apply_signatures(&model, signatures);
         let mut active = self.active.lock().await;
         let first = self.first_epoch(&rollout);
         let mut entry = Active::new(rollout, record, first, now);
@@ -538,16 +553,12 @@ impl Rollouts {
     /// clears what it gathered before: the rollout judges its own traffic.
     /// A policy whose triggers name what the candidate's signature lacks
     /// is refused, naming the field.
-    async fn prepare_signals(
-        &self,
-        policy: &Policy,
-        table: &ModelTable,
-    ) -> Result<(), RolloutError> {
+    async fn signatures(&self, policy: &Policy) -> Result<Signatures, RolloutError> {
         if !policy.reads_signals() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let baseline = policy.baseline.clone().unwrap_or_default();
-        let mut candidate_signature = None;
+        let mut signatures = Vec::with_capacity(2);
         for name in [&policy.candidate, &baseline] {
             let signature = match self.registry.version(&policy.model, name).await {
                 Ok(record) => InputSignature::from_registered(&record.signature)
@@ -555,14 +566,9 @@ impl Rollouts {
                     .map(Arc::new),
                 Err(_) => None,
             };
-            if name == &policy.candidate {
-                candidate_signature = signature.clone();
-            }
-            if let Some(version) = table.versions.iter().find(|v| &v.name == name) {
-                version.state.signals.set_signature(signature);
-                version.state.signals.clear();
-            }
+            signatures.push((name.clone(), signature));
         }
+        let candidate_signature = signatures[0].1.clone();
         for (i, trigger) in policy.triggers.iter().enumerate() {
             if !trigger.metric.reads_input() {
                 continue;
@@ -591,7 +597,21 @@ impl Rollouts {
                 }
             }
         }
-        Ok(())
+        Ok(signatures)
+    }
+
+    /// Gives the versions the signatures their requests are checked
+    /// against, and drops what they gathered before (another rollout's).
+    fn apply_signatures(&self, model: &str, signatures: Signatures) {
+        let Some(table) = self.gateway.table(model) else {
+            return;
+        };
+        for (name, signature) in signatures {
+            if let Some(version) = table.versions.iter().find(|v| v.name == name) {
+                version.state.signals.set_signature(signature);
+                version.state.signals.clear();
+            }
+        }
     }
 
     /// The candidate's stored reference profile, by feature, when a

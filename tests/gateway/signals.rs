@@ -231,6 +231,46 @@ async fn a_candidate_whose_signature_clients_break_is_rolled_back() {
     assert_eq!(view["triggers"][1]["state"], "ok", "{view:#}");
 }
 
+/// Input checks go on after a restart: the signatures live in the
+/// gateway's memory and are given again when the open rollout is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_checks_go_on_after_a_restart() {
+    let (v1, v2) = (toy("v1").await, toy("v2").await);
+    let data = tempfile::tempdir().unwrap();
+    let config = config(&v1.url(), &v2.url());
+    let backstop = Backstop::start_with_data_dir(&config, data.path());
+    register(&backstop, "v1", "FP32").await;
+    register(&backstop, "v2", "FP32").await;
+    let client = HttpClient::new();
+    let guarded = policy(
+        "{ canary: { steps: [50, 100], bake: 10m } }",
+        &[r#"{ metric: schema_violation_rate, above: "+5pp", action: rollback }"#],
+    );
+    let id = start(&client, &backstop, &guarded).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(backstop);
+
+    let backstop = Backstop::start_with_data_dir(&config, data.path());
+    let answer = crate::rollout::command(&client, &backstop, &id, "resume").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json());
+    send(&client, &backstop, 40, AGE_REQUEST).await;
+    let metrics = client.get(&backstop.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let checked = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"backstop_signal_inputs_checked_total{model="m",version="v2"} "#)
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        checked > 0,
+        "no input of v2 checked after the restart: {metrics}"
+    );
+}
+
 /// The candidate answers less confidently (and with another class): the
 /// confidence trigger rolls it back; its predictions are read from the
 /// OIP answers the clients got.
