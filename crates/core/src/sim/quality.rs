@@ -22,8 +22,8 @@
 //! signals to a scenario does not change its request figures.
 
 use super::traffic::{Regression, TickSample};
-use crate::analysis::signals::Moments;
-use std::collections::VecDeque;
+use crate::analysis::signals::{Moments, Sketch};
+use std::collections::{BTreeMap, VecDeque};
 
 /// The watched input feature's name (as a policy's `feature:` names it).
 pub const FEATURE: &str = "amount";
@@ -121,6 +121,21 @@ impl QualityTraffic {
             feedback: VecDeque::new(),
             feedback_delay_ticks,
         }
+    }
+
+    /// The baseline model's inputs as a stored reference profile would
+    /// hold them (the training data's distribution): `n` values of
+    /// [`FEATURE`], by feature.
+    pub fn profile(&mut self, n: usize) -> BTreeMap<String, Sketch> {
+        let mut signals = crate::analysis::Signals::default();
+        for _ in 0..n {
+            let z = self.normal[self.rng.usize(..NORMAL_POINTS)];
+            signals.sketch_number(
+                FEATURE,
+                self.baseline.feature_mean + self.baseline.feature_sd * z,
+            );
+        }
+        signals.features
     }
 
     /// Switch the candidate's behaviour (regression onset mid-run).

@@ -13,6 +13,9 @@ use serde::Serialize;
 /// Checks happen once per tick, as in the live runtime with 1 s buckets.
 pub const TICK_MS: u64 = 1000;
 
+/// Values in the simulated reference profile.
+pub const PROFILE_VALUES: usize = 20_000;
+
 /// Feedback (the KPI) arrives this long after the answer.
 pub const FEEDBACK_DELAY_S: u64 = 30;
 
@@ -251,6 +254,12 @@ pub fn run_once(policy: &Policy, scenario: &Scenario, seed: u64) -> RunResult {
     });
     let (mut rollout, _) =
         Rollout::start("sim", policy, 0).expect("the simulated policy was checked");
+    // `reference: profile` triggers compare with the baseline model's
+    // training distribution, as a registered profile would hold it.
+    let against_profile = rollout.policy.triggers.iter().any(|t| t.against_profile());
+    if let Some(quality) = quality.as_mut().filter(|_| against_profile) {
+        rollout.set_profiles(&quality.profile(PROFILE_VALUES));
+    }
     // Long enough for every stage plus the longest wait for traffic.
     let horizon_ms = rollout.stages.iter().map(|s| s.hold_ms).sum::<u64>() + 3_600_000;
     let onset_ms = scenario.onset_s * 1000;
@@ -494,6 +503,30 @@ mod tests {
                 "{report:?}"
             );
         }
+    }
+
+    /// Drift against a stored profile is judged in every stage, so a
+    /// drift that starts at 100% (no baseline to compare with) is caught.
+    #[test]
+    fn drift_against_a_profile_is_caught_at_the_full_step() {
+        let mut policy = signals_policy();
+        let against_profile: crate::policy::Trigger = serde_json::from_value(serde_json::json!(
+            { "metric": "drift_psi", "feature": "amount", "reference": "profile",
+              "above": 0.2, "min_sample": 500, "action": "rollback" }
+        ))
+        .unwrap();
+        policy.triggers.push(against_profile);
+        policy.check().unwrap();
+        let late = Scenario {
+            // The 100% step starts at 180 s.
+            onset_s: 200,
+            ..scenario("drift 1σ (PSI≈0.9) 1000rps 5%")
+        };
+        let healthy = run_scenario(&policy, &scenario("model: healthy 1000rps 5%"), 42, 0, 5);
+        assert_eq!(healthy.rollbacks, 0, "{healthy:?}");
+        let report = run_scenario(&policy, &late, 42, 1, 5);
+        assert_eq!(report.missed, 0, "{report:?}");
+        assert!(report.detection_delay_s_p95.unwrap() <= 30.0, "{report:?}");
     }
 
     /// A policy without model-aware triggers gets no model-aware traffic
