@@ -493,6 +493,8 @@ impl TriggerEval {
     /// is fixed-horizon, and it is looked at every tick).
     fn judge_distance(&mut self, total: &Sample, reference: &Sample) {
         let Some(base) = sketch_of(&self.trigger, reference) else {
+            // Nothing of this stage to compare: its sample starts at 0.
+            self.seen = 0;
             self.holds = false;
             return;
         };
@@ -507,6 +509,8 @@ impl TriggerEval {
             _ => f64::INFINITY,
         };
         let Some(current) = sketch_of(&self.trigger, total) else {
+            // Not the previous stage's count: this stage has no values yet.
+            self.seen = 0;
             self.holds = false;
             return;
         };
@@ -1205,6 +1209,29 @@ mod tests {
             reference.merge(&b);
         }
         (None, eval)
+    }
+
+    /// A new stage whose candidate has no values of the feature yet is
+    /// short of its sample, whatever the previous stage had.
+    #[test]
+    fn a_distance_sample_starts_again_with_each_stage() {
+        let mut rule = signal_trigger(Metric::DriftPsi, "above", "0.1");
+        rule.min_sample = 50;
+        let mut eval = TriggerEval::new_single(0, rule, 0.01);
+        let with_values = || {
+            let mut s = sample(100, 0, 1000);
+            for i in 0..100 {
+                s.signals.sketch_number("age", 30.0 + f64::from(i % 20));
+            }
+            s
+        };
+        let (c, b) = (with_values(), with_values());
+        eval.observe_tick(1000, &c, &c, &b, (&c, &b), None);
+        assert!(!eval.short_of_sample());
+        // The next stage: requests, but no value of the feature yet.
+        let empty = sample(10, 0, 1000);
+        eval.observe_tick(2000, &empty, &c, &b, (&empty, &b), None);
+        assert!(eval.short_of_sample());
     }
 
     #[test]
