@@ -97,8 +97,11 @@ fn chance(ppm: u32) -> bool {
     ppm >= 1_000_000 || (ppm > 0 && fastrand::u32(0..1_000_000) < ppm)
 }
 
-/// Buckets of signals kept when no rollout takes them.
-const PENDING_BUCKETS_MAX: usize = 600;
+/// Buckets of signals kept until the rollout takes them: it takes them
+/// every bucket, so this only bounds what piles up when none does (a
+/// model whose config turns signals on with no rollout open). Each holds
+/// a 9 KiB sketch per feature.
+const PENDING_BUCKETS_MAX: usize = 64;
 
 /// A version's signals by statistics bucket, until the controller takes
 /// them with the same buckets as the request counts (so a rate's events
