@@ -456,6 +456,16 @@ impl Rollouts {
         let key = find_key(&active, id)
             .ok_or_else(|| RolloutError::NotFound(format!("no open rollout {id:?}")))?;
         let entry = active.get_mut(&key).expect("key was found");
+        if matches!(command, Command::Resume) {
+            // What a restart could not read (the registry unavailable for
+            // a moment) is read again: a resumed rollout sees its inputs
+            // and its profiles, or is not resumed.
+            let policy = &entry.rollout.policy;
+            let signatures = self.signatures(policy).await?;
+            let profiles = self.profiles(policy).await?;
+            self.give_signatures(&policy.model, signatures, false);
+            entry.rollout.set_profiles(&profiles);
+        }
         let now = unix_ms();
         let actions = entry
             .rollout
@@ -603,13 +613,20 @@ impl Rollouts {
     /// Gives the versions the signatures their requests are checked
     /// against, and drops what they gathered before (another rollout's).
     fn apply_signatures(&self, model: &str, signatures: Signatures) {
+        self.give_signatures(model, signatures, true);
+    }
+
+    /// `clear`: drop what the versions gathered so far.
+    fn give_signatures(&self, model: &str, signatures: Signatures, clear: bool) {
         let Some(table) = self.gateway.table(model) else {
             return;
         };
         for (name, signature) in signatures {
             if let Some(version) = table.versions.iter().find(|v| v.name == name) {
                 version.state.signals.set_signature(signature);
-                version.state.signals.clear();
+                if clear {
+                    version.state.signals.clear();
+                }
             }
         }
     }
