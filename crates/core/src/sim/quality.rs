@@ -45,6 +45,8 @@ pub struct Quality {
     pub class_shares: [f64; 3],
     /// Chance that an answered request converts.
     pub conversion_rate: f64,
+    /// How fast the feature's mean moves, in standard deviations a second.
+    pub feature_moves_sd_per_s: f64,
 }
 
 impl Quality {
@@ -56,7 +58,18 @@ impl Quality {
             feature_sd: 30.0,
             class_shares: [0.7, 0.2, 0.1],
             conversion_rate: 0.10,
+            feature_moves_sd_per_s: 0.0,
         }
+    }
+
+    /// The baseline of a scenario with `regression`: inputs that move
+    /// over time move on both versions.
+    pub fn baseline_for(regression: Regression) -> Quality {
+        let mut quality = Quality::baseline();
+        if let Regression::InputsMove { sd_per_min } = regression {
+            quality.feature_moves_sd_per_s = sd_per_min / 60.0;
+        }
+        quality
     }
 
     /// This behaviour with `regression` applied (request-level regressions
@@ -94,6 +107,9 @@ pub struct QualityTraffic {
     /// Conversions waiting to be reported: (candidate, baseline) per tick.
     feedback: VecDeque<(Moments, Moments)>,
     feedback_delay_ticks: usize,
+    /// Seconds since the start, for inputs that move over time.
+    now_s: f64,
+    tick_s: f64,
 }
 
 impl QualityTraffic {
@@ -120,20 +136,23 @@ impl QualityTraffic {
             sample_share: sample_percent / 100.0,
             feedback: VecDeque::new(),
             feedback_delay_ticks,
+            now_s: 0.0,
+            tick_s: super::scenario::TICK_MS as f64 / 1000.0,
         }
     }
 
     /// The baseline model's inputs as a stored reference profile would
     /// hold them (the training data's distribution): `n` values of
-    /// [`FEATURE`], by feature.
+    /// [`FEATURE`], by feature. Training data is never live traffic
+    /// exactly: the profile's mean is 0.1σ off and its spread 5% wider
+    /// (PSI ≈ 0.01 against live inputs, well under any threshold).
     pub fn profile(&mut self, n: usize) -> BTreeMap<String, Sketch> {
         let mut signals = crate::analysis::Signals::default();
+        let mean = self.baseline.feature_mean + 0.1 * self.baseline.feature_sd;
+        let sd = 1.05 * self.baseline.feature_sd;
         for _ in 0..n {
             let z = self.normal[self.rng.usize(..NORMAL_POINTS)];
-            signals.sketch_number(
-                FEATURE,
-                self.baseline.feature_mean + self.baseline.feature_sd * z,
-            );
+            signals.sketch_number(FEATURE, mean + sd * z);
         }
         signals.features
     }
@@ -147,6 +166,7 @@ impl QualityTraffic {
     /// `shadow`: the candidate's requests are copies, never joined to
     /// feedback.
     pub fn fill(&mut self, sample: &mut TickSample, shadow: bool) {
+        self.now_s += self.tick_s;
         let candidate = self.version(&self.candidate.clone(), &mut sample.candidate);
         let baseline = self.version(&self.baseline.clone(), &mut sample.baseline);
         let candidate = if shadow {
@@ -177,9 +197,11 @@ impl QualityTraffic {
         let signals = &mut sample.signals;
         let checked = self.sampled(counts.requests);
         let read = self.sampled(answered);
+        let mean =
+            quality.feature_mean + quality.feature_sd * quality.feature_moves_sd_per_s * self.now_s;
         for _ in 0..checked {
             let z = self.normal[self.rng.usize(..NORMAL_POINTS)];
-            signals.sketch_number(FEATURE, quality.feature_mean + quality.feature_sd * z);
+            signals.sketch_number(FEATURE, mean + quality.feature_sd * z);
         }
         signals.inputs_checked += checked;
         let [approve, review, _] = quality.class_shares;

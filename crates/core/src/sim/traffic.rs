@@ -133,6 +133,12 @@ pub enum Regression {
     KpiDrop {
         percent: f64,
     },
+    /// Not the candidate's doing: the watched input feature of *both*
+    /// versions moves by `sd_per_min` standard deviations a minute (a
+    /// daily cycle, a campaign). Healthy by any policy.
+    InputsMove {
+        sd_per_min: f64,
+    },
 }
 
 impl Behaviour {
@@ -158,7 +164,8 @@ impl Behaviour {
             // Model-aware: the requests behave the same.
             Regression::FeatureDrift { .. }
             | Regression::PredictionShift { .. }
-            | Regression::KpiDrop { .. } => {}
+            | Regression::KpiDrop { .. }
+            | Regression::InputsMove { .. } => {}
         }
         behaviour
     }
