@@ -3,7 +3,7 @@
 //! `drift_psi` trigger with `reference: profile` — at 100%, where the
 //! baseline serves nothing to compare with.
 
-use crate::rollout::{audit_entries, cli, config, policy, start, wait_for_phase};
+use crate::rollout::{audit_entries, cli, config, policy, refused, start, wait_for_phase};
 use crate::util::*;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -164,27 +164,13 @@ async fn inputs_shifted_from_the_stored_profile_roll_back_at_100_percent() {
             r#"{ metric: drift_psi, feature: amount, reference: profile, above: 0.2, min_sample: 5000, action: rollback }"#,
         ],
     );
-    let answer = client
-        .post_json(
-            &backstop.admin_url("/api/v1/rollouts"),
-            &json!({"policy": starved, "file": "policy.yaml"}),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let message = answer.json().to_string();
+    let message = refused(&client, &backstop, &starved).await;
     assert!(message.contains("triggers[0].min_sample"), "{message}");
     // And so is one whose candidate has no profile at all.
     let reversed = starved
         .replace("candidate: v2\nbaseline: v1", "candidate: v1\nbaseline: v2")
         .replace("min_sample: 5000", "min_sample: 50");
-    let answer = client
-        .post_json(
-            &backstop.admin_url("/api/v1/rollouts"),
-            &json!({"policy": reversed, "file": "policy.yaml"}),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let message = answer.json().to_string();
+    let message = refused(&client, &backstop, &reversed).await;
     assert!(message.contains("triggers[0].reference"), "{message}");
     assert!(
         message.contains("not registered with a reference profile"),

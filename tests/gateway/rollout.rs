@@ -69,6 +69,20 @@ pub(crate) async fn start(client: &HttpClient, backstop: &Backstop, policy: &str
     view
 }
 
+/// Starts a rollout over the API that must be refused as an invalid
+/// policy (422); the error body, as text.
+pub(crate) async fn refused(client: &HttpClient, backstop: &Backstop, policy: &str) -> String {
+    let answer = client
+        .post_json(
+            &backstop.admin_url("/api/v1/rollouts"),
+            &json!({"policy": policy, "file": "policy.yaml"}),
+        )
+        .await;
+    let error = answer.json().to_string();
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    error
+}
+
 pub(crate) async fn status(client: &HttpClient, backstop: &Backstop, id: &str) -> Value {
     let answer = client
         .get(&backstop.admin_url(&format!("/api/v1/rollouts/{id}")))

@@ -4,7 +4,7 @@
 //! and business KPIs joined from the feedback API — each judged by the
 //! real controller in the real binary.
 
-use crate::rollout::{cli, config, policy, start, wait_for_phase};
+use crate::rollout::{cli, config, policy, refused, start, wait_for_phase};
 use crate::util::*;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -152,6 +152,19 @@ async fn roll_back_with(v1: &[f64], v2: &[f64], policy: &str) -> Value {
     drive_until(&client, &backstop, &id, "rolled_back", INFER_BODY).await
 }
 
+/// A counter of model `m`'s `version` on `/metrics`.
+async fn counter(client: &HttpClient, backstop: &Backstop, name: &str, version: &str) -> u64 {
+    let metrics = client.get(&backstop.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let prefix = format!(r#"{name}{{model="m",version="{version}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} not in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
 fn verdict_rule(view: &Value) -> String {
     view["verdict"]["trigger"]["rule"]
         .as_str()
@@ -175,14 +188,7 @@ async fn a_candidate_whose_signature_clients_break_is_rolled_back() {
         "{ canary: { steps: [50, 100], bake: 1m } }",
         &[r#"{ metric: null_rate, feature: income, above: "1%", action: rollback }"#],
     );
-    let answer = client
-        .post_json(
-            &backstop.admin_url("/api/v1/rollouts"),
-            &json!({"policy": unknown, "file": "policy.yaml"}),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let message = answer.json().to_string();
+    let message = refused(&client, &backstop, &unknown).await;
     assert!(message.contains("triggers[0].feature"), "{message}");
     assert!(
         message.contains("has no feature \\\"income\\\" (it has: age)"),
@@ -209,24 +215,17 @@ async fn a_candidate_whose_signature_clients_break_is_rolled_back() {
         "every request breaks v2's signature"
     );
     assert_eq!(trigger["baseline_value"], 0.0, "and none v1's");
-    let metrics = client.get(&backstop.admin_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics.body);
-    let counter = |name: &str, version: &str| -> u64 {
-        let prefix = format!(r#"{name}{{model="m",version="{version}"}} "#);
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("{prefix} not in {metrics}"))
-            .parse()
-            .unwrap()
-    };
-    let checked = counter("backstop_signal_inputs_checked_total", "v2");
+    let checked = counter(
+        &client,
+        &backstop,
+        "backstop_signal_inputs_checked_total",
+        "v2",
+    )
+    .await;
     assert!(checked > 0);
-    assert_eq!(
-        counter("backstop_signal_schema_violations_total", "v2"),
-        checked
-    );
-    assert_eq!(counter("backstop_signal_schema_violations_total", "v1"), 0);
+    let violations = "backstop_signal_schema_violations_total";
+    assert_eq!(counter(&client, &backstop, violations, "v2").await, checked);
+    assert_eq!(counter(&client, &backstop, violations, "v1").await, 0);
     // Nulls: none on either side, so the null trigger never breached.
     assert_eq!(view["triggers"][1]["state"], "ok", "{view:#}");
 }
@@ -256,19 +255,14 @@ async fn input_checks_go_on_after_a_restart() {
     let answer = crate::rollout::command(&client, &backstop, &id, "resume").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json());
     send(&client, &backstop, 40, AGE_REQUEST).await;
-    let metrics = client.get(&backstop.admin_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics.body);
-    let checked = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"backstop_signal_inputs_checked_total{model="m",version="v2"} "#)
-        })
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(
-        checked > 0,
-        "no input of v2 checked after the restart: {metrics}"
-    );
+    let checked = counter(
+        &client,
+        &backstop,
+        "backstop_signal_inputs_checked_total",
+        "v2",
+    )
+    .await;
+    assert!(checked > 0, "no input of v2 checked after the restart");
 }
 
 /// The candidate answers less confidently (and with another class): the
