@@ -374,6 +374,9 @@ impl Rollouts {
         let (mut rollout, actions) =
             Rollout::start(&id, policy, now).map_err(|e| invalid(&e.path, e.message))?;
         rollout.set_profiles(&profiles);
+        // Did the candidate serve anything in the bucket in progress before
+        // this rollout routed it (a retry right after a rollback)?
+        let candidate_quiet = self.candidate_quiet(&rollout);
         let decided = Instant::now();
         let record = RolloutRecord {
             id: id.clone(),
@@ -414,10 +417,12 @@ impl Rollouts {
         self.carry_out(&mut entry, actions, decided, actor, now)
             .await;
         // The first route moved the start past the bucket in progress; but
-        // the candidate had no traffic before it, so every request of its
+        // when the candidate had no traffic before it, every request of its
         // in that bucket is at the first share: keep it (the first stage
         // is the one short of data).
-        entry.last_epoch = first;
+        if candidate_quiet {
+            entry.last_epoch = first;
+        }
         let view = self.view(&entry);
         active.insert(id, entry);
         Ok(view)
@@ -762,6 +767,19 @@ impl Rollouts {
     /// bucket, wherever the wall clock is.
     fn first_epoch(&self, rollout: &Rollout) -> u64 {
         self.settled_epoch(rollout).saturating_sub(1)
+    }
+
+    /// The candidate has served nothing in the bucket in progress.
+    fn candidate_quiet(&self, rollout: &Rollout) -> bool {
+        let Some(table) = self.gateway.table(&rollout.policy.model) else {
+            return true;
+        };
+        let epoch = self.settled_epoch(rollout);
+        table
+            .versions
+            .iter()
+            .find(|v| v.name == rollout.policy.candidate)
+            .is_none_or(|v| v.state.stats.range(epoch, epoch).counts.requests == 0)
     }
 
     /// The bucket both versions currently record into (the ticker may not
