@@ -7,10 +7,8 @@
 //! then [`Signals::sketch_number`] / [`Signals::sketch_category`]), so a
 //! `drift_psi` trigger with `reference: profile` compares like with like.
 
-use crate::signature::{InputSignature, Observed};
-use backstop_core::analysis::profile::{
-    ProfileError, PROFILE_BYTES_MAX, PROFILE_FEATURES_MAX, PROFILE_NAME_MAX,
-};
+use crate::signature::InputSignature;
+use backstop_core::analysis::profile::{ProfileError, PROFILE_BYTES_MAX, PROFILE_FEATURES_MAX};
 use backstop_core::analysis::{Profile, Signals, Sketch};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -79,17 +77,11 @@ pub fn parse_value(value: serde_json::Value) -> Result<Profile, ProfileError> {
     }
     let mut profile = Profile::default();
     for (name, sketch) in features {
-        let field = format!("profile.features.{name}");
-        if name.is_empty() || name.len() > PROFILE_NAME_MAX {
-            return Err(refuse(
-                field,
-                format!("feature names are 1 to {PROFILE_NAME_MAX} bytes"),
-            ));
-        }
-        let sketch: Sketch =
-            serde_json::from_value(sketch).map_err(|e| refuse(&field, e.to_string()))?;
+        let sketch: Sketch = serde_json::from_value(sketch)
+            .map_err(|e| refuse(format!("profile.features.{name}"), e.to_string()))?;
         profile.features.insert(name, sketch);
     }
+    // Names and the count, as a built profile is checked.
     profile.check()?;
     Ok(profile)
 }
@@ -174,23 +166,15 @@ pub fn build(signature: &InputSignature, mut input: impl BufRead) -> Built {
             continue;
         }
         built.used += 1;
-        for (feature, values) in &report.observed {
-            for value in values {
-                match value {
-                    Observed::Number(v) => {
-                        if v.is_finite() {
-                            *built.values.entry(feature.clone()).or_default() += 1;
-                        }
-                        signals.sketch_number(feature, *v)
-                    }
-                    Observed::Category(c) => {
-                        *built.values.entry(feature.clone()).or_default() += 1;
-                        signals.sketch_category(feature, c)
-                    }
-                }
-            }
-        }
+        report.sketch_into(&mut signals);
     }
+    // The values the scores compare: finite numbers, present categories.
+    built.values = signals
+        .features
+        .iter()
+        .map(|(name, sketch)| (name.clone(), sketch.count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     built.missing = features
         .iter()
         .filter(|f| !signals.features.contains_key(f.as_str()))

@@ -340,6 +340,20 @@ impl CheckReport {
         self.violations.is_empty()
     }
 
+    /// Adds the observed feature values to `signals`' sketches (numbers
+    /// and categories), as the gateway does for live traffic and `profile
+    /// build` for a reference profile, so the two compare like with like.
+    pub fn sketch_into(&self, signals: &mut backstop_core::analysis::Signals) {
+        for (feature, values) in &self.observed {
+            for value in values {
+                match value {
+                    Observed::Number(v) => signals.sketch_number(feature, *v),
+                    Observed::Category(c) => signals.sketch_category(feature, c),
+                }
+            }
+        }
+    }
+
     fn push(&mut self, kind: ViolationKind, field: &str, detail: impl Into<String>) {
         self.violations.push(Violation {
             kind,

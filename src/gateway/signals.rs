@@ -11,7 +11,7 @@
 
 use super::VersionState;
 use crate::config::SignalSpec;
-use crate::signature::{CheckReport, InputSignature, Observed};
+use crate::signature::{CheckReport, InputSignature};
 use backstop_core::analysis::Signals;
 use backstop_core::policy::{Fallback, FallbackReason, Output, OutputKind};
 use serde_json::Value;
@@ -216,14 +216,7 @@ fn add_report(signals: &mut Signals, report: &CheckReport) {
             *signals.feature_nulls.entry(feature.clone()).or_default() += 1;
         }
     }
-    for (feature, values) in &report.observed {
-        for value in values {
-            match value {
-                Observed::Number(v) => signals.sketch_number(feature, *v),
-                Observed::Category(c) => signals.sketch_category(feature, c),
-            }
-        }
-    }
+    report.sketch_into(signals);
 }
 
 /// What an answer predicted.
