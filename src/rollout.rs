@@ -215,23 +215,11 @@ impl Rollouts {
                 }
             };
             let mut rollout = rollout;
-            // Signatures live in the gateway's memory: give them again, or
-            // the input triggers would see nothing after a restart.
-            match self.signatures(&rollout.policy).await {
-                Ok(signatures) => self.apply_signatures(&rollout.policy.model, signatures),
-                Err(e) => tracing::error!(
+            if let Err(e) = self.restore_inputs(&mut rollout, true).await {
+                tracing::error!(
                     id = record.id,
-                    "The versions' input signatures cannot be read ({e}); input triggers see no requests."
-                ),
-            }
-            // Profiles are not saved with the state: read them again. One
-            // that cannot be read leaves its trigger holding the stage.
-            match self.profiles(&rollout.policy).await {
-                Ok(profiles) => rollout.set_profiles(&profiles),
-                Err(e) => tracing::error!(
-                    id = record.id,
-                    "The candidate's reference profile cannot be read ({e}); its drift triggers hold the stage."
-                ),
+                    "The versions' input signatures or reference profile cannot be read ({e}); input and profile triggers hold the stage until `resume` reads them again."
+                );
             }
             let first = self.first_epoch(&rollout);
             let mut entry = Active::new(rollout, record, first, now);
@@ -407,7 +395,7 @@ impl Rollouts {
         let store = self.store.clone();
         let created = record.clone();
         blocking(move || store.create_rollout(&created, draft)).await?;
-        self.apply_signatures(&model, signatures);
+        self.give_signatures(&model, signatures, true);
         let mut active = self.active.lock().await;
         let first = self.first_epoch(&rollout);
         let mut entry = Active::new(rollout, record, first, now);
@@ -465,11 +453,7 @@ impl Rollouts {
             // What a restart could not read (the registry unavailable for
             // a moment) is read again: a resumed rollout sees its inputs
             // and its profiles, or is not resumed.
-            let policy = &entry.rollout.policy;
-            let signatures = self.signatures(policy).await?;
-            let profiles = self.profiles(policy).await?;
-            self.give_signatures(&policy.model, signatures, false);
-            entry.rollout.set_profiles(&profiles);
+            self.restore_inputs(&mut entry.rollout, false).await?;
         }
         let now = unix_ms();
         let actions = entry
@@ -615,13 +599,21 @@ impl Rollouts {
         Ok(signatures)
     }
 
-    /// Gives the versions the signatures their requests are checked
-    /// against, and drops what they gathered before (another rollout's).
-    fn apply_signatures(&self, model: &str, signatures: Signatures) {
-        self.give_signatures(model, signatures, true);
+    /// What a loaded rollout does not keep in its saved state, given
+    /// again: the versions' signatures (to the gateway) and the
+    /// candidate's profile (to its triggers). `clear`: as
+    /// [`give_signatures`](Self::give_signatures).
+    async fn restore_inputs(&self, rollout: &mut Rollout, clear: bool) -> Result<(), RolloutError> {
+        let signatures = self.signatures(&rollout.policy).await?;
+        let profiles = self.profiles(&rollout.policy).await?;
+        self.give_signatures(&rollout.policy.model, signatures, clear);
+        rollout.set_profiles(&profiles);
+        Ok(())
     }
 
-    /// `clear`: drop what the versions gathered so far.
+    /// Gives the versions the signatures their requests are checked
+    /// against; `clear` also drops what they gathered before (another
+    /// rollout's).
     fn give_signatures(&self, model: &str, signatures: Signatures, clear: bool) {
         let Some(table) = self.gateway.table(model) else {
             return;
