@@ -389,35 +389,7 @@ impl TriggerEval {
                 }
             }
             MetricKind::Mean => self.judge_mean(total, reference),
-            MetricKind::Distance => {
-                // The same span on both sides, so inputs that change over
-                // time (a daily cycle) change both alike, whatever the
-                // shares were. A stage the baseline serves nothing of
-                // (100%, blue/green after the flip) has nothing to compare
-                // with: the trigger waits for the next one.
-                let (stage_candidate, stage_baseline) = stage;
-                if self.trigger.against_profile() {
-                    // The stored profile is there in every stage (100%
-                    // included): the candidate's stage window against it.
-                    // Without it (never given) nothing is judged and the
-                    // stage waits: no data never counts as healthy.
-                    self.without_baseline = false;
-                    match self.profile.take() {
-                        Some(profile) => {
-                            self.judge_distance_against(stage_candidate, &profile);
-                            self.profile = Some(profile);
-                        }
-                        None => self.holds = false,
-                    }
-                } else {
-                    self.without_baseline = stage_baseline.judged() == 0;
-                    if self.without_baseline {
-                        self.holds = false;
-                    } else {
-                        self.judge_distance(stage_candidate, stage_baseline);
-                    }
-                }
-            }
+            MetricKind::Distance => self.judge_stage_distance(stage),
             _ => {
                 self.seen = total.judged();
                 if let Some(reading) = reading {
@@ -486,6 +458,34 @@ impl TriggerEval {
         let log_e = sequential::mean_difference_log_e(estimate, error_sq.max(floor), tau2, above);
         self.log_e = Some(log_e);
         self.holds = log_e >= -self.alpha.ln();
+    }
+
+    /// A distance over the current stage: against the baseline over the
+    /// same span, so inputs that change over time (a daily cycle) change
+    /// both alike, whatever the shares were; or against the stored
+    /// profile, there in every stage (100% included). A stage the baseline
+    /// serves nothing of (100%, blue/green after the flip) has nothing to
+    /// compare with: the trigger waits for the next one. A profile never
+    /// given judges nothing and holds the stage: no data is never healthy.
+    fn judge_stage_distance(&mut self, (candidate, baseline): (&Sample, &Sample)) {
+        if self.trigger.against_profile() {
+            self.without_baseline = false;
+            // Taken for the call and put back (the reference is our own).
+            match self.profile.take() {
+                Some(profile) => {
+                    self.judge_distance_against(candidate, &profile);
+                    self.profile = Some(profile);
+                }
+                None => self.holds = false,
+            }
+            return;
+        }
+        self.without_baseline = baseline.judged() == 0;
+        if self.without_baseline {
+            self.holds = false;
+        } else {
+            self.judge_distance(candidate, baseline);
+        }
     }
 
     /// A distance: PSI beyond the threshold *and* the matching test's

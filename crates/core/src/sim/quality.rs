@@ -151,7 +151,7 @@ impl QualityTraffic {
         let mean = self.baseline.feature_mean + 0.1 * self.baseline.feature_sd;
         let sd = 1.05 * self.baseline.feature_sd;
         for _ in 0..n {
-            let z = self.normal[self.rng.usize(..NORMAL_POINTS)];
+            let z = self.standard_normal();
             signals.sketch_number(FEATURE, mean + sd * z);
         }
         signals.features
@@ -200,7 +200,7 @@ impl QualityTraffic {
         let mean =
             quality.feature_mean + quality.feature_sd * quality.feature_moves_sd_per_s * self.now_s;
         for _ in 0..checked {
-            let z = self.normal[self.rng.usize(..NORMAL_POINTS)];
+            let z = self.standard_normal();
             signals.sketch_number(FEATURE, mean + quality.feature_sd * z);
         }
         signals.inputs_checked += checked;
@@ -224,6 +224,11 @@ impl QualityTraffic {
             )));
         }
         conversions
+    }
+
+    /// A draw of the standard normal (one of its 1,024 slice midpoints).
+    fn standard_normal(&mut self) -> f64 {
+        self.normal[self.rng.usize(..NORMAL_POINTS)]
     }
 
     /// How many of `n` requests the sample takes.
