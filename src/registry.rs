@@ -329,11 +329,10 @@ impl Registry {
             registered_by: actor.to_string(),
             deprecated: false,
             profile: None,
-            profile_features: None,
         }
         .with_profile(profile);
         let mut after = serde_json::json!({ "digest": version.digest });
-        if let Some(features) = &version.profile_features {
+        if let Some(features) = version.profile_features() {
             after["profile_features"] = serde_json::json!(features);
         }
         let draft = AuditDraft {

@@ -44,21 +44,40 @@ pub struct VersionRecord {
     pub deprecated: bool,
     /// The reference profile given at registration (sketches of the input
     /// features, e.g. of the training data), for `drift_psi` triggers with
-    /// `reference: profile`. Not in API answers, which name its features
-    /// (`profile_features`); `GET .../versions/{id}/profile` has it whole.
-    #[serde(skip)]
+    /// `reference: profile`. API answers show only its feature names, as
+    /// `profile_features` (absent: it has none); `GET
+    /// .../versions/{id}/profile` has it whole.
+    #[serde(
+        rename = "profile_features",
+        default,
+        skip_deserializing,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_feature_names"
+    )]
+    #[schema(value_type = Option<Vec<String>>)]
     pub profile: Option<Profile>,
-    /// The features of the version's reference profile; absent: it has none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile_features: Option<Vec<String>>,
+}
+
+fn serialize_feature_names<S: serde::Serializer>(
+    profile: &Option<Profile>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    profile
+        .as_ref()
+        .map(Profile::feature_names)
+        .serialize(serializer)
 }
 
 impl VersionRecord {
-    /// Sets the reference profile and the feature names shown with it.
+    /// Sets the reference profile.
     pub fn with_profile(mut self, profile: Option<Profile>) -> Self {
-        self.profile_features = profile.as_ref().map(Profile::feature_names);
         self.profile = profile;
         self
+    }
+
+    /// The features of the version's reference profile; `None`: it has none.
+    pub fn profile_features(&self) -> Option<Vec<String>> {
+        self.profile.as_ref().map(Profile::feature_names)
     }
 
     /// Two registrations are the same version when everything but the

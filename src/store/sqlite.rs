@@ -318,7 +318,6 @@ fn read_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VersionRecor
             registered_by: text(8).map_err(|e| corrupt("registered_by", e))?,
             deprecated: row.get::<_, i64>(9).map_err(|e| corrupt("deprecated", e))? != 0,
             profile: None,
-            profile_features: None,
         }
         .with_profile(match &profile {
             None => None,
@@ -1498,7 +1497,6 @@ pub fn write_versions(path: &Path, start: u64, count: u64) -> StoreResult<WriteS
             registered_by: "store-writer".into(),
             deprecated: false,
             profile: None,
-            profile_features: None,
         };
         let audit = AuditDraft {
             actor: "store-writer".into(),
@@ -1546,7 +1544,6 @@ mod tests {
             registered_by: "alice".into(),
             deprecated: false,
             profile: None,
-            profile_features: None,
         }
     }
 
@@ -2592,7 +2589,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("backstop.db")).unwrap();
         assert_eq!(schema_version(&store), MIGRATIONS.len());
         let old = store.version("fraud", "old").unwrap().unwrap();
-        assert_eq!((old.profile, old.profile_features), (None, None));
+        assert_eq!((old.profile_features(), old.profile), (None, None));
         let null: Option<String> = store
             .lock()
             .query_row("SELECT profile FROM versions WHERE id = 'old'", [], |row| {
@@ -2611,7 +2608,7 @@ mod tests {
         };
         let v2 = version("v2", "v2").with_profile(Some(profile.clone()));
         assert_eq!(
-            v2.profile_features,
+            v2.profile_features(),
             Some(vec!["amount".to_string(), "country".to_string()])
         );
         assert_eq!(

@@ -99,7 +99,6 @@ fn injected_write_failures_change_nothing_and_say_so() {
         registered_by: "t".into(),
         deprecated: false,
         profile: None,
-        profile_features: None,
     };
     let draft = || AuditDraft {
         actor: "t".into(),
